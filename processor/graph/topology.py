@@ -1,0 +1,335 @@
+"""Turn a TopologySpec into sub-topologies: the units that run as one task per partition.
+
+Pipelines reading the same source topic share a sub-topology (the batch is decoded once and
+fanned out). A key change (`key_by`, `python`) followed by a stateful step ends the
+sub-topology with a write to an internal repartition topic keyed by the new key; a new
+sub-topology reads it, so all records of one key meet in one task and one store partition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from processor.errors import ExpressionError, SpecError, SpecErrors
+from processor.expressions import compile_expression, compile_tree, load_callable, parse_expression
+from processor.operators import (
+    Aggregate,
+    Filter,
+    FlatMap,
+    KeyBy,
+    MapValue,
+    Operator,
+    PythonStep,
+    Sink,
+    compile_aggregation,
+    parse_field,
+)
+from processor.operators.sink import Emitter
+from processor.serde import serde_for
+from processor.spec.loader import LoadedSpec, PathT, format_path
+from processor.spec.models import (
+    AggregateStep,
+    FieldsProjection,
+    FilterStep,
+    FlatMapStep,
+    KeyByStep,
+    MapStep,
+    PythonRef,
+    SinkSpec,
+    ToStep,
+)
+from processor.spec.models import (
+    PythonStep as PythonStepSpec,
+)
+
+
+@dataclass(frozen=True)
+class TopicEnd:
+    """A topic read or written by a sub-topology, with its formats."""
+
+    topic: str
+    key_format: str = "string"
+    value_format: str = "json"
+    timestamp_field: str | None = None
+    timestamp_unit: str = "ms"
+    partitions: int | None = None
+    internal: bool = False
+
+
+@dataclass(frozen=True)
+class StoreDef:
+    name: str
+    changelog_topic: str
+    subtopology: int
+
+
+@dataclass
+class BuildContext:
+    """What the runtime supplies when it instantiates a sub-topology's operators for a task."""
+
+    emitter_for: Callable[[TopicEnd], Emitter]
+    cache_max_entries: int = 100_000
+
+
+@dataclass
+class StepNode:
+    path: PathT
+    kind: str
+    label: str
+    build: Callable[[BuildContext], Operator]
+    store: StoreDef | None = None
+    sink: TopicEnd | None = None
+
+    def describe(self) -> str:
+        text = f"{self.kind} {self.label}".rstrip()
+        if self.store:
+            text += f" [store {self.store.name}, changelog {self.store.changelog_topic}]"
+        if self.sink:
+            text += " [repartition]" if self.sink.internal else ""
+        return text
+
+
+@dataclass
+class SubTopology:
+    id: int
+    source: TopicEnd
+    chains: list[list[StepNode]] = field(default_factory=list)
+
+    @property
+    def stores(self) -> list[StoreDef]:
+        return [s.store for chain in self.chains for s in chain if s.store]
+
+    @property
+    def sinks(self) -> list[TopicEnd]:
+        return [s.sink for chain in self.chains for s in chain if s.sink]
+
+    def build_chains(self, ctx: BuildContext) -> list[list[Operator]]:
+        return [[step.build(ctx) for step in chain] for chain in self.chains]
+
+
+@dataclass
+class Topology:
+    name: str
+    subtopologies: list[SubTopology]
+
+    @property
+    def stores(self) -> list[StoreDef]:
+        return [s for sub in self.subtopologies for s in sub.stores]
+
+    @property
+    def source_topics(self) -> list[str]:
+        return [sub.source.topic for sub in self.subtopologies]
+
+    def subtopology_for(self, topic: str) -> SubTopology:
+        for sub in self.subtopologies:
+            if sub.source.topic == topic:
+                return sub
+        raise KeyError(topic)
+
+    def describe(self) -> str:
+        lines = [f"Topology {self.name} (consumer group {self.name!r})"]
+        for sub in self.subtopologies:
+            src = sub.source
+            kind = "internal repartition topic" if src.internal else "topic"
+            lines.append(f"  Sub-topology {sub.id}: reads {kind} {src.topic} "
+                         f"(key {src.key_format}, value {src.value_format}"
+                         + (f", event time from value field {src.timestamp_field!r}"
+                            if src.timestamp_field else "") + ")")
+            for chain in sub.chains:
+                for step in chain:
+                    lines.append(f"    -> {step.describe()}")
+                lines.append("    .")
+        stores = self.stores
+        lines.append("  State stores:" if stores else "  State stores: none")
+        lines.extend(f"    {s.name}: RocksDB per partition, changelog topic {s.changelog_topic} "
+                     f"(compacted), sub-topology {s.subtopology}" for s in stores)
+        internal = [s.source.topic for s in self.subtopologies if s.source.internal]
+        lines.append("  Repartition topics: " + (", ".join(internal) if internal else "none"))
+        return "\n".join(lines)
+
+
+class _Builder:
+    def __init__(self, loaded: LoadedSpec) -> None:
+        self.loaded = loaded
+        self.spec = loaded.spec
+        self.errors: list[SpecError] = []
+        self.subs: dict[str, SubTopology] = {}
+        self.store_names: dict[str, PathT] = {}
+
+    def error(self, path: PathT, message: str) -> None:
+        self.errors.append(self.loaded.error(path, message))
+
+    def sub_for(self, end: TopicEnd) -> SubTopology:
+        sub = self.subs.get(end.topic)
+        if sub is None:
+            sub = self.subs[end.topic] = SubTopology(len(self.subs), end)
+        elif sub.source != end:
+            raise ValueError(f"topic {end.topic!r} is read by two sources with different settings")
+        return sub
+
+    def compile(self, path: PathT, source: str) -> Callable[..., Any] | None:
+        try:
+            return compile_expression(source)
+        except ExpressionError as exc:
+            self.error(path, f"invalid expression {source!r}: {exc}")
+            return None
+
+    def callable(self, path: PathT, ref: str) -> Callable[..., Any] | None:
+        try:
+            return load_callable(ref)
+        except ExpressionError as exc:
+            self.error(path, str(exc))
+            return None
+
+    def record_fn(self, path: PathT, spec: str | PythonRef, arity: int = 2) -> Callable[..., Any] | None:
+        """An expression, or a python function fn(key, value) adapted to (key, value, ts)."""
+        if isinstance(spec, str):
+            return self.compile(path, spec)
+        fn = self.callable((*path, "python"), spec.python)
+        if fn is None:
+            return None
+        return lambda k, v, t: fn(k, v)
+
+    def projection(self, path: PathT, proj: FieldsProjection) -> Callable[..., Any] | None:
+        import ast
+
+        keys, values = [], []
+        for name, source in proj.fields.items():
+            try:
+                values.append(parse_expression(source).body)
+                keys.append(ast.Constant(name))
+            except ExpressionError as exc:
+                self.error((*path, "fields", name), f"invalid expression {source!r}: {exc}")
+        if len(values) != len(proj.fields):
+            return None
+        return compile_tree(ast.Dict(keys=keys, values=values), repr(dict(proj.fields)))
+
+    def sink_end(self, path: PathT, to: str | SinkSpec) -> TopicEnd | None:
+        if isinstance(to, str):
+            sink = self.spec.sinks.get(to)
+            if sink is None:
+                known = ", ".join(self.spec.sinks) or "none declared"
+                self.error(path, f"unknown sink {to!r} (sinks: {known}); "
+                                 "or write the topic inline: to: {topic: name}")
+                return None
+            to = sink
+        return TopicEnd(to.topic, to.key.format, to.value.format, partitions=to.partitions)
+
+    def build(self) -> Topology:
+        for i, pipeline in enumerate(self.spec.pipelines):
+            ppath: PathT = ("pipelines", i)
+            source = self.spec.sources.get(pipeline.from_)
+            if source is None:
+                self.error((*ppath, "from"), f"unknown source {pipeline.from_!r} "
+                           f"(sources: {', '.join(self.spec.sources)})")
+                continue
+            end = TopicEnd(source.topic, source.key.format, source.value.format,
+                           source.timestamp.field if source.timestamp else None,
+                           source.timestamp.unit if source.timestamp else "ms")
+            try:
+                sub = self.sub_for(end)
+            except ValueError as exc:
+                self.error((*ppath, "from"), str(exc))
+                continue
+            self.pipeline(ppath, pipeline.steps, sub)
+        if self.errors:
+            raise SpecErrors(self.errors)
+        return Topology(self.spec.name, sorted(self.subs.values(), key=lambda s: s.id))
+
+    def pipeline(self, ppath: PathT, steps: list[Any], sub: SubTopology) -> None:
+        chain: list[StepNode] = []
+        sub.chains.append(chain)
+        key_changed = False
+        key_format = sub.source.key_format
+        for j, step in enumerate(steps):
+            path: PathT = (*ppath, "steps", j)
+            if isinstance(step, AggregateStep) and key_changed:
+                store = step.aggregate.store or f"aggregate-{ppath[1]}-{j}"
+                topic = f"{self.spec.name}-{store}-repartition"
+                end = TopicEnd(topic, "json", "json", internal=True)
+                chain.append(self.sink_node(path, end, "repartition by new key"))
+                sub = self.sub_for(end)
+                chain = []
+                sub.chains.append(chain)
+                key_changed, key_format = False, "json"
+            node = self.step(path, step, key_format, sub)
+            if node is None:
+                continue
+            chain.append(node)
+            if isinstance(step, KeyByStep | PythonStepSpec):
+                key_changed = True
+
+    def sink_node(self, path: PathT, end: TopicEnd, label: str) -> StepNode:
+        name = f"{format_path(path)} to"
+
+        def build(ctx: BuildContext, end: TopicEnd = end) -> Operator:
+            return Sink(name, end.topic, ctx.emitter_for(end))
+
+        return StepNode(path, "to", f"{end.topic} ({label})", build, sink=end)
+
+    def step(self, path: PathT, step: Any, key_format: str, sub: SubTopology) -> StepNode | None:
+        name = format_path(path)
+        if isinstance(step, FilterStep):
+            fn = self.compile((*path, "filter"), step.filter)
+            return fn and StepNode(path, "filter", step.filter, lambda ctx: Filter(name, fn))
+        if isinstance(step, MapStep):
+            spec = step.map
+            if isinstance(spec, FieldsProjection):
+                fn = self.projection((*path, "map"), spec)
+                label = "fields " + ", ".join(spec.fields)
+            else:
+                fn = self.record_fn((*path, "map"), spec)
+                label = spec if isinstance(spec, str) else spec.python
+            return fn and StepNode(path, "map", label, lambda ctx: MapValue(name, fn))
+        if isinstance(step, FlatMapStep):
+            fn = self.record_fn((*path, "flat_map"), step.flat_map)
+            label = step.flat_map if isinstance(step.flat_map, str) else step.flat_map.python
+            return fn and StepNode(path, "flat_map", label, lambda ctx: FlatMap(name, fn))
+        if isinstance(step, KeyByStep):
+            fn = self.record_fn((*path, "key_by"), step.key_by)
+            label = step.key_by if isinstance(step.key_by, str) else step.key_by.python
+            return fn and StepNode(path, "key_by", label, lambda ctx: KeyBy(name, fn))
+        if isinstance(step, PythonStepSpec):
+            fn = self.callable((*path, "python"), step.python)
+            return fn and StepNode(path, "python", step.python, lambda ctx: PythonStep(name, fn))
+        if isinstance(step, ToStep):
+            end = self.sink_end((*path, "to"), step.to)
+            return end and self.sink_node(path, end, "sink")
+        if isinstance(step, AggregateStep):
+            return self.aggregate(path, step, key_format, sub.id)
+        raise AssertionError(type(step))
+
+    def aggregate(self, path: PathT, step: AggregateStep, key_format: str,
+                  sub_id: int) -> StepNode | None:
+        spec = step.aggregate
+        apath = (*path, "aggregate")
+        store_name = spec.store or f"aggregate-{path[1]}-{path[3]}"
+        if store_name in self.store_names:
+            self.error((*apath, "store"), f"store name {store_name!r} is used twice")
+            return None
+        self.store_names[store_name] = apath
+        fields = []
+        for fname, fspec in spec.fields.items():
+            try:
+                fields.append(parse_field(fname, fspec))
+            except ExpressionError as exc:
+                self.error((*apath, fname), str(exc))
+        if len(fields) != len(spec.fields):
+            return None
+        agg = compile_aggregation(fields)
+        store = StoreDef(store_name, f"{self.spec.name}-{store_name}-changelog", sub_id)
+        encode = serde_for(key_format).encode
+        name = format_path(path)
+
+        def build(ctx: BuildContext) -> Operator:
+            return Aggregate(name, store_name, agg, encode, spec.emit, ctx.cache_max_entries)
+
+        label = ", ".join(f"{f.name}={f.func}({f.expr or f.reducer or ''})" for f in fields)
+        return StepNode(path, "aggregate", label, build, store=store)
+
+
+def build_topology(loaded: LoadedSpec) -> Topology:
+    """Compile every expression, resolve references and split into sub-topologies."""
+    return _Builder(loaded).build()

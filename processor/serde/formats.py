@@ -1,0 +1,71 @@
+"""Key/value formats. Decoding runs once per record on the hot path, so each is one C call."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+FORMATS = ("json", "string", "bytes")
+
+
+@dataclass(frozen=True, slots=True)
+class Serde:
+    """A named pair of encode/decode functions; `None` always maps to `None` (tombstones)."""
+
+    name: str
+    encode: Callable[[Any], bytes | None]
+    decode: Callable[[bytes | None], Any]
+
+
+def _json_decode(data: bytes | None) -> Any:
+    return None if data is None else orjson.loads(data)
+
+
+def _json_encode(obj: Any) -> bytes | None:
+    return None if obj is None else orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS)
+
+
+def _string_decode(data: bytes | None) -> str | None:
+    return None if data is None else data.decode("utf-8")
+
+
+def _string_encode(obj: Any) -> bytes | None:
+    if obj is None:
+        return None
+    if isinstance(obj, str):
+        return obj.encode("utf-8")
+    if isinstance(obj, bytes):
+        return obj
+    return str(obj).encode("utf-8")
+
+
+def _bytes_decode(data: bytes | None) -> bytes | None:
+    return data
+
+
+def _bytes_encode(obj: Any) -> bytes | None:
+    if obj is None or isinstance(obj, bytes):
+        return obj
+    if isinstance(obj, str):
+        return obj.encode("utf-8")
+    if isinstance(obj, bytearray | memoryview):
+        return bytes(obj)
+    raise TypeError(f"bytes format needs bytes or str, got {type(obj).__name__}")
+
+
+_SERDES = {
+    "json": Serde("json", _json_encode, _json_decode),
+    "string": Serde("string", _string_encode, _string_decode),
+    "bytes": Serde("bytes", _bytes_encode, _bytes_decode),
+}
+
+
+def serde_for(fmt: str) -> Serde:
+    """Look up a serde by format name."""
+    try:
+        return _SERDES[fmt]
+    except KeyError:
+        raise ValueError(f"unknown format {fmt!r} (known: {', '.join(FORMATS)})") from None

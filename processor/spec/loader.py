@@ -1,0 +1,161 @@
+"""Load topology YAML into a TopologySpec, reporting errors as `file:line: field.path: message`.
+
+PyYAML's composed node tree is walked alongside the data to remember the line of every
+mapping key and sequence item, so pydantic's error locations can be turned back into lines.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from processor.errors import SpecError, SpecErrors
+from processor.spec.models import TopologySpec
+
+PathT = tuple[str | int, ...]
+
+
+@dataclass
+class LineMap:
+    """Maps a data path (keys and indexes) to the 1-based line where it is written."""
+
+    lines: dict[PathT, int] = field(default_factory=dict)
+
+    def line_of(self, path: PathT) -> int | None:
+        while path:
+            if path in self.lines:
+                return self.lines[path]
+            path = path[:-1]
+        return self.lines.get(())
+
+
+def format_path(path: PathT) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _walk(node: yaml.Node, path: PathT, lines: dict[PathT, int], errors: list[SpecError],
+          file: str) -> None:
+    lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        seen: set[Any] = set()
+        for key_node, value_node in node.value:
+            key = key_node.value
+            if key == "<<":
+                continue
+            if key in seen:
+                errors.append(SpecError(f"duplicate key {key!r}", file=file,
+                                        line=key_node.start_mark.line + 1,
+                                        path=format_path((*path, key))))
+            seen.add(key)
+            lines[(*path, key)] = key_node.start_mark.line + 1
+            _walk(value_node, (*path, key), lines, errors, file)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            lines[(*path, i)] = item.start_mark.line + 1
+            _walk(item, (*path, i), lines, errors, file)
+
+
+@dataclass
+class LoadedSpec:
+    """A validated spec plus what is needed to point at its lines later."""
+
+    spec: TopologySpec
+    file: str
+    lines: LineMap
+    data: dict[str, Any]
+
+    def error(self, path: PathT, message: str) -> SpecError:
+        return SpecError(message, file=self.file, line=self.lines.line_of(path),
+                         path=format_path(path))
+
+
+def _data_path(loc: tuple[Any, ...], data: Any) -> PathT:
+    """Drop pydantic's union tags from `loc`, keeping only keys/indexes that exist in the data."""
+    path: list[str | int] = []
+    node = data
+    for part in loc:
+        if (isinstance(node, dict) and part in node) or (isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)):
+            path.append(part)
+            node = node[part]
+        elif isinstance(node, dict) and part == "from_" and "from" in node:
+            path.append("from")
+            node = node["from"]
+        elif isinstance(part, str) and part not in ("function-after", "function-before") and (
+            isinstance(node, dict) and not any(c in part for c in "[]()")
+            and part not in _TAGS
+        ):
+            # a missing required field: name it, the line is its parent's
+            path.append(part)
+            node = None
+    return tuple(path)
+
+
+_TAGS = {"filter", "map", "flat_map", "key_by", "aggregate", "python", "to", "str",
+         "FieldsProjection", "PythonRef", "SinkSpec", "PythonReducer"}
+
+
+def _pydantic_errors(exc: ValidationError, data: Any, lines: LineMap, file: str) -> list[SpecError]:
+    out: list[SpecError] = []
+    seen: set[tuple[str, str]] = set()
+    errs = [(err, _data_path(tuple(err["loc"]), data)) for err in exc.errors(include_url=False)]
+    deeper = {p[:i] for _, p in errs for i in range(len(p))}
+    for err, path in errs:
+        if err["type"] in ("string_type", "model_type") and path in deeper:
+            continue  # a union's "not a string" branch when the mapping branch says more
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        elif err["type"] == "missing":
+            msg = "required field is missing"
+        elif err["type"] == "literal_error":
+            msg = msg.replace("Input should be", "must be")
+        msg = msg.removeprefix("Value error, ")
+        key = (format_path(path), msg)
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append(SpecError(msg, file=file, line=lines.line_of(path), path=format_path(path)))
+    return out
+
+
+def load_spec_text(text: str, file: str = "<string>") -> LoadedSpec:
+    """Parse YAML text and validate it as a topology."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.load(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        raise SpecErrors([SpecError(f"YAML syntax error: {exc.problem}", file=file, line=line)]) from None
+    if node is None or not isinstance(data, dict):
+        raise SpecErrors([SpecError("a topology must be a YAML mapping with name, sources, pipelines",
+                                    file=file, line=1)])
+    lines: dict[PathT, int] = {}
+    errors: list[SpecError] = []
+    _walk(node, (), lines, errors, file)
+    line_map = LineMap(lines)
+    try:
+        spec = TopologySpec.model_validate(data)
+    except ValidationError as exc:
+        errors.extend(_pydantic_errors(exc, data, line_map, file))
+        raise SpecErrors(errors) from None
+    if errors:
+        raise SpecErrors(errors)
+    return LoadedSpec(spec=spec, file=file, lines=line_map, data=data)
+
+
+def load_spec(path: str | Path) -> LoadedSpec:
+    """Read and validate a topology file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecErrors([SpecError(f"cannot read file: {exc.strerror}", file=str(p))]) from None
+    return load_spec_text(text, file=str(p))
