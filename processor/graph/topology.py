@@ -43,6 +43,7 @@ from processor.spec.models import (
 from processor.spec.models import (
     PythonStep as PythonStepSpec,
 )
+from processor.state.changelog import changelog_topic
 
 
 @dataclass(frozen=True)
@@ -319,7 +320,7 @@ class _Builder:
         if len(fields) != len(spec.fields):
             return None
         agg = compile_aggregation(fields)
-        store = StoreDef(store_name, f"{self.spec.name}-{store_name}-changelog", sub_id)
+        store = StoreDef(store_name, changelog_topic(self.spec.name, store_name), sub_id)
         encode = serde_for(key_format).encode
         name = format_path(path)
 

@@ -1,0 +1,136 @@
+"""`processor` command line: validate | describe | run | dev-broker | demo."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from processor.errors import ProcessorError, RecordError, SpecErrors
+
+log = logging.getLogger("processor.cli")
+
+
+def _load_topology(path: str):
+    from processor.graph import build_topology
+    from processor.spec import load_spec
+
+    return build_topology(load_spec(path))
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    topo = _load_topology(args.topology)
+    stores = len(topo.stores)
+    print(f"ok: {args.topology}: topology {topo.name!r}, {len(topo.subtopologies)} sub-topologies, "
+          f"{stores} state store{'s' if stores != 1 else ''}")
+    return 0
+
+
+def cmd_describe(args: argparse.Namespace) -> int:
+    print(_load_topology(args.topology).describe())
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from processor.observability.logging import setup_logging
+    from processor.observability.metrics import Metrics
+    from processor.runtime.config import load_config
+    from processor.runtime.worker import Worker
+    from processor.timeutil import parse_duration_ms
+
+    topology = _load_topology(args.topology)
+    config = load_config(args.config, bootstrap_servers=args.bootstrap_servers,
+                         processing_guarantee=args.guarantee, state_dir=args.state_dir,
+                         worker_id=args.worker_id, commit_interval_ms=args.commit_interval,
+                         metrics_port=args.metrics_port, log_format=args.log_format)
+    setup_logging(config.log_level, config.log_format)
+    metrics = Metrics()
+    if config.metrics_port is not None:
+        metrics.serve(config.metrics_port)
+    idle = parse_duration_ms(args.stop_when_idle) if args.stop_when_idle else None
+    worker = Worker(topology, config, stop_when_idle_ms=idle, metrics=metrics)
+    try:
+        return worker.run()
+    except RecordError as exc:
+        log.error("stopping: a record could not be processed", extra={
+            "error": str(exc), "topic": exc.topic, "partition": exc.partition,
+            "offset": exc.offset, "step": exc.step})
+        return 3
+
+
+def cmd_dev_broker(args: argparse.Namespace) -> int:
+    import signal
+
+    from processor.runtime.broker import EmbeddedBroker
+
+    broker = EmbeddedBroker(port=args.port).start()
+    print(f"Kafka-compatible broker (Tansu, in-memory) listening on {broker.bootstrap}; Ctrl-C stops it",
+          flush=True)
+    try:
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    finally:
+        broker.stop()
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from processor.demo import run_demo
+
+    return run_demo(seconds=args.seconds, rate=args.rate)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="processor", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    v = sub.add_parser("validate", help="check a topology file; exit 0 when valid, 2 when not")
+    v.add_argument("topology")
+    v.set_defaults(fn=cmd_validate)
+
+    d = sub.add_parser("describe", help="print sub-topologies, repartition topics and stores")
+    d.add_argument("topology")
+    d.set_defaults(fn=cmd_describe)
+
+    r = sub.add_parser("run", help="run a worker for a topology (joins the consumer group)")
+    r.add_argument("topology")
+    r.add_argument("--config", help="worker config YAML (see config/default.yaml)")
+    r.add_argument("--bootstrap-servers", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))
+    r.add_argument("--guarantee", choices=["exactly_once", "at_least_once"])
+    r.add_argument("--state-dir")
+    r.add_argument("--worker-id")
+    r.add_argument("--commit-interval", help="e.g. 100ms, 1s")
+    r.add_argument("--metrics-port", type=int)
+    r.add_argument("--log-format", choices=["json", "text"])
+    r.add_argument("--stop-when-idle", metavar="DURATION",
+                   help="bounded run: stop after no input for this long (e.g. 5s)")
+    r.set_defaults(fn=cmd_run)
+
+    b = sub.add_parser("dev-broker", help="run the embedded Kafka-compatible broker")
+    b.add_argument("--port", type=int, default=9092)
+    b.set_defaults(fn=cmd_dev_broker)
+
+    m = sub.add_parser("demo", help="broker + generator + revenue topology, printing results")
+    m.add_argument("--seconds", type=float, default=20)
+    m.add_argument("--rate", type=float, default=2000, help="orders per second")
+    m.set_defaults(fn=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except SpecErrors as exc:
+        for err in exc.errors:
+            print(f"error: {err.render()}", file=sys.stderr)
+        return 2
+    except ProcessorError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Kafka I/O: the worker loop, tasks, restore, checkpoints, topics and the embedded broker."""

@@ -1,0 +1,181 @@
+"""The checkpoint: make outputs, changelog writes and consumed offsets durable together.
+
+exactly_once: everything since the last checkpoint is in one open transaction; the
+checkpoint adds the changelog writes and the consumed offsets
+(`send_offsets_to_transaction`, fenced by the consumer group generation) and commits.
+
+at_least_once: outputs are flushed first, then the changelog writes (each ending with a
+position record), then offsets are committed. A crash in between can duplicate outputs but
+never loses them, and the position records keep state exactly-once.
+
+In both modes local RocksDB is written only after the commit returned (see state/store.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+
+from processor.observability.metrics import Metrics
+from processor.runtime import faults
+from processor.runtime.task import Task, TaskState
+from processor.state import POSITION_KEY, encode_position
+
+log = logging.getLogger("processor.checkpoint")
+
+
+def kafka_error(exc: BaseException) -> KafkaError | None:
+    """The KafkaError behind `exc`. A fatal error raised while a delivery callback runs
+    reaches Python as SystemError with the KafkaException as its cause."""
+    while exc is not None:
+        if isinstance(exc, KafkaException) and isinstance(exc.args[0], KafkaError):
+            return exc.args[0]
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+class CheckpointFailed(Exception):
+    """The checkpoint did not commit. `fatal`: the producer is fenced or broken for good."""
+
+    def __init__(self, message: str, *, fatal: bool) -> None:
+        self.fatal = fatal
+        super().__init__(message)
+
+
+class Checkpointer:
+    def __init__(self, producer: Producer, consumer: Consumer, *, exactly_once: bool,
+                 metrics: Metrics, delivery_errors: list[KafkaError]) -> None:
+        self.producer = producer
+        self.consumer = consumer
+        self.exactly_once = exactly_once
+        self.metrics = metrics
+        self.delivery_errors = delivery_errors
+        self._changelog_last: dict[tuple[str, int], int] = {}
+        self._on_changelog: Callable[[Any, Any], None] = self._changelog_delivered
+
+    def _changelog_delivered(self, err: KafkaError | None, msg: Any) -> None:
+        if err is not None:
+            self.delivery_errors.append(err)
+            return
+        key = (msg.topic(), msg.partition())
+        if msg.offset() > self._changelog_last.get(key, -1):
+            self._changelog_last[key] = msg.offset()
+
+    def _produce(self, topic: str, partition: int, key: bytes, value: bytes | None) -> None:
+        while True:
+            try:
+                self.producer.produce(topic, value, key, partition=partition,
+                                      on_delivery=self._on_changelog)
+                return
+            except BufferError:
+                self.producer.poll(0.05)
+
+    def _write_changelogs(self, task: Task) -> None:
+        assert task.position is not None
+        position = encode_position(task.position)
+        for store, topic in task.changelogs.items():
+            writes = task.pending.get(store, {})
+            for key, value in writes.items():
+                self._produce(topic, task.partition, key, value)
+            self._produce(topic, task.partition, POSITION_KEY, position)
+            self.metrics.changelog_records.labels(store).inc(len(writes) + 1)
+
+    def _flush(self, what: str) -> None:
+        try:
+            remaining = self.producer.flush(60)
+        except Exception as exc:
+            err = kafka_error(exc)
+            if err is None:
+                raise
+            raise CheckpointFailed(f"flush failed ({what}): {err.str()}", fatal=err.fatal()) from None
+        if remaining:
+            raise CheckpointFailed(f"{remaining} records not delivered within 60s ({what})",
+                                   fatal=False)
+        if self.delivery_errors:
+            errs, self.delivery_errors[:] = list(self.delivery_errors), []
+            raise CheckpointFailed(f"delivery failed ({what}): {errs[0].str()}"
+                                   + (f" and {len(errs) - 1} more" if len(errs) > 1 else ""),
+                                   fatal=errs[0].fatal())
+
+    def checkpoint(self, tasks: list[Task]) -> int:
+        """Commit every running task that made progress; returns how many were committed."""
+        tasks = [t for t in tasks if t.state is TaskState.RUNNING and t.has_progress]
+        if not tasks:
+            return 0
+        started = time.perf_counter()
+        self._changelog_last.clear()
+        for task in tasks:
+            task.flush()
+        faults.point("checkpoint.after_flush")
+        if not self.exactly_once:
+            self._flush("outputs")
+        for task in tasks:
+            self._write_changelogs(task)
+        faults.point("checkpoint.after_changelog")
+        offsets = [TopicPartition(t.topic, t.partition, t.position) for t in tasks]
+        try:
+            if self.exactly_once:
+                self._commit_transaction(offsets)
+            else:
+                self._flush("changelogs")
+                faults.point("checkpoint.before_commit")
+                self.consumer.commit(offsets=offsets, asynchronous=False)
+        except Exception as exc:
+            err = kafka_error(exc)
+            if err is None:
+                raise
+            self.metrics.checkpoints.labels("failed").inc()
+            raise CheckpointFailed(f"commit failed: {err.str()}", fatal=err.fatal()) from None
+        faults.point("checkpoint.after_commit")
+        if self.exactly_once:
+            self.producer.poll(0)  # serve any delivery reports commit_transaction left queued
+        for task in tasks:
+            # a store whose last changelog offset is unknown keeps its old restore point: safe
+            task.committed({store: self._changelog_last[(topic, task.partition)] + 1
+                            for store, topic in task.changelogs.items()
+                            if (topic, task.partition) in self._changelog_last})
+        elapsed = time.perf_counter() - started
+        self.metrics.checkpoint_seconds.observe(elapsed)
+        self.metrics.checkpoints.labels("committed").inc()
+        log.debug("checkpoint committed", extra={
+            "tasks": len(tasks), "seconds": round(elapsed, 4),
+            "offsets": {f"{o.topic}[{o.partition}]": o.offset for o in offsets}})
+        return len(tasks)
+
+    def _commit_transaction(self, offsets: list[TopicPartition]) -> None:
+        producer = self.producer
+        producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), 30)
+        faults.point("checkpoint.before_commit")
+        for attempt in range(5):
+            try:
+                producer.commit_transaction(60)
+                break
+            except Exception as exc:
+                err = kafka_error(exc)
+                if err is None:
+                    raise
+                if err.retriable() and attempt < 4:
+                    log.warning("transaction commit retry", extra={"error": err.str()})
+                    continue
+                if err.txn_requires_abort():
+                    self.abort()
+                raise
+        self.delivery_errors.clear()
+        producer.begin_transaction()
+
+    def abort(self) -> None:
+        """Abort the open transaction (its records become invisible to read_committed)."""
+        if not self.exactly_once:
+            return
+        try:
+            self.producer.abort_transaction(30)
+            self.producer.begin_transaction()
+        except Exception as exc:
+            err = kafka_error(exc)
+            if err is None:
+                raise
+            log.warning("abort failed", extra={"error": err.str()})

@@ -1,0 +1,82 @@
+"""Create the topics a topology needs: changelogs (compacted), repartition topics, sinks."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from processor.errors import ProcessorError
+from processor.graph import Topology
+from processor.state.changelog import CHANGELOG_CONFIGS
+
+log = logging.getLogger("processor.topics")
+
+
+class TopicError(ProcessorError):
+    """A topic the topology needs is missing or has the wrong shape."""
+
+
+def partition_counts(admin: AdminClient, timeout: float = 10.0) -> dict[str, int]:
+    md = admin.list_topics(timeout=timeout)
+    return {name: len(t.partitions) for name, t in md.topics.items() if t.error is None}
+
+
+def ensure_topics(admin: AdminClient, topology: Topology, *, create: bool,
+                  replication_factor: int = -1, wait_for_sources_s: float = 30.0) -> dict[str, int]:
+    """Make sure every internal and sink topic exists; returns partition counts by topic.
+
+    Internal topics get as many partitions as the topic feeding them, so partition N of the
+    input, its repartition topic and its changelog all belong to the same task number.
+    """
+    deadline = time.monotonic() + wait_for_sources_s
+    while True:
+        counts = partition_counts(admin)
+        missing = [s.source.topic for s in topology.subtopologies
+                   if not s.source.internal and s.source.topic not in counts]
+        if not missing:
+            break
+        if time.monotonic() > deadline:
+            raise TopicError(f"source topic(s) {', '.join(missing)} do not exist")
+        log.info("waiting for source topics", extra={"topics": missing})
+        time.sleep(1.0)
+
+    wanted: dict[str, tuple[int, dict[str, str]]] = {}
+    for sub in topology.subtopologies:
+        # sub-topologies are numbered in creation order, so a repartition topic's feeder
+        # is always seen before the sub-topology reading it
+        n = counts.get(sub.source.topic) or wanted.get(sub.source.topic, (0, {}))[0]
+        for sink in sub.sinks:
+            if sink.internal:
+                wanted[sink.topic] = (n, {"cleanup.policy": "delete"})
+            elif sink.topic not in counts and sink.partitions:
+                wanted[sink.topic] = (sink.partitions, {})
+            elif sink.topic not in counts:
+                raise TopicError(f"sink topic {sink.topic!r} does not exist; create it or set "
+                                 "`partitions:` on the sink so the worker creates it")
+        for store in sub.stores:
+            wanted[store.changelog_topic] = (n, dict(CHANGELOG_CONFIGS))
+
+    to_create = []
+    for topic, (n, configs) in wanted.items():
+        have = counts.get(topic)
+        if have is not None:
+            if have != n and topic.endswith(("-changelog", "-repartition")):
+                raise TopicError(f"internal topic {topic!r} has {have} partitions, expected {n} "
+                                 "(the input's partition count changed: reset the application)")
+            continue
+        if not create:
+            raise TopicError(f"topic {topic!r} does not exist and create_topics is off")
+        to_create.append(NewTopic(topic, n, replication_factor, config=configs))
+    if to_create:
+        for topic, fut in admin.create_topics(to_create, operation_timeout=30).items():
+            try:
+                fut.result()
+                log.info("created topic", extra={"topic": topic})
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise TopicError(f"cannot create topic {topic!r}: {exc.args[0].str()}") from None
+        counts = partition_counts(admin)
+    return counts

@@ -1,0 +1,299 @@
+"""The worker: one consumer-group member running tasks for its assigned partitions.
+
+Main loop: restore a chunk (if any task is restoring) -> consume a batch -> hand each
+partition's records to its task -> checkpoint every `commit_interval_ms`. Rebalances are
+eager (range assignor): on revoke every task is checkpointed and suspended; on assign the
+suspended tasks that came back are resumed as they are, the rest are closed, and new tasks
+start restoring with their input partitions paused until their stores have caught up.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from processor.graph import BuildContext, TopicEnd, Topology
+from processor.observability.metrics import Metrics
+from processor.operators import Batch
+from processor.runtime import faults
+from processor.runtime.checkpoint import Checkpointer, CheckpointFailed
+from processor.runtime.clients import (
+    admin_config,
+    consumer_config,
+    producer_config,
+    restore_consumer_config,
+)
+from processor.runtime.config import WorkerConfig
+from processor.runtime.restore import Restorer
+from processor.runtime.task import Task, TaskState
+from processor.runtime.topics import ensure_topics
+from processor.serde import serde_for
+
+log = logging.getLogger("processor.worker")
+
+TP = tuple[str, int]
+
+
+class Worker:
+    def __init__(self, topology: Topology, config: WorkerConfig, *,
+                 stop_when_idle_ms: int | None = None, metrics: Metrics | None = None) -> None:
+        self.topology = topology
+        self.config = config
+        self.metrics = metrics or Metrics()
+        self.stop_when_idle_ms = stop_when_idle_ms
+        self.worker_id = config.resolved_worker_id()
+        self.state_dir = config.state_dir
+        self.tasks: dict[TP, Task] = {}
+        self.suspended: dict[TP, Task] = {}
+        self.delivery_errors: list[KafkaError] = []
+        self._stopping = False
+        self._produced: dict[str, int] = {}
+        self.records_processed = 0
+
+    # -- clients -----------------------------------------------------------------------------
+
+    def _new_producer(self) -> Producer:
+        txn_id = f"{self.topology.name}-{self.worker_id}" if self.config.exactly_once else None
+        conf = producer_config(self.config, txn_id)
+        if not self.config.exactly_once:
+            # at-least-once must see every failed delivery before it commits offsets;
+            # only failures are reported, so the success path costs nothing
+            conf["delivery.report.only.error"] = True
+            conf["on_delivery"] = self._on_output_delivery
+        producer = Producer(conf)
+        if txn_id:
+            producer.init_transactions(60)
+            producer.begin_transaction()
+            log.info("transactional producer ready", extra={"transactional_id": txn_id})
+        return producer
+
+    def _on_output_delivery(self, err: KafkaError | None, msg: Any) -> None:
+        if err is not None:
+            self.delivery_errors.append(err)
+
+    def emitter_for(self, end: TopicEnd):  # -> Emitter
+        kenc = serde_for(end.key_format).encode
+        venc = serde_for(end.value_format).encode
+        topic = end.topic
+        worker = self
+
+        def emit(batch: Batch) -> None:
+            produce = worker.producer.produce
+            for k, v, t, _ in batch:
+                value, key = venc(v), kenc(k)
+                try:
+                    produce(topic, value, key, timestamp=t)
+                except BufferError:
+                    worker.producer.poll(0.1)
+                    produce(topic, value, key, timestamp=t)
+            worker._produced[topic] = worker._produced.get(topic, 0) + len(batch)
+
+        return emit
+
+    # -- rebalance callbacks --------------------------------------------------------------------
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.metrics.rebalances.labels("revoke").inc()
+        try:
+            self.checkpointer.checkpoint(list(self.tasks.values()))
+        except CheckpointFailed as exc:
+            log.error("checkpoint on revoke failed; closing tasks dirty", extra={"error": str(exc)})
+            self._close_all(dirty=True)
+            return
+        for tp in [(p.topic, p.partition) for p in partitions]:
+            task = self.tasks.pop(tp, None)
+            if task is None:
+                continue
+            if task.state is TaskState.RESTORING:
+                self.restorer.remove(task)
+                task.close(dirty=False)
+            else:
+                self.suspended[tp] = task
+        log.info("partitions revoked", extra={"partitions": _fmt(partitions)})
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.metrics.rebalances.labels("lost").inc()
+        log.warning("partitions lost; closing tasks dirty", extra={"partitions": _fmt(partitions)})
+        self.checkpointer.abort()
+        self._close_all(dirty=True)
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.metrics.rebalances.labels("assign").inc()
+        wanted = {(p.topic, p.partition) for p in partitions}
+        for tp in list(self.suspended):
+            if tp not in wanted:
+                self.suspended.pop(tp).close(dirty=False)
+        ctx = BuildContext(self.emitter_for, self.config.cache_max_entries)
+        fresh: list[Task] = []
+        for topic, partition in sorted(wanted):
+            task = self.suspended.pop((topic, partition), None)
+            if task is None:
+                sub = self.topology.subtopology_for(topic)
+                task = Task(self.topology.name, sub, partition, ctx, self.state_dir)
+                fresh.append(task)
+            self.tasks[(topic, partition)] = task
+        consumer.assign(partitions)
+        restoring = [TopicPartition(t.topic, t.partition) for t in fresh
+                     if t.state is TaskState.RESTORING]
+        if restoring:
+            consumer.pause(restoring)
+        log.info("partitions assigned", extra={"partitions": _fmt(partitions),
+                                               "restoring": _fmt(restoring)})
+        for task in fresh:
+            if task.state is TaskState.RESTORING:
+                self.restorer.add(task)
+
+    def _on_restored(self, task: Task) -> None:
+        """Stores caught up: start the input at the first offset the state does not hold."""
+        task.restored()
+        tp = TopicPartition(task.topic, task.partition)
+        start = task.start_position()
+        committed = self.consumer.committed([tp], timeout=30)[0].offset
+        if start is not None and start > committed:
+            # the changelog is ahead of the group's commit (crash after the changelog write
+            # under at-least-once): skip input whose effects are already in state and output
+            self.consumer.seek(TopicPartition(task.topic, task.partition, start))
+            task.position = task.committed_position = start
+        self.consumer.resume([tp])
+        log.info("task running", extra={"task": task.id, "topic": task.topic,
+                                        "partition": task.partition,
+                                        "offset": start if start is not None
+                                        else (committed if committed >= 0 else None)})
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def _close_all(self, *, dirty: bool) -> None:
+        for task in list(self.tasks.values()) + list(self.suspended.values()):
+            if task.state is TaskState.RESTORING:
+                self.restorer.remove(task)
+            task.close(dirty=dirty)
+        self.tasks.clear()
+        self.suspended.clear()
+
+    def stop(self, *_: Any) -> None:
+        self._stopping = True
+
+    def _setup(self) -> None:
+        cfg = self.config
+        admin = AdminClient(admin_config(cfg))
+        ensure_topics(admin, self.topology, create=cfg.create_topics,
+                      replication_factor=cfg.replication_factor)
+        self.producer = self._new_producer()
+        self.consumer = Consumer(consumer_config(cfg, self.topology.name))
+        self.restorer = Restorer(Consumer(restore_consumer_config(cfg)), self._on_restored)
+        self.restorer.hooks.append(lambda n: n and self.metrics.restore_records.inc(n))
+        self.restorer.hooks.append(lambda n: n and faults.point("restore.chunk"))
+        self.checkpointer = Checkpointer(self.producer, self.consumer,
+                                         exactly_once=cfg.exactly_once, metrics=self.metrics,
+                                         delivery_errors=self.delivery_errors)
+        self.consumer.subscribe(self.topology.source_topics, on_assign=self._on_assign,
+                                on_revoke=self._on_revoke, on_lost=self._on_lost)
+        log.info("worker started", extra={
+            "topology": self.topology.name, "worker_id": self.worker_id,
+            "guarantee": cfg.processing_guarantee, "topics": self.topology.source_topics})
+
+    def _recover(self, exc: CheckpointFailed) -> None:
+        """A failed or fenced transaction: drop uncommitted work and rejoin, as Kafka Streams does."""
+        log.error("checkpoint failed; closing tasks dirty and rejoining the group",
+                  extra={"error": str(exc), "fatal": exc.fatal})
+        self.checkpointer.abort()
+        self._close_all(dirty=True)
+        if exc.fatal:
+            self.producer = self._new_producer()
+            self.checkpointer.producer = self.producer
+        self.consumer.unsubscribe()
+        self.consumer.subscribe(self.topology.source_topics, on_assign=self._on_assign,
+                                on_revoke=self._on_revoke, on_lost=self._on_lost)
+
+    def run(self) -> int:
+        """Run until SIGTERM/SIGINT (or idle, in bounded mode). Returns the exit code."""
+        self._setup()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self.stop)
+        cfg = self.config
+        interval = cfg.commit_interval_ms / 1000
+        poll_timeout = cfg.poll_timeout_ms / 1000
+        next_checkpoint = time.monotonic() + interval
+        last_record = time.monotonic()
+        consumed = self.metrics.records_consumed
+        try:
+            while not self._stopping:
+                if self.restorer.busy:
+                    self.restorer.step(cfg.restore_batch_size, 0.05)
+                msgs = self.consumer.consume(cfg.batch_size, 0 if self.restorer.busy else poll_timeout)
+                if msgs:
+                    self._dispatch(msgs, consumed)
+                    last_record = time.monotonic()
+                    faults.point("batch.processed")
+                now = time.monotonic()
+                if now >= next_checkpoint:
+                    self._checkpoint()
+                    next_checkpoint = now + interval
+                if self.stop_when_idle_ms is not None and self._idle(now - last_record):
+                    log.info("idle: stopping bounded run", extra={"records": self.records_processed})
+                    break
+            self._checkpoint()
+        finally:
+            self._shutdown()
+        return 0
+
+    def _idle(self, idle_s: float) -> bool:
+        assert self.stop_when_idle_ms is not None
+        return (bool(self.tasks) and not self.restorer.busy
+                and idle_s * 1000 >= self.stop_when_idle_ms)
+
+    def _dispatch(self, msgs: list[Any], consumed: Any) -> None:
+        by_tp: dict[TP, list[Any]] = {}
+        for m in msgs:
+            if m.error() is not None:
+                err = m.error()
+                if err.code() == KafkaError._PARTITION_EOF:
+                    continue
+                if err.fatal():
+                    raise KafkaException(err)
+                log.warning("consumer error", extra={"error": err.str()})
+                continue
+            tp = (m.topic(), m.partition())
+            lst = by_tp.get(tp)
+            if lst is None:
+                by_tp[tp] = lst = []
+            lst.append(m)
+        for tp, batch in by_tp.items():
+            task = self.tasks.get(tp)
+            if task is None or task.state is not TaskState.RUNNING:
+                continue  # fetched before a revoke/pause took effect; will be re-read
+            task.process(batch)
+            consumed.labels(tp[0]).inc(len(batch))
+            self.records_processed += len(batch)
+
+    def _checkpoint(self) -> None:
+        try:
+            self.checkpointer.checkpoint(list(self.tasks.values()))
+        except CheckpointFailed as exc:
+            self._recover(exc)
+        for topic, n in self._produced.items():
+            self.metrics.records_produced.labels(topic).inc(n)
+        self._produced.clear()
+        for state in TaskState:
+            self.metrics.tasks.labels(state.value).set(
+                sum(1 for t in self.tasks.values() if t.state is state))
+
+    def _shutdown(self) -> None:
+        log.info("worker stopping", extra={"records": self.records_processed})
+        try:
+            self.consumer.close()  # leaves the group; on_revoke checkpoints and suspends tasks
+        except KafkaException as exc:
+            log.warning("consumer close failed", extra={"error": exc.args[0].str()})
+        self._close_all(dirty=False)
+        self.restorer.consumer.close()
+        self.producer.flush(30)
+        log.info("worker stopped", extra={"records": self.records_processed})
+
+
+def _fmt(partitions: list[TopicPartition]) -> list[str]:
+    return [f"{p.topic}[{p.partition}]" for p in partitions]

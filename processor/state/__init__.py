@@ -1,0 +1,6 @@
+"""Local state: RocksDB stores and the changelog record conventions."""
+
+from processor.state.changelog import POSITION_KEY, decode_position, encode_position
+from processor.state.store import RocksStore
+
+__all__ = ["POSITION_KEY", "RocksStore", "decode_position", "encode_position"]
