@@ -59,6 +59,8 @@ def _check(tree: ast.AST, source: str, extra_names: frozenset[str]) -> None:
             node.attr.startswith("_") or node.attr in _DENIED_ATTRS
         ):
             raise ExpressionError(f"access to attribute {node.attr!r} is not allowed")
+        if isinstance(node, ast.Attribute | ast.Subscript) and isinstance(node.ctx, ast.Store):
+            raise ExpressionError("assigning to an attribute or item is not allowed")
         if isinstance(node, ast.Name):
             if node.id.startswith("__"):
                 raise ExpressionError(f"name {node.id!r} is not allowed")

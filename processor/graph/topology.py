@@ -70,7 +70,8 @@ class StoreDef:
 class BuildContext:
     """What the runtime supplies when it instantiates a sub-topology's operators for a task."""
 
-    emitter_for: Callable[[TopicEnd], Emitter]
+    emitter_for: Callable[[TopicEnd, int], Emitter]  # (topic, the task's partition)
+    partition: int = 0
     cache_max_entries: int = 100_000
 
 
@@ -266,7 +267,7 @@ class _Builder:
         name = f"{format_path(path)} to"
 
         def build(ctx: BuildContext, end: TopicEnd = end) -> Operator:
-            return Sink(name, end.topic, ctx.emitter_for(end))
+            return Sink(name, end.topic, ctx.emitter_for(end, ctx.partition))
 
         return StepNode(path, "to", f"{end.topic} ({label})", build, sink=end)
 

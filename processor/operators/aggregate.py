@@ -99,6 +99,8 @@ def _result_code(f: FieldAgg, i: int) -> str:
             return f"(s[{i}] / s[{i + 1}] if s[{i + 1}] else None)"
         case "first":
             return f"s[{i + 1}]"
+        case "python":  # a reducer may mutate its accumulator: emit a snapshot
+            return f"_copy(s[{i}])"
         case _:
             return f"s[{i}]"
 
@@ -120,7 +122,7 @@ def compile_aggregation(fields: list[FieldAgg]) -> CompiledAggregation:
     update_lines = ["def _update(s, key, value, timestamp):"]
     result_items: list[str] = []
     initial: list[Any] = []
-    env: dict[str, Any] = {"__builtins__": SAFE_BUILTINS}
+    env: dict[str, Any] = {"__builtins__": SAFE_BUILTINS, "_copy": copy.deepcopy}
     slot = 0
     for r, f in enumerate(fields):
         if f.func == "python":
@@ -181,6 +183,8 @@ class Aggregate:
                 if v is None or o < skip:
                     continue  # tombstones don't aggregate; offsets below skip are already in state
                 kb = enc(k)
+                if kb is None:
+                    raise ValueError("record key is null; an aggregate needs a key (use key_by)")
                 s = cache.get(kb)
                 if s is None:
                     s = cache[kb] = self._load(kb)

@@ -76,7 +76,7 @@ class Checkpointer:
 
     def _write_changelogs(self, task: Task) -> None:
         assert task.position is not None
-        position = encode_position(task.position)
+        position = encode_position(task.position, task.upstream_marks())
         for store, topic in task.changelogs.items():
             writes = task.pending.get(store, {})
             for key, value in writes.items():

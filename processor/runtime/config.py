@@ -23,8 +23,8 @@ class WorkerConfig(BaseSettings):
 
     bootstrap_servers: str = Field(
         default="127.0.0.1:9092",
-        validation_alias=AliasChoices("bootstrap_servers", "PROCESSOR_BOOTSTRAP_SERVERS",
-                                      "KAFKA_BOOTSTRAP_SERVERS"),
+        validation_alias=AliasChoices("PROCESSOR_BOOTSTRAP_SERVERS", "KAFKA_BOOTSTRAP_SERVERS",
+                                      "bootstrap_servers"),
     )
     processing_guarantee: Literal["exactly_once", "at_least_once"] = "exactly_once"
     commit_interval_ms: int = Field(default=1000, ge=10)
@@ -87,6 +87,13 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> WorkerConfi
             raise SpecErrors([SpecError("config must be a YAML mapping", file=file, line=1)])
         if isinstance(node, yaml.MappingNode):
             lines = {k.value: k.start_mark.line + 1 for k, _ in node.value}
+    # precedence: file < environment < explicit overrides (CLI flags)
+    for name in list(data):
+        env_names = [f"PROCESSOR_{name.upper()}"]
+        if name == "bootstrap_servers":
+            env_names.append("KAFKA_BOOTSTRAP_SERVERS")
+        if any(n in os.environ for n in env_names):
+            del data[name]
     data.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return WorkerConfig(**data)

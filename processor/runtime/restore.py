@@ -107,11 +107,13 @@ class Restorer:
     def _apply(self, prog: _Progress, chunk: list) -> int:
         store: RocksStore = prog.task.stores[prog.store]
         writes: dict[bytes, bytes | None] = {}
-        meta: dict[str, int] = {"changelog_offset": chunk[-1].offset() + 1}
+        meta: dict[str, int | bytes] = {"changelog_offset": chunk[-1].offset() + 1}
         for m in chunk:
             k = m.key()
             if k == POSITION_KEY:
-                meta["position"] = decode_position(m.value())
+                meta["position"], upstream = decode_position(m.value())
+                if upstream is not None:
+                    meta["upstream"] = upstream
             else:
                 writes[k] = m.value()
         store.apply(writes, meta)

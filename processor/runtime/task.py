@@ -13,6 +13,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from processor.errors import RecordError
 from processor.graph import BuildContext, SubTopology
 from processor.operators import Aggregate, Batch, StepFailed
@@ -51,6 +53,10 @@ class Task:
         self._vdec = serde_for(sub.source.value_format).decode
         self._ts_field = sub.source.timestamp_field
         self._ts_scale = 1000 if sub.source.timestamp_unit == "s" else 1
+        self._internal = sub.source.internal
+        # repartition input: upstream partition -> highest (source offset, seq) absorbed
+        self.upstream: dict[int, tuple[int, int]] = {}
+        self.duplicates_dropped = 0
         self.position: int | None = None  # next input offset to process
         self.committed_position: int | None = None
         self.pending: dict[str, dict[bytes, bytes]] = {}
@@ -67,16 +73,32 @@ class Task:
 
     def restored(self) -> None:
         """Stores are caught up: bind aggregates, skipping input each store already holds."""
+        marks: dict[int, tuple[int, int]] | None = None
         for _, _, agg in self.aggregates:
             store = self.stores[agg.store_name]
             pos = store.position
             agg.bind(store, skip_below=-1 if pos is None else pos)
+            raw = store.upstream
+            if raw is not None:
+                theirs = {int(p): (m[0], m[1]) for p, m in orjson.loads(raw).items()}
+                # stores of one task are checkpointed together; if a crash split them,
+                # the lower marks re-admit what the lagging store still needs
+                marks = theirs if marks is None else {
+                    p: min(m, theirs.get(p, m)) for p, m in marks.items()}
+        self.upstream = marks or {}
         self.state = TaskState.RUNNING
+
+    def upstream_marks(self) -> bytes | None:
+        if not self._internal:
+            return None
+        return orjson.dumps({str(p): list(m) for p, m in self.upstream.items()})
 
     # -- processing -------------------------------------------------------------------------
 
     def _decode(self, messages: list[Any]) -> Batch:
         kdec, vdec = self._kdec, self._vdec
+        if self._internal:
+            return self._decode_envelopes(messages)
         field = self._ts_field
         if field is None:
             return [(kdec(m.key()), vdec(m.value()), m.timestamp()[1], m.offset()) for m in messages]
@@ -85,6 +107,21 @@ class Task:
         for m in messages:
             v = vdec(m.value())
             out.append((kdec(m.key()), v, int(v[field] * scale), m.offset()))
+        return out
+
+    def _decode_envelopes(self, messages: list[Any]) -> Batch:
+        """Repartition records are `[upstream partition, source offset, seq, value]`."""
+        kdec, marks, loads = self._kdec, self.upstream, orjson.loads
+        out: Batch = []
+        for m in messages:
+            part, off, seq, value = loads(m.value())
+            mark = (off, seq)
+            last = marks.get(part)
+            if last is not None and mark <= last:
+                self.duplicates_dropped += 1
+                continue  # re-sent by an upstream task replaying after a crash
+            marks[part] = mark
+            out.append((kdec(m.key()), value, m.timestamp()[1], m.offset()))
         return out
 
     def process(self, messages: list[Any]) -> None:
@@ -138,8 +175,13 @@ class Task:
 
     def committed(self, changelog_next: dict[str, int]) -> None:
         """The transaction (or flush + offset commit) succeeded: write the stores atomically."""
+        upstream = self.upstream_marks()
         for name, store in self.stores.items():
-            meta = {"position": self.position} if self.position is not None else {}
+            meta: dict[str, int | bytes] = {}
+            if self.position is not None:
+                meta["position"] = self.position
+            if upstream is not None:
+                meta["upstream"] = upstream
             if name in changelog_next:
                 meta["changelog_offset"] = changelog_next[name]
             store.apply(self.pending.get(name, {}), meta)

@@ -14,12 +14,15 @@ import signal
 import time
 from typing import Any
 
+import orjson
+
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from processor.graph import BuildContext, TopicEnd, Topology
 from processor.observability.metrics import Metrics
 from processor.operators import Batch
+from processor.operators.sink import Emitter
 from processor.runtime import faults
 from processor.runtime.checkpoint import Checkpointer, CheckpointFailed
 from processor.runtime.clients import (
@@ -54,6 +57,7 @@ class Worker:
         self._stopping = False
         self._produced: dict[str, int] = {}
         self.records_processed = 0
+        self._last_activity = time.monotonic()  # input or (re)assignment, for bounded runs
 
     # -- clients -----------------------------------------------------------------------------
 
@@ -76,11 +80,14 @@ class Worker:
         if err is not None:
             self.delivery_errors.append(err)
 
-    def emitter_for(self, end: TopicEnd):  # -> Emitter
+    def emitter_for(self, end: TopicEnd, partition: int) -> Emitter:
+        """Serialize and produce; repartition records get the de-duplication envelope."""
         kenc = serde_for(end.key_format).encode
         venc = serde_for(end.value_format).encode
         topic = end.topic
         worker = self
+        if end.internal:
+            return self._envelope_emitter(topic, kenc, partition)
 
         def emit(batch: Batch) -> None:
             produce = worker.producer.produce
@@ -91,6 +98,29 @@ class Worker:
                 except BufferError:
                     worker.producer.poll(0.1)
                     produce(topic, value, key, timestamp=t)
+            worker._produced[topic] = worker._produced.get(topic, 0) + len(batch)
+
+        return emit
+
+    def _envelope_emitter(self, topic: str, kenc: Any, partition: int) -> Emitter:
+        worker, dumps = self, orjson.dumps
+        state = {"offset": -1, "seq": 0}  # seq numbers records derived from one source offset
+
+        def emit(batch: Batch) -> None:
+            produce = worker.producer.produce
+            last, seq = state["offset"], state["seq"]
+            for k, v, t, o in batch:
+                if o == last:
+                    seq += 1
+                else:
+                    last, seq = o, 0
+                value, key = dumps([partition, o, seq, v]), kenc(k)
+                try:
+                    produce(topic, value, key, timestamp=t)
+                except BufferError:
+                    worker.producer.poll(0.1)
+                    produce(topic, value, key, timestamp=t)
+            state["offset"], state["seq"] = last, seq
             worker._produced[topic] = worker._produced.get(topic, 0) + len(batch)
 
         return emit
@@ -124,15 +154,16 @@ class Worker:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.metrics.rebalances.labels("assign").inc()
+        self._last_activity = time.monotonic()
         wanted = {(p.topic, p.partition) for p in partitions}
         for tp in list(self.suspended):
             if tp not in wanted:
                 self.suspended.pop(tp).close(dirty=False)
-        ctx = BuildContext(self.emitter_for, self.config.cache_max_entries)
         fresh: list[Task] = []
         for topic, partition in sorted(wanted):
             task = self.suspended.pop((topic, partition), None)
             if task is None:
+                ctx = BuildContext(self.emitter_for, partition, self.config.cache_max_entries)
                 sub = self.topology.subtopology_for(topic)
                 task = Task(self.topology.name, sub, partition, ctx, self.state_dir)
                 fresh.append(task)
@@ -151,6 +182,7 @@ class Worker:
     def _on_restored(self, task: Task) -> None:
         """Stores caught up: start the input at the first offset the state does not hold."""
         task.restored()
+        self._last_activity = time.monotonic()
         tp = TopicPartition(task.topic, task.partition)
         start = task.start_position()
         committed = self.consumer.committed([tp], timeout=30)[0].offset
@@ -219,7 +251,6 @@ class Worker:
         interval = cfg.commit_interval_ms / 1000
         poll_timeout = cfg.poll_timeout_ms / 1000
         next_checkpoint = time.monotonic() + interval
-        last_record = time.monotonic()
         consumed = self.metrics.records_consumed
         try:
             while not self._stopping:
@@ -228,13 +259,13 @@ class Worker:
                 msgs = self.consumer.consume(cfg.batch_size, 0 if self.restorer.busy else poll_timeout)
                 if msgs:
                     self._dispatch(msgs, consumed)
-                    last_record = time.monotonic()
+                    self._last_activity = time.monotonic()
                     faults.point("batch.processed")
                 now = time.monotonic()
                 if now >= next_checkpoint:
                     self._checkpoint()
                     next_checkpoint = now + interval
-                if self.stop_when_idle_ms is not None and self._idle(now - last_record):
+                if self.stop_when_idle_ms is not None and self._idle(now - self._last_activity):
                     log.info("idle: stopping bounded run", extra={"records": self.records_processed})
                     break
             self._checkpoint()

@@ -87,6 +87,8 @@ def _data_path(loc: tuple[Any, ...], data: Any) -> PathT:
         elif isinstance(node, dict) and part == "from_" and "from" in node:
             path.append("from")
             node = node["from"]
+        elif part == "fields" and path and path[-1] == "aggregate" and isinstance(node, dict):
+            continue  # aggregate shorthand: output fields sit directly under `aggregate:`
         elif isinstance(part, str) and part not in ("function-after", "function-before") and (
             isinstance(node, dict) and not any(c in part for c in "[]()")
             and part not in _TAGS

@@ -19,6 +19,7 @@ _DATA = b"d"
 _META = b"m"
 META_CHANGELOG_OFFSET = "changelog_offset"
 META_POSITION = "position"
+META_UPSTREAM = "upstream"
 
 
 def _options() -> Options:
@@ -46,6 +47,11 @@ class RocksStore:
         return None if raw is None else int(raw)
 
     @property
+    def upstream(self) -> bytes | None:
+        """Repartition de-duplication marks (JSON) matching `position`, if any."""
+        return self._db.get(_META + META_UPSTREAM.encode())
+
+    @property
     def changelog_offset(self) -> int:
         """Next changelog offset to restore from (0 = replay the whole changelog)."""
         return self.meta_int(META_CHANGELOG_OFFSET) or 0
@@ -55,7 +61,7 @@ class RocksStore:
         """Next input offset not reflected in this store, if known."""
         return self.meta_int(META_POSITION)
 
-    def apply(self, writes: dict[bytes, bytes | None], meta: dict[str, int]) -> None:
+    def apply(self, writes: dict[bytes, bytes | None], meta: dict[str, int | bytes]) -> None:
         """Write data and checkpoint metadata atomically."""
         batch = WriteBatch(raw_mode=True)
         for key, value in writes.items():
@@ -63,8 +69,8 @@ class RocksStore:
                 batch.delete(_DATA + key)
             else:
                 batch.put(_DATA + key, value)
-        for name, number in meta.items():
-            batch.put(_META + name.encode(), str(number).encode())
+        for name, value in meta.items():
+            batch.put(_META + name.encode(), value if isinstance(value, bytes) else str(value).encode())
         self._db.write(batch)
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:

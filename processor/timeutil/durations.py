@@ -21,4 +21,4 @@ def parse_duration_ms(text: str | int | float) -> int:
         raise ValueError(
             f"not a duration: {text!r} (expected a number with a unit: ms, s, m, h, d; e.g. '5s')"
         )
-    return int(float(match.group(1)) * _UNITS[match.group(2) or "ms"])
+    return round(float(match.group(1)) * _UNITS[match.group(2) or "ms"])

@@ -1,0 +1,1 @@
+"""Benchmark harness for the stream processor: `python -m benchmarks.run --help`."""

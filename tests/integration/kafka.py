@@ -1,0 +1,169 @@
+"""Test-side Kafka helpers: the broker under test, worker processes, reading topics back."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class BrokerUnderTest:
+    bootstrap: str
+    kind: str  # "embedded-tansu" | "testcontainers-kafka" | "external"
+    isolates_aborted: bool
+
+
+def probe_aborted_isolation(bootstrap: str) -> bool:
+    """Does a read_committed consumer hide records of an aborted transaction?"""
+    topic = f"probe-isolation-{uuid.uuid4().hex[:8]}"
+    from processor.runtime.generator import create_topic
+
+    create_topic(bootstrap, topic, 1)
+    p = Producer({"bootstrap.servers": bootstrap, "transactional.id": f"probe-{uuid.uuid4().hex}"})
+    p.init_transactions(30)
+    p.begin_transaction()
+    p.produce(topic, b"aborted")
+    p.flush(30)
+    p.abort_transaction(30)
+    p.begin_transaction()
+    p.produce(topic, b"committed")
+    p.commit_transaction(30)
+    values = [v for _, v, _ in read_all(bootstrap, topic, committed=True)]
+    assert b"committed" in values, f"probe could not read its committed record: {values}"
+    return b"aborted" not in values
+
+
+def read_all(bootstrap: str, topic: str, *, committed: bool = True,
+             timeout: float = 30.0) -> list[tuple[bytes | None, bytes | None, int]]:
+    """Every record of every partition up to the end: (key, value, partition)."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex}",
+                  "enable.partition.eof": True, "enable.auto.commit": False,
+                  "isolation.level": "read_committed" if committed else "read_uncommitted"})
+    md = c.list_topics(topic, timeout=10)
+    parts = list(md.topics[topic].partitions)
+    c.assign([TopicPartition(topic, p, 0) for p in parts])
+    out: list[tuple[bytes | None, bytes | None, int]] = []
+    eof: set[int] = set()
+    deadline = time.monotonic() + timeout
+    while len(eof) < len(parts):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"reading {topic}: EOF on {sorted(eof)} of {parts}")
+        for m in c.consume(5000, 0.5):
+            if m.error():
+                if m.error().code() == KafkaError._PARTITION_EOF:
+                    eof.add(m.partition())
+                    continue
+                raise RuntimeError(m.error().str())
+            eof.discard(m.partition())
+            out.append((m.key(), m.value(), m.partition()))
+    c.close()
+    return out
+
+
+def latest_json_by_key(records: list[tuple[bytes | None, bytes | None, int]]) -> dict[str, Any]:
+    return {k.decode(): orjson.loads(v) for k, v, _ in records if k is not None and v is not None}
+
+
+def assert_revenue_matches(final: dict[str, Any], oracle: dict[str, Any]) -> None:
+    """Exact on counts and max, to the cent on sums (float addition order differs by path)."""
+    assert set(final) == set(oracle), (
+        f"users missing: {sorted(set(oracle) - set(final))[:5]}, "
+        f"unexpected: {sorted(set(final) - set(oracle))[:5]}")
+    wrong = []
+    for user, want in oracle.items():
+        got = final[user]
+        if (got["orders"] != want["orders"] or got["largest"] != want["largest"]
+                or abs(got["revenue"] - want["revenue"]) > 0.011):
+            wrong.append((user, got, want))
+    assert not wrong, f"{len(wrong)} users differ from the oracle, e.g. {wrong[:3]}"
+
+
+class WorkerProcess:
+    """`python -m processor run` in a subprocess, with its logs kept in a file."""
+
+    def __init__(self, topology: Path, bootstrap: str, state_dir: Path, log_dir: Path, *,
+                 guarantee: str = "exactly_once", worker_id: str | None = None,
+                 idle: str | None = "3s", env: dict[str, str] | None = None,
+                 commit_interval: str = "100ms") -> None:
+        self.log_path = log_dir / f"worker-{uuid.uuid4().hex[:6]}.log"
+        args = [sys.executable, "-m", "processor", "run", str(topology),
+                "--bootstrap-servers", bootstrap, "--state-dir", str(state_dir),
+                "--guarantee", guarantee, "--commit-interval", commit_interval,
+                "--log-format", "json"]
+        if worker_id:
+            args += ["--worker-id", worker_id]
+        if idle:
+            args += ["--stop-when-idle", idle]
+        full_env = {**os.environ, "PROCESSOR_MAX_POLL_INTERVAL_MS": "6000",
+                    "PROCESSOR_SESSION_TIMEOUT_MS": "6000", **(env or {})}
+        if "PROCESSOR_CRASH_AT" not in (env or {}):
+            full_env.pop("PROCESSOR_CRASH_AT", None)
+        self._log = open(self.log_path, "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(args, cwd=ROOT, env=full_env, stdout=self._log,
+                                     stderr=subprocess.STDOUT)
+
+    def wait(self, timeout: float = 120) -> int:
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self._log.flush()
+
+    def terminate(self, timeout: float = 60) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def logs(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log_path.read_bytes().splitlines():
+            try:
+                out.append(orjson.loads(line))
+            except orjson.JSONDecodeError:
+                continue
+        return out
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+    def wait_for_log(self, msg: str, timeout: float = 60, count: int = 1) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if sum(1 for r in self.logs() if r.get("msg") == msg) >= count:
+                return
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited ({self.proc.returncode}) before {msg!r}:\n"
+                                     + self.log_text())
+            time.sleep(0.2)
+        raise AssertionError(f"no {msg!r} in worker log within {timeout}s:\n{self.log_text()}")
+
+
+def topology_file(tmp: Path, template: str, name: str, replacements: dict[str, str]) -> Path:
+    text = (ROOT / "topologies" / template).read_text()
+    for old, new in replacements.items():
+        text = text.replace(old, new)
+    path = tmp / f"{name}.yaml"
+    path.write_text(text)
+    return path
+
+
+def fresh_dir(path: Path) -> Path:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path

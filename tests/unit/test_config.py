@@ -1,0 +1,202 @@
+"""Worker configuration: YAML file, PROCESSOR_* / KAFKA_BOOTSTRAP_SERVERS environment, overrides."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from processor.errors import SpecErrors
+from processor.runtime.config import WorkerConfig, load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    """Tests must not see the developer's or CI's settings."""
+    for name in list(os.environ):
+        if name.upper().startswith("PROCESSOR_") or name.upper() in (
+            "KAFKA_BOOTSTRAP_SERVERS", "BOOTSTRAP_SERVERS"
+        ):
+            monkeypatch.delenv(name)
+
+
+def write(tmp_path: Path, text: str, name: str = "worker.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def config_errors(path=None, **overrides):
+    with pytest.raises(SpecErrors) as info:
+        load_config(path, **overrides)
+    return info.value.errors
+
+
+def test_defaults_without_file():
+    cfg = load_config()
+    assert cfg.bootstrap_servers == "127.0.0.1:9092"
+    assert cfg.commit_interval_ms == 1000
+    assert cfg.processing_guarantee == "exactly_once"
+    assert cfg.exactly_once is True
+    assert cfg.state_dir == Path("state")
+
+
+def test_file_with_durations(tmp_path):
+    path = write(tmp_path, "commit_interval_ms: 250ms\npoll_timeout_ms: 5s\nsession_timeout_ms: 45s\n"
+                           "max_poll_interval_ms: 5m\nbatch_size: 500\nprocessing_guarantee: at_least_once\n"
+                           "state_dir: /var/lib/proc\nconsumer: {fetch.min.bytes: 1}\n")
+    cfg = load_config(path)
+    assert cfg.commit_interval_ms == 250
+    assert cfg.poll_timeout_ms == 5000
+    assert cfg.session_timeout_ms == 45_000
+    assert cfg.max_poll_interval_ms == 300_000
+    assert cfg.batch_size == 500
+    assert cfg.exactly_once is False
+    assert cfg.state_dir == Path("/var/lib/proc")
+    assert cfg.consumer == {"fetch.min.bytes": 1}
+
+
+def test_numeric_durations_are_milliseconds(tmp_path):
+    assert load_config(write(tmp_path, "commit_interval_ms: 75\n")).commit_interval_ms == 75
+
+
+def test_shipped_default_config_loads():
+    cfg = load_config(ROOT / "config" / "default.yaml")
+    assert cfg.commit_interval_ms == 1000
+    assert cfg.max_poll_interval_ms == 300_000
+    assert cfg.session_timeout_ms == 45_000
+
+
+def test_empty_file_gives_defaults(tmp_path):
+    assert load_config(write(tmp_path, "")).commit_interval_ms == 1000
+
+
+def test_env_commit_interval_is_honoured(monkeypatch):
+    monkeypatch.setenv("PROCESSOR_COMMIT_INTERVAL_MS", "250ms")
+    assert load_config().commit_interval_ms == 250
+
+
+def test_env_applies_to_keys_the_file_does_not_set(tmp_path, monkeypatch):
+    monkeypatch.setenv("PROCESSOR_COMMIT_INTERVAL_MS", "2s")
+    cfg = load_config(write(tmp_path, "batch_size: 7\n"))
+    assert (cfg.commit_interval_ms, cfg.batch_size) == (2000, 7)
+
+
+def test_env_beats_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("PROCESSOR_COMMIT_INTERVAL_MS", "250ms")
+    assert load_config(write(tmp_path, "commit_interval_ms: 1s\n")).commit_interval_ms == 250
+
+
+def test_kafka_bootstrap_servers_env_is_honoured(monkeypatch):
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "kafka-1:9092,kafka-2:9092")
+    assert load_config().bootstrap_servers == "kafka-1:9092,kafka-2:9092"
+
+
+def test_processor_bootstrap_servers_env_is_honoured(monkeypatch):
+    monkeypatch.setenv("PROCESSOR_BOOTSTRAP_SERVERS", "p:1")
+    assert load_config().bootstrap_servers == "p:1"
+
+
+def test_overrides_beat_file_and_env_and_none_is_ignored(tmp_path, monkeypatch):
+    monkeypatch.setenv("PROCESSOR_BATCH_SIZE", "3")
+    path = write(tmp_path, "commit_interval_ms: 1s\nbootstrap_servers: file:1\n")
+    cfg = load_config(path, commit_interval_ms="100ms", bootstrap_servers=None, batch_size=9)
+    assert cfg.commit_interval_ms == 100
+    assert cfg.bootstrap_servers == "file:1"
+    assert cfg.batch_size == 9
+
+
+def test_unrelated_processor_env_vars_are_ignored(monkeypatch):
+    # e.g. Kubernetes service links inject PROCESSOR_PORT for a service named `processor`
+    monkeypatch.setenv("PROCESSOR_PORT", "tcp://10.0.0.1:80")
+    monkeypatch.setenv("PROCESSOR_SERVICE_HOST", "10.0.0.1")
+    assert load_config().commit_interval_ms == 1000
+
+
+# -- errors name file, line and field ---------------------------------------------------------
+
+
+def test_unknown_key(tmp_path):
+    path = write(tmp_path, "batch_size: 10\ncolour: red\n")
+    (err,) = config_errors(path)
+    assert (err.file, err.line, err.path, err.message) == (str(path), 2, "colour", "unknown setting")
+
+
+def test_bad_values(tmp_path):
+    path = write(tmp_path, "batch_size: 10\ncommit_interval_ms: soon\nprocessing_guarantee: maybe\n"
+                           "metrics_port: 70000\n")
+    errs = {e.path: e for e in config_errors(path)}
+    assert set(errs) == {"commit_interval_ms", "processing_guarantee", "metrics_port"}
+    assert all(e.file == str(path) for e in errs.values())
+    assert errs["commit_interval_ms"].line == 2
+    assert "not a duration: 'soon'" in errs["commit_interval_ms"].message
+    assert errs["processing_guarantee"].line == 3
+    assert "'exactly_once' or 'at_least_once'" in errs["processing_guarantee"].message
+    assert errs["metrics_port"].line == 4
+
+
+def test_value_below_minimum(tmp_path):
+    path = write(tmp_path, "\n\ncommit_interval_ms: 5ms\n")
+    (err,) = config_errors(path)
+    assert (err.file, err.line, err.path) == (str(path), 3, "commit_interval_ms")
+    assert "greater than or equal to 10" in err.message
+
+
+def test_error_renders_with_file_line_field(tmp_path):
+    path = write(tmp_path, "colour: red\n")
+    (err,) = config_errors(path)
+    assert err.render() == f"{path}:1: colour: unknown setting"
+
+
+def test_bad_env_value_is_attributed_to_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("PROCESSOR_BATCH_SIZE", "0")
+    (err,) = config_errors(write(tmp_path, "commit_interval_ms: 1s\n"))
+    assert (err.file, err.line, err.path) == ("env", None, "batch_size")
+
+
+def test_yaml_syntax_error(tmp_path):
+    path = write(tmp_path, "batch_size: 1\nconsumer: {a: [1\n")
+    (err,) = config_errors(path)
+    assert err.file == str(path)
+    assert err.message.startswith("YAML syntax error")
+    assert err.line is not None and err.line >= 2
+
+
+def test_non_mapping_file(tmp_path):
+    path = write(tmp_path, "- a\n- b\n")
+    (err,) = config_errors(path)
+    assert (err.file, err.line, err.message) == (str(path), 1, "config must be a YAML mapping")
+
+
+def test_missing_file(tmp_path):
+    path = tmp_path / "nope.yaml"
+    (err,) = config_errors(path)
+    assert err.file == str(path)
+    assert err.message.startswith("cannot read config")
+
+
+# -- worker id -----------------------------------------------------------------------------------
+
+
+def test_worker_id_is_stable_for_the_same_state_dir(tmp_path, monkeypatch):
+    a = load_config(state_dir=tmp_path / "a").resolved_worker_id()
+    assert a == load_config(state_dir=tmp_path / "a").resolved_worker_id()
+    assert a.startswith(socket.gethostname() + "-")
+    # equivalent spellings of one directory are one worker
+    monkeypatch.chdir(tmp_path)
+    assert load_config(state_dir="a").resolved_worker_id() == a
+    assert load_config(state_dir="./x/../a").resolved_worker_id() == a
+
+
+def test_worker_id_differs_for_different_state_dirs(tmp_path):
+    ids = {load_config(state_dir=tmp_path / d).resolved_worker_id() for d in ("a", "b", "c")}
+    assert len(ids) == 3
+
+
+def test_explicit_worker_id_wins(tmp_path):
+    assert load_config(state_dir=tmp_path, worker_id="w-7").resolved_worker_id() == "w-7"
+    assert WorkerConfig(worker_id="w-8").resolved_worker_id() == "w-8"
