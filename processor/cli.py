@@ -75,7 +75,7 @@ def cmd_dev_broker(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from processor.demo import run_demo
+    from processor.runtime.demo import run_demo
 
     return run_demo(seconds=args.seconds, rate=args.rate)
 

@@ -15,7 +15,6 @@ import time
 from typing import Any
 
 import orjson
-
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 

@@ -9,6 +9,8 @@ transactions.
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from tests.integration.scenario import RevenueScenario
@@ -80,6 +82,6 @@ def test_exactly_once_outputs_have_no_duplicates_after_kill(broker, tmp_path, un
 
     for key, value, _ in sc.outputs():
         seen.setdefault(key, []).append(orjson.loads(value)["orders"])
-    repeats = {k: v for k, v in seen.items() if any(b <= a for a, b in zip(v, v[1:], strict=False))}
+    repeats = {k: v for k, v in seen.items() if any(b <= a for a, b in itertools.pairwise(v))}
     assert not repeats, f"outputs repeated after the crash for {len(repeats)} keys: " \
                         f"{list(repeats.items())[:3]}"

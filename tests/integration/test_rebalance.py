@@ -1,0 +1,40 @@
+"""A second worker joins mid-stream and later leaves; state moves through the changelog."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from tests.integration.scenario import RevenueScenario
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.parametrize("guarantee", ["exactly_once", "at_least_once"])
+def test_worker_joins_and_leaves_mid_stream(broker, tmp_path, unique, guarantee):
+    sc = RevenueScenario(broker.bootstrap, tmp_path, unique, guarantee)
+    sc.produce(6_000, seed=1)
+    first = sc.worker(state="w1", worker_id=f"w1-{unique}", idle="5s")
+    first.wait_for_log("task running", count=4)
+
+    # input keeps arriving while the group changes
+    feeder = threading.Thread(target=sc.produce, args=(24_000,), kwargs={"seed": 2, "rate": 2_000})
+    feeder.start()
+    second = sc.worker(state="w2", worker_id=f"w2-{unique}", idle=None)
+    second.wait_for_log("task running", count=1, timeout=60)
+    # let the second worker process for a while, then stop it gracefully (leaves the group)
+    second_tasks = {r["task"] for r in second.logs() if r.get("msg") == "task running"}
+    threading.Event().wait(4)
+    assert second.terminate() == 0, second.log_text()
+    feeder.join()
+    assert first.wait(180) == 0, first.log_text()
+
+    second_records = [r["records"] for r in second.logs() if r.get("msg") == "worker stopped"]
+    assert second_records and second_records[0] > 0, "the joining worker never processed input"
+    # partitions moved back to the first worker; their state came from the changelog
+    moved_back = [r for r in first.logs()
+                  if r.get("msg") == "store restored" and r["task"] in second_tasks]
+    assert moved_back, f"first worker restored none of {second_tasks}:\n{first.log_text()}"
+    assert sum(r["records"] for r in moved_back) > 0
+    sc.assert_final_state_matches_oracle()
