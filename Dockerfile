@@ -63,9 +63,7 @@ ENV PATH="/opt/venv/bin:${PATH}" \
 
 # The working directory is the state parent, so a config file's relative `state_dir: state`
 # (as in config/default.yaml, which the default CMD passes) also resolves to the volume below.
-# Note: values in a --config file currently take precedence over PROCESSOR_* variables, so with
-# the default CMD set the brokers with KAFKA_BOOTSTRAP_SERVERS (read as the CLI flag's default)
-# or --bootstrap-servers, not with PROCESSOR_BOOTSTRAP_SERVERS.
+# PROCESSOR_* variables (and KAFKA_BOOTSTRAP_SERVERS) override the --config file's values.
 WORKDIR /var/lib/processor
 
 USER ${APP_UID}:${APP_GID}

@@ -291,7 +291,8 @@ class Ctx:
             pyspy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
             if not pyspy:
                 raise WorkerError("--profile needs py-spy: pip install py-spy")
-            cmd = [pyspy, "record", "--rate", "250", "--nolineno", "--format", "raw",
+            mode = ["--idle"] if self.args.profile == "wall" else []
+            cmd = [pyspy, "record", "--rate", "250", *mode, "--format", "raw",
                    "--output", str(profile_to), "--", *cmd]
         slug = label.replace("/", "-").replace(" ", "_")
         log_path = self.work / f"{slug}.log"
@@ -467,7 +468,11 @@ def percentile(sorted_vals: list[float], q: float) -> float:
 
 
 def summarise_profile(path: Path, top: int = 12) -> dict[str, Any]:
-    """py-spy raw (collapsed) stacks -> top functions by self and by total (inclusive) time."""
+    """py-spy raw (collapsed) stacks -> top lines by self time and functions by total time.
+
+    Self time is kept per source line: time inside a C call (librdkafka, orjson, RocksDB) is
+    charged to the Python line that made it, so the line says which call it was.
+    """
     selfc: dict[str, int] = {}
     totalc: dict[str, int] = {}
     n = 0
@@ -481,7 +486,7 @@ def summarise_profile(path: Path, top: int = 12) -> dict[str, Any]:
         if not frames:
             continue
         selfc[frames[-1]] = selfc.get(frames[-1], 0) + c
-        for f in set(frames):
+        for f in {_strip_line(f) for f in frames}:
             totalc[f] = totalc.get(f, 0) + c
 
     def rank(d: dict[str, int]) -> list[dict[str, Any]]:
@@ -489,6 +494,12 @@ def summarise_profile(path: Path, top: int = 12) -> dict[str, Any]:
                 for f, c in sorted(d.items(), key=lambda x: -x[1])[:top]]
 
     return {"file": str(path), "samples": n, "top_self": rank(selfc), "top_total": rank(totalc)}
+
+
+def _strip_line(frame: str) -> str:
+    """`fn (path/file.py:123)` -> `fn (path/file.py)`"""
+    head, sep, rest = frame.rpartition(":")
+    return f"{head})" if sep and rest.rstrip(")").isdigit() else frame
 
 
 # -- runs --------------------------------------------------------------------------------------
@@ -763,7 +774,7 @@ def build_report(ctx: Ctx, results: list[dict[str, Any]], started: float) -> dic
             "latency_rate_per_s": ctx.latency_rate, "latency_seconds": ctx.latency_seconds,
             "group_timeout_ms": ctx.group_timeout_ms,
             "worker_config": ctx.args.worker_config,
-            "profiled": bool(ctx.args.profile),
+            "profiled": ctx.args.profile,
         },
         "method": {
             "records_per_s": "input records / processing time; processing time = first input task "
@@ -826,9 +837,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "takes about half of it on Tansu)")
     p.add_argument("--worker-config", help="worker config YAML passed as --config to every worker "
                                            "(e.g. to A/B librdkafka settings)")
-    p.add_argument("--profile", action="store_true",
-                   help="run the throughput workers under py-spy; top functions go in the report "
-                        "and raw stacks next to it (profile-<scenario>-<guarantee>.txt)")
+    p.add_argument("--profile", nargs="?", const="cpu", choices=["cpu", "wall"],
+                   help="run the throughput workers under py-spy (cpu: on-CPU samples only; wall: "
+                        "idle/waiting samples too); top functions go in the report and the raw "
+                        "stacks next to it (profile-<scenario>-<guarantee>.txt)")
     p.add_argument("--keep-work-dir", action="store_true", help="keep worker logs and state dirs")
     args = p.parse_args(argv)
     if args.guarantees is None:
