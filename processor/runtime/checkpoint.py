@@ -38,6 +38,12 @@ def kafka_error(exc: BaseException) -> KafkaError | None:
     return None
 
 
+def is_fatal(err: KafkaError) -> bool:
+    """Fatal for the producer: fenced, or a produce() refused because the instance is dead
+    (librdkafka then reports the generic _FATAL code, whose `fatal()` flag is not set)."""
+    return err.fatal() or err.code() in (KafkaError._FATAL, KafkaError._FENCED)
+
+
 class CheckpointFailed(Exception):
     """The checkpoint did not commit. `fatal`: the producer is fenced or broken for good."""
 
@@ -91,7 +97,7 @@ class Checkpointer:
             err = kafka_error(exc)
             if err is None:
                 raise
-            raise CheckpointFailed(f"flush failed ({what}): {err.str()}", fatal=err.fatal()) from None
+            raise CheckpointFailed(f"flush failed ({what}): {err.str()}", fatal=is_fatal(err)) from None
         if remaining:
             raise CheckpointFailed(f"{remaining} records not delivered within 60s ({what})",
                                    fatal=False)
@@ -99,13 +105,30 @@ class Checkpointer:
             errs, self.delivery_errors[:] = list(self.delivery_errors), []
             raise CheckpointFailed(f"delivery failed ({what}): {errs[0].str()}"
                                    + (f" and {len(errs) - 1} more" if len(errs) > 1 else ""),
-                                   fatal=errs[0].fatal())
+                                   fatal=is_fatal(errs[0]))
 
     def checkpoint(self, tasks: list[Task]) -> int:
-        """Commit every running task that made progress; returns how many were committed."""
+        """Commit every running task that made progress; returns how many were committed.
+
+        Any Kafka error on the way (a produce refused by a fenced producer, a failed flush or
+        commit) becomes CheckpointFailed: nothing of this checkpoint reached RocksDB.
+        """
         tasks = [t for t in tasks if t.state is TaskState.RUNNING and t.has_progress]
         if not tasks:
             return 0
+        try:
+            return self._checkpoint(tasks)
+        except CheckpointFailed:
+            self.metrics.checkpoints.labels("failed").inc()
+            raise
+        except Exception as exc:
+            err = kafka_error(exc)
+            if err is None:
+                raise
+            self.metrics.checkpoints.labels("failed").inc()
+            raise CheckpointFailed(f"checkpoint failed: {err.str()}", fatal=is_fatal(err)) from None
+
+    def _checkpoint(self, tasks: list[Task]) -> int:
         started = time.perf_counter()
         self._changelog_last.clear()
         for task in tasks:
@@ -128,8 +151,7 @@ class Checkpointer:
             err = kafka_error(exc)
             if err is None:
                 raise
-            self.metrics.checkpoints.labels("failed").inc()
-            raise CheckpointFailed(f"commit failed: {err.str()}", fatal=err.fatal()) from None
+            raise CheckpointFailed(f"commit failed: {err.str()}", fatal=is_fatal(err)) from None
         faults.point("checkpoint.after_commit")
         if self.exactly_once:
             self.producer.poll(0)  # serve any delivery reports commit_transaction left queued

@@ -23,7 +23,7 @@ from processor.observability.metrics import Metrics
 from processor.operators import Batch
 from processor.operators.sink import Emitter
 from processor.runtime import faults
-from processor.runtime.checkpoint import Checkpointer, CheckpointFailed
+from processor.runtime.checkpoint import Checkpointer, CheckpointFailed, is_fatal, kafka_error
 from processor.runtime.clients import (
     admin_config,
     consumer_config,
@@ -257,7 +257,15 @@ class Worker:
                     self.restorer.step(cfg.restore_batch_size, 0.05)
                 msgs = self.consumer.consume(cfg.batch_size, 0 if self.restorer.busy else poll_timeout)
                 if msgs:
-                    self._dispatch(msgs, consumed)
+                    try:
+                        self._dispatch(msgs, consumed)
+                    except Exception as exc:
+                        err = kafka_error(exc)
+                        if err is None:
+                            raise
+                        # the producer failed mid-batch (fenced, fatal): same path as a failed commit
+                        self._recover(CheckpointFailed(f"produce failed: {err.str()}", fatal=is_fatal(err)))
+                        continue
                     self._last_activity = time.monotonic()
                     faults.point("batch.processed")
                 now = time.monotonic()
@@ -321,7 +329,12 @@ class Worker:
             log.warning("consumer close failed", extra={"error": exc.args[0].str()})
         self._close_all(dirty=False)
         self.restorer.consumer.close()
-        self.producer.flush(30)
+        try:
+            self.producer.flush(30)
+        except Exception as exc:
+            if kafka_error(exc) is None:
+                raise
+            log.warning("producer flush on shutdown failed", extra={"error": str(exc)})
         log.info("worker stopped", extra={"records": self.records_processed})
 
 
