@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.kafka import BrokerUnderTest, probe_aborted_isolation
+from tests.integration.kafka import BrokerUnderTest, WorkerProcess, probe_aborted_isolation
 
 
 @pytest.fixture(scope="session")
@@ -37,3 +37,11 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerUnderTest
 @pytest.fixture
 def unique() -> str:
     return uuid.uuid4().hex[:8]
+
+
+@pytest.fixture(autouse=True)
+def reap_workers() -> Iterator[None]:
+    """No worker outlives its test, whatever the test's outcome."""
+    yield
+    while WorkerProcess.started:
+        WorkerProcess.started.pop().kill()

@@ -94,6 +94,8 @@ def assert_revenue_matches(final: dict[str, Any], oracle: dict[str, Any]) -> Non
 class WorkerProcess:
     """`python -m processor run` in a subprocess, with its logs kept in a file."""
 
+    started: list[WorkerProcess] = []  # killed by the `reap_workers` fixture after each test
+
     def __init__(self, topology: Path, bootstrap: str, state_dir: Path, log_dir: Path, *,
                  guarantee: str = "exactly_once", worker_id: str | None = None,
                  idle: str | None = "3s", env: dict[str, str] | None = None,
@@ -114,6 +116,7 @@ class WorkerProcess:
         self._log = open(self.log_path, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(args, cwd=ROOT, env=full_env, stdout=self._log,
                                      stderr=subprocess.STDOUT)
+        WorkerProcess.started.append(self)
 
     def wait(self, timeout: float = 120) -> int:
         try:
