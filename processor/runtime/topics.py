@@ -20,7 +20,11 @@ class TopicError(ProcessorError):
 
 
 def partition_counts(admin: AdminClient, timeout: float = 10.0) -> dict[str, int]:
-    md = admin.list_topics(timeout=timeout)
+    try:
+        md = admin.list_topics(timeout=timeout)
+    except KafkaException as exc:
+        raise TopicError(f"cannot read cluster metadata: {exc.args[0].str()} "
+                         "(is bootstrap_servers right and the broker up?)") from None
     return {name: len(t.partitions) for name, t in md.topics.items() if t.error is None}
 
 

@@ -35,6 +35,7 @@ from processor.runtime.restore import Restorer
 from processor.runtime.task import Task, TaskState
 from processor.runtime.topics import ensure_topics
 from processor.serde import serde_for
+from processor.serde.formats import INLINE_GLOBALS, inline_encode
 
 log = logging.getLogger("processor.worker")
 
@@ -81,25 +82,24 @@ class Worker:
 
     def emitter_for(self, end: TopicEnd, partition: int) -> Emitter:
         """Serialize and produce; repartition records get the de-duplication envelope."""
-        kenc = serde_for(end.key_format).encode
-        venc = serde_for(end.value_format).encode
-        topic = end.topic
-        worker = self
         if end.internal:
-            return self._envelope_emitter(topic, kenc, partition)
-
-        def emit(batch: Batch) -> None:
-            produce = worker.producer.produce
-            for k, v, t, _ in batch:
-                value, key = venc(v), kenc(k)
-                try:
-                    produce(topic, value, key, timestamp=t)
-                except BufferError:
-                    worker.producer.poll(0.1)
-                    produce(topic, value, key, timestamp=t)
-            worker._produced[topic] = worker._produced.get(topic, 0) + len(batch)
-
-        return emit
+            return self._envelope_emitter(end.topic, serde_for(end.key_format).encode, partition)
+        # generated once per sink: codecs inlined into the produce loop
+        source = f"""
+def emit(batch):
+    produce = worker.producer.produce
+    for k, v, t, _ in batch:
+        value, key = {inline_encode(end.value_format, "v")}, {inline_encode(end.key_format, "k")}
+        try:
+            produce(topic, value, key, timestamp=t)
+        except BufferError:
+            worker.producer.poll(0.1)
+            produce(topic, value, key, timestamp=t)
+    worker._produced[topic] = worker._produced.get(topic, 0) + len(batch)
+"""
+        env = {**INLINE_GLOBALS, "worker": self, "topic": end.topic}
+        exec(compile(source, f"<emit {end.topic}>", "exec"), env)
+        return env["emit"]
 
     def _envelope_emitter(self, topic: str, kenc: Any, partition: int) -> Emitter:
         worker, dumps = self, orjson.dumps

@@ -69,3 +69,31 @@ def serde_for(fmt: str) -> Serde:
         return _SERDES[fmt]
     except KeyError:
         raise ValueError(f"unknown format {fmt!r} (known: {', '.join(FORMATS)})") from None
+
+
+# Inline forms of the codecs, for batch functions generated once per task (task.py, worker.py):
+# on the hot path a Python-level call per key and per value costs more than the decoding itself.
+INLINE_GLOBALS: dict[str, Any] = {
+    "_loads": orjson.loads, "_dumps": orjson.dumps, "_OPT": orjson.OPT_NON_STR_KEYS,
+    "_string_encode": _string_encode, "_bytes_encode": _bytes_encode,
+}
+
+
+def inline_decode(fmt: str, src: str, tmp: str) -> str:
+    """An expression decoding the bytes expression `src` (evaluated once, bound to `tmp`)."""
+    serde_for(fmt)
+    if fmt == "json":
+        return f"(_loads({tmp}) if ({tmp} := {src}) is not None else None)"
+    if fmt == "string":
+        return f"({tmp}.decode() if ({tmp} := {src}) is not None else None)"
+    return src
+
+
+def inline_encode(fmt: str, var: str) -> str:
+    """An expression encoding the object in variable `var`."""
+    serde_for(fmt)
+    if fmt == "json":
+        return f"(_dumps({var}, None, _OPT) if {var} is not None else None)"
+    if fmt == "string":
+        return f"({var}.encode() if {var}.__class__ is str else _string_encode({var}))"
+    return f"({var} if {var}.__class__ is bytes else _bytes_encode({var}))"
