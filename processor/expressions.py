@@ -102,7 +102,9 @@ def compile_tree(body: ast.expr, source: str) -> Callable[[Any, Any, int], Any]:
     )
     ast.fix_missing_locations(lam)
     code = compile(lam, f"<expression: {source}>", "eval")
-    return eval(code, {"__builtins__": SAFE_BUILTINS})
+    fn = eval(code, {"__builtins__": SAFE_BUILTINS})  # checked AST, restricted builtins
+    fn.expr_source = ast.unparse(body)  # checked source, for fusing steps (operators/fusion.py)
+    return fn
 
 
 def load_callable(ref: str) -> Callable[..., Any]:

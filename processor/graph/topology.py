@@ -26,6 +26,7 @@ from processor.operators import (
     compile_aggregation,
     parse_field,
 )
+from processor.operators.fusion import fuse
 from processor.operators.sink import Emitter
 from processor.serde import serde_for
 from processor.spec.loader import LoadedSpec, PathT, format_path
@@ -108,7 +109,7 @@ class SubTopology:
         return [s.sink for chain in self.chains for s in chain if s.sink]
 
     def build_chains(self, ctx: BuildContext) -> list[list[Operator]]:
-        return [[step.build(ctx) for step in chain] for chain in self.chains]
+        return [fuse([step.build(ctx) for step in chain]) for chain in self.chains]
 
 
 @dataclass

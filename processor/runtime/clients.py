@@ -25,6 +25,11 @@ def consumer_config(config: WorkerConfig, group_id: str) -> dict[str, Any]:
         # bound (63k rec/s measured vs 1.6M rec/s with 8 MiB on the embedded broker)
         "max.partition.fetch.bytes": 8 * 1024 * 1024,
         "fetch.max.bytes": 64 * 1024 * 1024,
+        # don't let a fetch sit out the 500 ms default wait, nor back off 1 s when the local
+        # queue is full: both stall the loop (measured 131k -> 180k rec/s stateless, p50 216 ->
+        # 95 ms); the cost is more empty fetch requests when idle
+        "fetch.wait.max.ms": 25,
+        "fetch.queue.backoff.ms": 10,
         "enable.partition.eof": False,
     }
     conf.update(config.consumer)
@@ -43,6 +48,8 @@ def restore_consumer_config(config: WorkerConfig) -> dict[str, Any]:
         "isolation.level": "read_committed" if config.exactly_once else "read_uncommitted",
         "max.partition.fetch.bytes": 16 * 1024 * 1024,
         "fetch.max.bytes": 64 * 1024 * 1024,
+        "fetch.wait.max.ms": 10,  # restore reads to EOF: never wait for data that won't come
+        "fetch.queue.backoff.ms": 10,
     }
     conf.update({k: v for k, v in config.consumer.items()
                  if k.startswith(("security.", "sasl.", "ssl."))})

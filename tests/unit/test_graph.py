@@ -8,6 +8,7 @@ import pytest
 
 from processor.graph import BuildContext, TopicEnd, build_topology
 from processor.operators import Aggregate, Filter, KeyBy, MapValue, Sink
+from processor.operators.fusion import Fused
 from processor.spec import load_spec, load_spec_text
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -173,7 +174,9 @@ def test_build_chains_instantiates_operators_per_task():
     topo = build(REKEYED)
     ctx, outputs = collecting_context()
     (chain0,) = topo.subtopologies[0].build_chains(ctx)
-    assert [type(op) for op in chain0] == [Filter, KeyBy, Sink]
+    # consecutive expression steps are fused into one generated loop
+    assert [type(op) for op in chain0] == [Fused, Sink]
+    assert [type(op) for op in chain0[0].ops] == [Filter, KeyBy]
     (chain1,) = topo.subtopologies[1].build_chains(ctx)
     assert [type(op) for op in chain1] == [Aggregate, Sink]
     assert chain1[0].store_name == "totals"
@@ -192,7 +195,7 @@ def test_fields_projection_builds_a_dict():
     topo = build_topology(load_spec(ROOT / "topologies" / "clean_orders.yaml"))
     ctx, outputs = collecting_context()
     (chain,) = topo.subtopologies[0].build_chains(ctx)
-    assert isinstance(chain[1], MapValue)
+    assert isinstance(chain[0], Fused) and isinstance(chain[0].ops[1], MapValue)
     batch = [("o1", {"user": "u", "amount": 3, "country": "de"}, 0, 7),
              ("o2", {"user": "t", "amount": 1, "country": "fr", "test": True}, 0, 8)]
     for op in chain:
