@@ -27,7 +27,7 @@ class WorkerConfig(BaseSettings):
                                       "bootstrap_servers"),
     )
     processing_guarantee: Literal["exactly_once", "at_least_once"] = "exactly_once"
-    commit_interval_ms: int = Field(default=1000, ge=10)
+    commit_interval_ms: int = Field(default=100, ge=10)
     state_dir: Path = Path("state")
     worker_id: str | None = None
     batch_size: int = Field(default=10_000, ge=1)

@@ -15,7 +15,15 @@ import time
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient
 
 from processor.graph import BuildContext, TopicEnd, Topology
@@ -58,6 +66,7 @@ class Worker:
         self._produced: dict[str, int] = {}
         self.records_processed = 0
         self._last_activity = time.monotonic()  # input or (re)assignment, for bounded runs
+        self._progress_mark = (time.monotonic(), 0)
 
     # -- clients -----------------------------------------------------------------------------
 
@@ -188,13 +197,18 @@ def emit(batch):
         if start is not None and start > committed:
             # the changelog is ahead of the group's commit (crash after the changelog write
             # under at-least-once): skip input whose effects are already in state and output
-            self.consumer.seek(TopicPartition(task.topic, task.partition, start))
+            target = start
             task.position = task.committed_position = start
+        elif committed >= 0:
+            target = committed
+        else:
+            target = OFFSET_BEGINNING if self.config.auto_offset_reset == "earliest" else OFFSET_END
+        # always seek: the paused partition must start exactly here, whatever was prefetched
+        self.consumer.seek(TopicPartition(task.topic, task.partition, target))
         self.consumer.resume([tp])
         log.info("task running", extra={"task": task.id, "topic": task.topic,
                                         "partition": task.partition,
-                                        "offset": start if start is not None
-                                        else (committed if committed >= 0 else None)})
+                                        "offset": target if target >= 0 else None})
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -272,6 +286,7 @@ def emit(batch):
                 if now >= next_checkpoint:
                     self._checkpoint()
                     next_checkpoint = now + interval
+                    self._maybe_log_progress(now)
                 if self.stop_when_idle_ms is not None and self._idle(now - self._last_activity):
                     log.info("idle: stopping bounded run", extra={"records": self.records_processed})
                     break
@@ -279,6 +294,20 @@ def emit(batch):
         finally:
             self._shutdown()
         return 0
+
+    def _maybe_log_progress(self, now: float, every_s: float = 10.0) -> None:
+        """A progress line every ten seconds: totals, rate, task states, per-task offsets."""
+        last_t, last_n = self._progress_mark
+        if now - last_t < every_s:
+            return
+        self._progress_mark = (now, self.records_processed)
+        log.info("progress", extra={
+            "records": self.records_processed,
+            "records_per_s": round((self.records_processed - last_n) / (now - last_t)),
+            "tasks_running": sum(t.state is TaskState.RUNNING for t in self.tasks.values()),
+            "tasks_restoring": sum(t.state is TaskState.RESTORING for t in self.tasks.values()),
+            "offsets": {f"{t.topic}[{t.partition}]": t.committed_position
+                        for t in self.tasks.values()}})
 
     def _idle(self, idle_s: float) -> bool:
         assert self.stop_when_idle_ms is not None

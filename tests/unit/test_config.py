@@ -39,7 +39,7 @@ def config_errors(path=None, **overrides):
 def test_defaults_without_file():
     cfg = load_config()
     assert cfg.bootstrap_servers == "127.0.0.1:9092"
-    assert cfg.commit_interval_ms == 1000
+    assert cfg.commit_interval_ms == 100
     assert cfg.processing_guarantee == "exactly_once"
     assert cfg.exactly_once is True
     assert cfg.state_dir == Path("state")
@@ -66,13 +66,13 @@ def test_numeric_durations_are_milliseconds(tmp_path):
 
 def test_shipped_default_config_loads():
     cfg = load_config(ROOT / "config" / "default.yaml")
-    assert cfg.commit_interval_ms == 1000
+    assert cfg.commit_interval_ms == 100
     assert cfg.max_poll_interval_ms == 300_000
     assert cfg.session_timeout_ms == 45_000
 
 
 def test_empty_file_gives_defaults(tmp_path):
-    assert load_config(write(tmp_path, "")).commit_interval_ms == 1000
+    assert load_config(write(tmp_path, "")).commit_interval_ms == 100
 
 
 def test_env_commit_interval_is_honoured(monkeypatch):
@@ -114,7 +114,7 @@ def test_unrelated_processor_env_vars_are_ignored(monkeypatch):
     # e.g. Kubernetes service links inject PROCESSOR_PORT for a service named `processor`
     monkeypatch.setenv("PROCESSOR_PORT", "tcp://10.0.0.1:80")
     monkeypatch.setenv("PROCESSOR_SERVICE_HOST", "10.0.0.1")
-    assert load_config().commit_interval_ms == 1000
+    assert load_config().commit_interval_ms == 100
 
 
 # -- errors name file, line and field ---------------------------------------------------------
