@@ -74,9 +74,9 @@ class Worker:
         txn_id = f"{self.topology.name}-{self.worker_id}" if self.config.exactly_once else None
         conf = producer_config(self.config, txn_id)
         if not self.config.exactly_once:
-            # at-least-once must see every failed delivery before it commits offsets;
-            # only failures are reported, so the success path costs nothing
-            conf["delivery.report.only.error"] = True
+            # at-least-once must see every failed delivery before it commits offsets (a
+            # transaction does that check for exactly-once). Not `delivery.report.only.error`:
+            # the checkpoint needs the changelog records' successful reports for their offsets.
             conf["on_delivery"] = self._on_output_delivery
         producer = Producer(conf)
         if txn_id:

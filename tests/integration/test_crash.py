@@ -28,7 +28,10 @@ SMALL_BATCHES = {"PROCESSOR_BATCH_SIZE": "300"}
 
 
 def _crash_then_finish(sc: RevenueScenario, point: str) -> None:
-    crashed = sc.worker(idle=None, env={**SMALL_BATCHES, "PROCESSOR_CRASH_AT": point})
+    # short checkpoints so every crash point is reached several times before input runs out;
+    # a worker that never reaches its point goes idle and exits 0, failing the assertion
+    crashed = sc.worker(idle="5s", commit_interval="20ms",
+                        env={**SMALL_BATCHES, "PROCESSOR_CRASH_AT": point})
     rc = crashed.wait(120)
     assert rc == -9, f"worker should have been killed at {point}, exit {rc}:\n{crashed.log_text()}"
     done = sc.worker(env=SMALL_BATCHES)
@@ -53,7 +56,7 @@ def test_kill_during_restore_then_resume(broker, tmp_path, unique, guarantee):
     sc.produce(4_000, seed=2)
     # a new machine: empty state dir, restore from the changelog in small chunks, killed midway
     env = {"PROCESSOR_RESTORE_BATCH_SIZE": "40", "PROCESSOR_CRASH_AT": "restore.chunk:3"}
-    crashed = sc.worker(state="new", idle=None, env=env)
+    crashed = sc.worker(state="new", idle="5s", env=env)
     assert crashed.wait(120) == -9, crashed.log_text()
     assert any(r.get("msg") == "restore started" for r in crashed.logs())
     resumed = sc.worker(state="new", env={"PROCESSOR_RESTORE_BATCH_SIZE": "40"})

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import time
+import urllib.request
+
 import pytest
 
+from processor.runtime.broker import free_port
 from processor.runtime.generator import create_topic, produce_json
 from processor.samples import sample_orders
 from tests.integration.kafka import WorkerProcess, read_all, topology_file
@@ -33,6 +37,9 @@ def test_revenue_per_user_equals_oracle(broker, tmp_path, unique, guarantee):
     again = sc.worker()
     assert again.wait() == 0, again.log_text()
     assert per_partition() == before
+    # the local stores' checkpoints were current: restore replayed no changelog record
+    restored = [r for r in again.logs() if r.get("msg") == "store restored"]
+    assert len(restored) == 4 and all(r["records"] == 0 for r in restored), restored
 
 
 def test_stateless_topology_delivers_each_record_once(broker, tmp_path, unique):
@@ -50,3 +57,27 @@ def test_stateless_topology_delivers_each_record_once(broker, tmp_path, unique):
     got = [k.decode() for k, _, _ in read_all(broker.bootstrap, out)]
     want = [k for i, (k, _) in enumerate(orders) if i % 10 != 0]
     assert sorted(got) == sorted(want)
+
+
+def test_metrics_endpoint_reports_progress(broker, tmp_path, unique):
+    sc = RevenueScenario(broker.bootstrap, tmp_path, unique)
+    sc.produce(5_000)
+    port = free_port()
+    w = sc.worker(idle="4s", env={"PROCESSOR_METRICS_PORT": str(port)})
+    w.wait_for_log("task running", count=4)
+    deadline = time.monotonic() + 30
+    text = ""
+    while time.monotonic() < deadline:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        consumed = [line for line in text.splitlines()
+                    if line.startswith("processor_records_consumed_total{")]
+        committed = [line for line in text.splitlines()
+                     if line.startswith('processor_checkpoints_total{result="committed"}')]
+        if (consumed and sum(float(line.rsplit(" ", 1)[1]) for line in consumed) >= 5_000
+                and committed and float(committed[0].rsplit(" ", 1)[1]) > 0):
+            break
+        time.sleep(0.3)
+    else:
+        raise AssertionError(f"no committed checkpoint covering the input:\n{text[:2000]}")
+    assert "processor_checkpoint_duration_seconds_bucket" in text
+    assert w.wait() == 0, w.log_text()
