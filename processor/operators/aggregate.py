@@ -138,6 +138,10 @@ def compile_aggregation(fields: list[FieldAgg]) -> CompiledAggregation:
     return CompiledAggregation(env["_update"], env["_result"], initial)
 
 
+def _offset(record: Record) -> int:
+    return record[3]
+
+
 class Aggregate:
     """Keyed aggregate. Reads through a cache; dirty keys go to the changelog at flush.
 
@@ -203,6 +207,8 @@ class Aggregate:
         emits: Batch = []
         if not self.every_record:
             emits = [(k, result(cache[kb]), t, o) for kb, (k, t, o) in self.dirty.items()]
+            # in input order: a downstream repartition de-duplicates by increasing source offset
+            emits.sort(key=_offset)
         self.dirty = {}
         return emits, writes
 
