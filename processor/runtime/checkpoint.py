@@ -183,21 +183,6 @@ class Checkpointer:
                 if err.retriable() and attempt < 4:
                     log.warning("transaction commit retry", extra={"error": err.str()})
                     continue
-                if err.txn_requires_abort():
-                    self.abort()
-                raise
+                raise  # the worker replaces the producer, which aborts this transaction
         self.delivery_errors.clear()
         producer.begin_transaction()
-
-    def abort(self) -> None:
-        """Abort the open transaction (its records become invisible to read_committed)."""
-        if not self.exactly_once:
-            return
-        try:
-            self.producer.abort_transaction(30)
-            self.producer.begin_transaction()
-        except Exception as exc:
-            err = kafka_error(exc)
-            if err is None:
-                raise
-            log.warning("abort failed", extra={"error": err.str()})

@@ -141,7 +141,7 @@ def emit(batch):
             self.checkpointer.checkpoint(list(self.tasks.values()))
         except CheckpointFailed as exc:
             log.error("checkpoint on revoke failed; closing tasks dirty", extra={"error": str(exc)})
-            self._close_all(dirty=True)
+            self._discard_uncommitted(fatal=exc.fatal)
             return
         for tp in [(p.topic, p.partition) for p in partitions]:
             task = self.tasks.pop(tp, None)
@@ -157,8 +157,7 @@ def emit(batch):
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.metrics.rebalances.labels("lost").inc()
         log.warning("partitions lost; closing tasks dirty", extra={"partitions": _fmt(partitions)})
-        self.checkpointer.abort()
-        self._close_all(dirty=True)
+        self._discard_uncommitted(fatal=False)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.metrics.rebalances.labels("assign").inc()
@@ -242,15 +241,27 @@ def emit(batch):
             "topology": self.topology.name, "worker_id": self.worker_id,
             "guarantee": cfg.processing_guarantee, "topics": self.topology.source_topics})
 
+    def _discard_uncommitted(self, *, fatal: bool) -> None:
+        """Close every task dirty. Under exactly-once also replace the producer: the new one's
+        init_transactions aborts the open transaction (or fences a zombie), which works even
+        when the old producer is broken — an abort_transaction on a fenced producer would only
+        block until its timeout."""
+        self._close_all(dirty=True)
+        if self.config.exactly_once or fatal:
+            try:
+                self.producer.purge()
+            except Exception as exc:
+                if kafka_error(exc) is None:
+                    raise
+            self.producer = self._new_producer()
+            self.checkpointer.producer = self.producer
+            self.delivery_errors.clear()
+
     def _recover(self, exc: CheckpointFailed) -> None:
         """A failed or fenced transaction: drop uncommitted work and rejoin, as Kafka Streams does."""
         log.error("checkpoint failed; closing tasks dirty and rejoining the group",
                   extra={"error": str(exc), "fatal": exc.fatal})
-        self.checkpointer.abort()
-        self._close_all(dirty=True)
-        if exc.fatal:
-            self.producer = self._new_producer()
-            self.checkpointer.producer = self.producer
+        self._discard_uncommitted(fatal=exc.fatal)
         self.consumer.unsubscribe()
         self.consumer.subscribe(self.topology.source_topics, on_assign=self._on_assign,
                                 on_revoke=self._on_revoke, on_lost=self._on_lost)
