@@ -186,7 +186,7 @@ class _Builder:
             self.error(path, str(exc))
             return None
 
-    def record_fn(self, path: PathT, spec: str | PythonRef, arity: int = 2) -> Callable[..., Any] | None:
+    def record_fn(self, path: PathT, spec: str | PythonRef) -> Callable[..., Any] | None:
         """An expression, or a python function fn(key, value) adapted to (key, value, ts)."""
         if isinstance(spec, str):
             return self.compile(path, spec)

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from processor.observability.metrics import Metrics
 from processor.runtime import faults
+from processor.runtime.produce import produce_when_room
 from processor.runtime.task import Task, TaskState
 from processor.state import POSITION_KEY, encode_position
 
@@ -61,7 +61,6 @@ class Checkpointer:
         self.metrics = metrics
         self.delivery_errors = delivery_errors
         self._changelog_last: dict[tuple[str, int], int] = {}
-        self._on_changelog: Callable[[Any, Any], None] = self._changelog_delivered
 
     def _changelog_delivered(self, err: KafkaError | None, msg: Any) -> None:
         if err is not None:
@@ -71,23 +70,16 @@ class Checkpointer:
         if msg.offset() > self._changelog_last.get(key, -1):
             self._changelog_last[key] = msg.offset()
 
-    def _produce(self, topic: str, partition: int, key: bytes, value: bytes | None) -> None:
-        while True:
-            try:
-                self.producer.produce(topic, value, key, partition=partition,
-                                      on_delivery=self._on_changelog)
-                return
-            except BufferError:
-                self.producer.poll(0.05)
-
     def _write_changelogs(self, task: Task) -> None:
         assert task.position is not None
         position = encode_position(task.position, task.upstream_marks())
         for store, topic in task.changelogs.items():
             writes = task.pending.get(store, {})
             for key, value in writes.items():
-                self._produce(topic, task.partition, key, value)
-            self._produce(topic, task.partition, POSITION_KEY, position)
+                produce_when_room(self.producer, topic, value, key, partition=task.partition,
+                                  on_delivery=self._changelog_delivered)
+            produce_when_room(self.producer, topic, position, POSITION_KEY,
+                              partition=task.partition, on_delivery=self._changelog_delivered)
             self.metrics.changelog_records.labels(store).inc(len(writes) + 1)
 
     def _flush(self, what: str) -> None:

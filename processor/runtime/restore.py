@@ -18,6 +18,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartiti
 
 from processor.runtime.task import Task
 from processor.state import POSITION_KEY, RocksStore, decode_position
+from processor.state.store import META_CHANGELOG_OFFSET, META_POSITION, META_UPSTREAM
 
 log = logging.getLogger("processor.restore")
 
@@ -37,7 +38,6 @@ class Restorer:
     progress_interval_s: float = 5.0
     active: dict[tuple[str, int], _Progress] = field(default_factory=dict)
     waiting: dict[str, int] = field(default_factory=dict)  # task id -> stores still restoring
-    records_restored: int = 0
     _last_log: float = 0.0
     hooks: list[Callable[[int], None]] = field(default_factory=list)
 
@@ -98,7 +98,6 @@ class Restorer:
             prog = self.active.get(key)
             if prog is not None:
                 self._finish(key, prog, end)
-        self.records_restored += applied
         for hook in self.hooks:
             hook(applied)
         self._maybe_log()
@@ -107,13 +106,13 @@ class Restorer:
     def _apply(self, prog: _Progress, chunk: list) -> int:
         store: RocksStore = prog.task.stores[prog.store]
         writes: dict[bytes, bytes | None] = {}
-        meta: dict[str, int | bytes] = {"changelog_offset": chunk[-1].offset() + 1}
+        meta: dict[str, int | bytes] = {META_CHANGELOG_OFFSET: chunk[-1].offset() + 1}
         for m in chunk:
             k = m.key()
             if k == POSITION_KEY:
-                meta["position"], upstream = decode_position(m.value())
+                meta[META_POSITION], upstream = decode_position(m.value())
                 if upstream is not None:
-                    meta["upstream"] = upstream
+                    meta[META_UPSTREAM] = upstream
             else:
                 writes[k] = m.value()
         store.apply(writes, meta)
@@ -121,7 +120,7 @@ class Restorer:
         return len(chunk)
 
     def _finish(self, key: tuple[str, int], prog: _Progress, end: int) -> None:
-        prog.task.stores[prog.store].apply({}, {"changelog_offset": end})
+        prog.task.stores[prog.store].apply({}, {META_CHANGELOG_OFFSET: end})
         del self.active[key]
         self.consumer.incremental_unassign([TopicPartition(*key)])
         left = self.waiting[prog.task.id] - 1

@@ -22,6 +22,7 @@ from processor.operators import Aggregate, Batch, StepFailed
 from processor.serde import serde_for
 from processor.serde.formats import INLINE_GLOBALS, inline_decode
 from processor.state import RocksStore
+from processor.state.store import META_CHANGELOG_OFFSET, META_POSITION, META_UPSTREAM
 
 log = logging.getLogger("processor.task")
 
@@ -64,7 +65,6 @@ class Task:
         self.committed_position: int | None = None
         self.pending: dict[str, dict[bytes, bytes]] = {}
         self.state = TaskState.RESTORING if self.stores else TaskState.RUNNING
-        self.records_processed = 0
 
     # -- restore ---------------------------------------------------------------------------
 
@@ -125,7 +125,6 @@ class Task:
             self._raise_decode_error(messages)
         self._run(batch, 0, range(len(self.chains)))
         self.position = messages[-1].offset() + 1
-        self.records_processed += len(messages)
 
     def _run(self, batch: Batch, start: int, chain_ids: range | list[int]) -> None:
         for ci in chain_ids:
@@ -173,11 +172,11 @@ class Task:
         for name, store in self.stores.items():
             meta: dict[str, int | bytes] = {}
             if self.position is not None:
-                meta["position"] = self.position
+                meta[META_POSITION] = self.position
             if upstream is not None:
-                meta["upstream"] = upstream
+                meta[META_UPSTREAM] = upstream
             if name in changelog_next:
-                meta["changelog_offset"] = changelog_next[name]
+                meta[META_CHANGELOG_OFFSET] = changelog_next[name]
             store.apply(self.pending.get(name, {}), meta)
         self.pending = {}
         for _, _, agg in self.aggregates:
@@ -194,7 +193,8 @@ class Task:
         self.state = TaskState.CLOSED
         log.info("task closed", extra={"task": self.id, "topic": self.topic,
                                        "partition": self.partition, "dirty": dirty,
-                                       "offset": self.position})
+                                       "offset": self.position,
+                                       "duplicates_dropped": self.duplicates_dropped})
 
 
 def _batch_decoder(key_format: str, value_format: str, ts_field: str | None,

@@ -39,6 +39,7 @@ from processor.runtime.clients import (
     restore_consumer_config,
 )
 from processor.runtime.config import WorkerConfig
+from processor.runtime.produce import produce_when_room
 from processor.runtime.restore import Restorer
 from processor.runtime.task import Task, TaskState
 from processor.runtime.topics import ensure_topics
@@ -102,11 +103,11 @@ def emit(batch):
         try:
             produce(topic, value, key, timestamp=t)
         except BufferError:
-            worker.producer.poll(0.1)
-            produce(topic, value, key, timestamp=t)
+            produce_when_room(worker.producer, topic, value, key, timestamp=t)
     worker._produced[topic] = worker._produced.get(topic, 0) + len(batch)
 """
-        env = {**INLINE_GLOBALS, "worker": self, "topic": end.topic}
+        env = {**INLINE_GLOBALS, "worker": self, "topic": end.topic,
+               "produce_when_room": produce_when_room}
         exec(compile(source, f"<emit {end.topic}>", "exec"), env)
         return env["emit"]
 
@@ -126,8 +127,7 @@ def emit(batch):
                 try:
                     produce(topic, value, key, timestamp=t)
                 except BufferError:
-                    worker.producer.poll(0.1)
-                    produce(topic, value, key, timestamp=t)
+                    produce_when_room(worker.producer, topic, value, key, timestamp=t)
             state["offset"], state["seq"] = last, seq
             worker._produced[topic] = worker._produced.get(topic, 0) + len(batch)
 
@@ -235,8 +235,7 @@ def emit(batch):
         self.checkpointer = Checkpointer(self.producer, self.consumer,
                                          exactly_once=cfg.exactly_once, metrics=self.metrics,
                                          delivery_errors=self.delivery_errors)
-        self.consumer.subscribe(self.topology.source_topics, on_assign=self._on_assign,
-                                on_revoke=self._on_revoke, on_lost=self._on_lost)
+        self._subscribe()
         log.info("worker started", extra={
             "topology": self.topology.name, "worker_id": self.worker_id,
             "guarantee": cfg.processing_guarantee, "topics": self.topology.source_topics})
@@ -263,6 +262,9 @@ def emit(batch):
                   extra={"error": str(exc), "fatal": exc.fatal})
         self._discard_uncommitted(fatal=exc.fatal)
         self.consumer.unsubscribe()
+        self._subscribe()
+
+    def _subscribe(self) -> None:
         self.consumer.subscribe(self.topology.source_topics, on_assign=self._on_assign,
                                 on_revoke=self._on_revoke, on_lost=self._on_lost)
 

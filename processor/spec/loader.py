@@ -14,7 +14,7 @@ import yaml
 from pydantic import ValidationError
 
 from processor.errors import SpecError, SpecErrors
-from processor.spec.models import TopologySpec
+from processor.spec.models import STEP_KINDS, TopologySpec
 
 PathT = tuple[str | int, ...]
 
@@ -101,8 +101,8 @@ def _data_path(loc: tuple[Any, ...], data: Any) -> PathT:
     return tuple(path)
 
 
-_TAGS = {"filter", "map", "flat_map", "key_by", "aggregate", "python", "to", "str",
-         "FieldsProjection", "PythonRef", "SinkSpec", "PythonReducer"}
+# pydantic's names for union members: the step tags plus the branch types
+_TAGS = {*STEP_KINDS, "str", "FieldsProjection", "PythonRef", "SinkSpec", "PythonReducer"}
 
 
 def _pydantic_errors(exc: ValidationError, data: Any, lines: LineMap, file: str) -> list[SpecError]:
