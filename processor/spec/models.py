@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
@@ -16,9 +17,12 @@ from pydantic import (
 )
 
 from processor.serde import FORMATS
+from processor.timeutil import parse_duration_ms
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
-STEP_KINDS = ("filter", "map", "flat_map", "key_by", "aggregate", "python", "to")
+STEP_KINDS = ("filter", "map", "flat_map", "key_by", "window", "aggregate", "process", "python",
+              "to")
+REF_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
 
 
 class _Strict(BaseModel):
@@ -36,11 +40,39 @@ class SerdeSpec(_Strict):
         return v
 
 
+def _duration(value: Any) -> int:
+    if value is None:
+        raise ValueError("a duration is required (e.g. '5s')")
+    return parse_duration_ms(value)
+
+
+DurationMs = Annotated[int, BeforeValidator(_duration)]
+"""'250ms', '5s', '1m', '2h', '1d', or a number of milliseconds."""
+
+
 class TimestampSpec(_Strict):
-    """Event time from a value field (epoch number); absent = the Kafka record timestamp."""
+    """Event time from a value field; absent = the Kafka record timestamp.
+
+    unit: `ms` / `s` = epoch number (milliseconds / seconds, fractions allowed),
+    `iso` = ISO-8601 string (a time without offset is UTC)."""
 
     field: str
-    unit: Literal["ms", "s"] = "ms"
+    unit: Literal["ms", "s", "iso"] = "ms"
+
+
+class WatermarkSpec(_Strict):
+    """Per source partition: watermark = max event time seen - max_out_of_orderness.
+    A partition without input for `idle_timeout` stops holding back downstream watermarks."""
+
+    max_out_of_orderness: DurationMs = 0
+    idle_timeout: DurationMs | None = None
+
+    @field_validator("idle_timeout")
+    @classmethod
+    def _positive(cls, v: int | None) -> int | None:
+        if v is not None and v <= 0:
+            raise ValueError("idle_timeout must be positive (omit it to never mark a partition idle)")
+        return v
 
 
 class SourceSpec(_Strict):
@@ -48,6 +80,7 @@ class SourceSpec(_Strict):
     key: SerdeSpec = SerdeSpec(format="string")
     value: SerdeSpec = SerdeSpec(format="json")
     timestamp: TimestampSpec | None = None
+    watermark: WatermarkSpec = WatermarkSpec()
 
 
 class SinkSpec(_Strict):
@@ -60,7 +93,7 @@ class SinkSpec(_Strict):
 
 
 class PythonRef(_Strict):
-    python: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+    python: str = Field(pattern=REF_PATTERN)
 
 
 class FieldsProjection(_Strict):
@@ -70,10 +103,12 @@ class FieldsProjection(_Strict):
 
 
 class PythonReducer(_Strict):
-    """`fn(accumulator, key, value) -> accumulator`; the accumulator must be JSON-serializable."""
+    """`fn(accumulator, key, value) -> accumulator`; the accumulator must be JSON-serializable.
+    `merge(earlier, later) -> accumulator` combines two accumulators (session windows need it)."""
 
-    python: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+    python: str = Field(pattern=REF_PATTERN)
     initial: Any = None
+    merge: str | None = Field(default=None, pattern=REF_PATTERN)
 
 
 class AggregateSpec(_Strict):
@@ -93,6 +128,89 @@ class AggregateSpec(_Strict):
         return data
 
 
+class HoppingSpec(_Strict):
+    size: DurationMs
+    advance: DurationMs
+
+    @model_validator(mode="after")
+    def _sizes(self) -> HoppingSpec:
+        if self.size <= 0 or self.advance <= 0:
+            raise ValueError("size and advance must be positive")
+        if self.advance > self.size:
+            raise ValueError(f"advance ({self.advance} ms) must not exceed size ({self.size} ms)")
+        return self
+
+
+class SessionSpec(_Strict):
+    gap: DurationMs
+
+
+class CountSpec(_Strict):
+    size: int = Field(ge=1)
+    slide: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _slide(self) -> CountSpec:
+        if self.slide is not None and self.slide > self.size:
+            raise ValueError(f"slide ({self.slide}) must not exceed size ({self.size})")
+        return self
+
+
+WINDOW_KINDS = ("tumbling", "hopping", "sliding", "session", "count")
+
+
+class WindowSpec(_Strict):
+    """Windows the aggregate that must follow it. Exactly one of the five kinds."""
+
+    tumbling: DurationMs | None = None
+    hopping: HoppingSpec | None = None
+    sliding: DurationMs | None = None
+    session: SessionSpec | None = None
+    count: CountSpec | None = None
+    allowed_lateness: DurationMs = 0
+    emit: Literal["final", "updates"] = "final"
+    late: Literal["drop"] | SinkSpec | None = None
+    store: str | None = None
+
+    @field_validator("session", mode="before")
+    @classmethod
+    def _session_shorthand(cls, v: Any) -> Any:
+        return {"gap": v} if isinstance(v, str | int) and not isinstance(v, bool) else v
+
+    @field_validator("count", mode="before")
+    @classmethod
+    def _count_shorthand(cls, v: Any) -> Any:
+        return {"size": v} if isinstance(v, int) and not isinstance(v, bool) else v
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> WindowSpec:
+        given = [k for k in WINDOW_KINDS if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("a window needs exactly one of: " + ", ".join(WINDOW_KINDS)
+                             + (f" (got {', '.join(given)})" if given else ""))
+        for k in ("tumbling", "sliding"):
+            if getattr(self, k) is not None and getattr(self, k) <= 0:
+                raise ValueError(f"{k} size must be positive")
+        if self.session is not None and self.session.gap <= 0:
+            raise ValueError("session gap must be positive")
+        if self.late is None:
+            raise ValueError("say where late records go: `late: drop` or `late: {topic: name}`")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in WINDOW_KINDS if getattr(self, k) is not None)
+
+
+class ProcessSpec(_Strict):
+    """A keyed process function: `python(ctx, key, value)` per record and
+    `on_timer(ctx, key, timestamp)` when a timer fires (processor/operators/process.py)."""
+
+    python: str = Field(pattern=REF_PATTERN)
+    on_timer: str | None = Field(default=None, pattern=REF_PATTERN)
+    store: str | None = None
+
+
 class FilterStep(_Strict):
     filter: str
 
@@ -109,12 +227,25 @@ class KeyByStep(_Strict):
     key_by: str | PythonRef
 
 
+class WindowStep(_Strict):
+    window: WindowSpec
+
+
 class AggregateStep(_Strict):
     aggregate: AggregateSpec
 
 
+class ProcessStep(_Strict):
+    process: ProcessSpec
+
+    @field_validator("process", mode="before")
+    @classmethod
+    def _shorthand(cls, v: Any) -> Any:
+        return {"python": v} if isinstance(v, str) else v
+
+
 class PythonStep(_Strict):
-    python: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+    python: str = Field(pattern=REF_PATTERN)
 
 
 class ToStep(_Strict):
@@ -135,7 +266,9 @@ Step = Annotated[
     | Annotated[MapStep, Tag("map")]
     | Annotated[FlatMapStep, Tag("flat_map")]
     | Annotated[KeyByStep, Tag("key_by")]
+    | Annotated[WindowStep, Tag("window")]
     | Annotated[AggregateStep, Tag("aggregate")]
+    | Annotated[ProcessStep, Tag("process")]
     | Annotated[PythonStep, Tag("python")]
     | Annotated[ToStep, Tag("to")],
     Discriminator(

@@ -20,6 +20,7 @@ _META = b"m"
 META_CHANGELOG_OFFSET = "changelog_offset"
 META_POSITION = "position"
 META_UPSTREAM = "upstream"
+META_TIME = "time"
 
 
 def _options() -> Options:
@@ -52,6 +53,11 @@ class RocksStore:
         return self._db.get(_META + META_UPSTREAM.encode())
 
     @property
+    def time(self) -> bytes | None:
+        """Event-time state (JSON, timeutil/watermark.py) matching `position`, if any."""
+        return self._db.get(_META + META_TIME.encode())
+
+    @property
     def changelog_offset(self) -> int:
         """Next changelog offset to restore from (0 = replay the whole changelog)."""
         return self.meta_int(META_CHANGELOG_OFFSET) or 0
@@ -75,11 +81,16 @@ class RocksStore:
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:
         """All data entries (for tests, describe and the state API)."""
+        return self.range(b"")
+
+    def range(self, lo: bytes, hi: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        """Data entries with lo <= key < hi (hi None: to the end), in key order."""
         it = self._db.iter()
-        it.seek(_DATA)
+        it.seek(_DATA + lo)
+        end = _DATA + hi if hi is not None else None
         while it.valid():
             key = it.key()
-            if not key.startswith(_DATA):
+            if not key.startswith(_DATA) or (end is not None and key >= end):
                 break
             yield key[1:], it.value()
             it.next()
