@@ -37,13 +37,17 @@ class FieldAgg:
     expr: str | None = None
     reducer: str | None = None
     initial: Any = None
+    merge: str | None = None  # python reducers: `merge(earlier, later)`, for session windows
 
 
 def parse_field(name: str, spec: str | Any) -> FieldAgg:
     """Parse `sum(value['x'])`-style text (or a python reducer spec) into a FieldAgg."""
     if not isinstance(spec, str):
         load_callable(spec.python)
-        return FieldAgg(name, "python", reducer=spec.python, initial=spec.initial)
+        merge = getattr(spec, "merge", None)
+        if merge is not None:
+            load_callable(merge)
+        return FieldAgg(name, "python", reducer=spec.python, initial=spec.initial, merge=merge)
     try:
         tree = ast.parse(spec.strip(), mode="eval")
     except SyntaxError as exc:
@@ -105,13 +109,38 @@ def _result_code(f: FieldAgg, i: int) -> str:
             return f"s[{i}]"
 
 
+def _merge_code(f: FieldAgg, i: int, r: int) -> list[str]:
+    """Slot expressions of `merge(a, b)`: `a` the earlier accumulator, `b` the later one."""
+    a, b = f"a[{i}]", f"b[{i}]"
+    match f.func:
+        case "count" | "sum":
+            return [f"{a} + {b}"]
+        case "min" | "max":
+            op = "<" if f.func == "min" else ">"
+            return [f"({a} if {b} is None or ({a} is not None and not ({b} {op} {a})) else {b})"]
+        case "avg":
+            return [f"{a} + {b}", f"a[{i + 1}] + b[{i + 1}]"]
+        case "first":  # [seen, value]: the earlier one's, unless it saw nothing
+            return [f"({a} or {b})", f"(a[{i + 1}] if {a} else b[{i + 1}])"]
+        case "last":
+            return [f"({a} if {b} is None else {b})"]
+        case "python":
+            return [f"_merge_{r}({a}, {b})"]
+    raise AssertionError(f.func)
+
+
 @dataclass
 class CompiledAggregation:
-    """Generated update/result functions plus the initial accumulator layout."""
+    """Generated update/result functions plus the initial accumulator layout.
+
+    `merge(earlier, later)` combines two accumulators into a new one (session windows merge
+    sessions with it); None when a python field has no `merge` — `no_merge` names them."""
 
     update: Callable[[list[Any], Any, Any, int], None]
     result: Callable[[list[Any]], dict[str, Any]]
     initial: list[Any]
+    merge: Callable[[list[Any], list[Any]], list[Any]] | None = None
+    no_merge: tuple[str, ...] = ()
 
     def new_state(self) -> list[Any]:
         return copy.deepcopy(self.initial)
@@ -121,6 +150,8 @@ def compile_aggregation(fields: list[FieldAgg]) -> CompiledAggregation:
     """Generate one update function and one result function for all fields."""
     update_lines = ["def _update(s, key, value, timestamp):"]
     result_items: list[str] = []
+    merge_items: list[str] = []
+    no_merge: list[str] = []
     initial: list[Any] = []
     env: dict[str, Any] = {"__builtins__": SAFE_BUILTINS, "_copy": copy.deepcopy}
     slot = 0
@@ -128,14 +159,22 @@ def compile_aggregation(fields: list[FieldAgg]) -> CompiledAggregation:
         if f.func == "python":
             env[f"_reducer_{r}"] = load_callable(f.reducer or "")
             initial.append(copy.deepcopy(f.initial))
+            if f.merge:
+                env[f"_merge_{r}"] = load_callable(f.merge)
+            else:
+                no_merge.append(f.name)
         else:
             initial.extend(_INITIAL[f.func])
         update_lines.extend("    " + line for line in _field_code(f, slot, r))
         result_items.append(f"{f.name!r}: {_result_code(f, slot)}")
+        merge_items.extend(_merge_code(f, slot, r))
         slot += _SLOTS[f.func]
     source = "\n".join(update_lines) + "\n\ndef _result(s):\n    return {" + ", ".join(result_items) + "}\n"
+    if not no_merge:
+        source += "\ndef _merge(a, b):\n    return [" + ", ".join(merge_items) + "]\n"
     exec(compile(source, "<aggregate>", "exec"), env)
-    return CompiledAggregation(env["_update"], env["_result"], initial)
+    return CompiledAggregation(env["_update"], env["_result"], initial, env.get("_merge"),
+                               tuple(no_merge))
 
 
 def _offset(record: Record) -> int:
