@@ -14,6 +14,8 @@ from typing import Any
 
 from processor.errors import ExpressionError, SpecError, SpecErrors
 from processor.expressions import compile_expression, compile_tree, load_callable, parse_expression
+from processor.graph import timed
+from processor.graph.nodes import BuildContext, StepNode, StoreDef, TopicEnd
 from processor.operators import (
     Aggregate,
     Filter,
@@ -27,7 +29,6 @@ from processor.operators import (
     parse_field,
 )
 from processor.operators.fusion import fuse
-from processor.operators.sink import Emitter
 from processor.serde import serde_for
 from processor.spec.loader import LoadedSpec, PathT, format_path
 from processor.spec.models import (
@@ -37,61 +38,18 @@ from processor.spec.models import (
     FlatMapStep,
     KeyByStep,
     MapStep,
+    ProcessStep,
     PythonRef,
     SinkSpec,
     ToStep,
+    WindowStep,
 )
 from processor.spec.models import (
     PythonStep as PythonStepSpec,
 )
 from processor.state.changelog import changelog_topic
 
-
-@dataclass(frozen=True)
-class TopicEnd:
-    """A topic read or written by a sub-topology, with its formats."""
-
-    topic: str
-    key_format: str = "string"
-    value_format: str = "json"
-    timestamp_field: str | None = None
-    timestamp_unit: str = "ms"
-    partitions: int | None = None
-    internal: bool = False
-
-
-@dataclass(frozen=True)
-class StoreDef:
-    name: str
-    changelog_topic: str
-    subtopology: int
-
-
-@dataclass
-class BuildContext:
-    """What the runtime supplies when it instantiates a sub-topology's operators for a task."""
-
-    emitter_for: Callable[[TopicEnd, int], Emitter]  # (topic, the task's partition)
-    partition: int = 0
-    cache_max_entries: int = 100_000
-
-
-@dataclass
-class StepNode:
-    path: PathT
-    kind: str
-    label: str
-    build: Callable[[BuildContext], Operator]
-    store: StoreDef | None = None
-    sink: TopicEnd | None = None
-
-    def describe(self) -> str:
-        text = f"{self.kind} {self.label}".rstrip()
-        if self.store:
-            text += f" [store {self.store.name}, changelog {self.store.changelog_topic}]"
-        if self.sink:
-            text += " [repartition]" if self.sink.internal else ""
-        return text
+STATEFUL_STEPS = (AggregateStep, WindowStep, ProcessStep)
 
 
 @dataclass
@@ -106,7 +64,8 @@ class SubTopology:
 
     @property
     def sinks(self) -> list[TopicEnd]:
-        return [s.sink for chain in self.chains for s in chain if s.sink]
+        return ([s.sink for chain in self.chains for s in chain if s.sink]
+                + [s.late for chain in self.chains for s in chain if s.late])
 
     def build_chains(self, ctx: BuildContext) -> list[list[Operator]]:
         return [fuse([step.build(ctx) for step in chain]) for chain in self.chains]
@@ -230,7 +189,9 @@ class _Builder:
                 continue
             end = TopicEnd(source.topic, source.key.format, source.value.format,
                            source.timestamp.field if source.timestamp else None,
-                           source.timestamp.unit if source.timestamp else "ms")
+                           source.timestamp.unit if source.timestamp else "ms",
+                           max_out_of_orderness_ms=source.watermark.max_out_of_orderness,
+                           idle_timeout_ms=source.watermark.idle_timeout)
             try:
                 sub = self.sub_for(end)
             except ValueError as exc:
@@ -246,23 +207,44 @@ class _Builder:
         sub.chains.append(chain)
         key_changed = False
         key_format = sub.source.key_format
+        skip_next = False
         for j, step in enumerate(steps):
             path: PathT = (*ppath, "steps", j)
-            if isinstance(step, AggregateStep) and key_changed:
-                store = step.aggregate.store or f"aggregate-{ppath[1]}-{j}"
+            if skip_next:  # the aggregate a window step already consumed
+                skip_next = False
+                continue
+            if isinstance(step, STATEFUL_STEPS) and key_changed:
+                store = self.store_name(path, step, steps, j)
                 topic = f"{self.spec.name}-{store}-repartition"
-                end = TopicEnd(topic, "json", "json", internal=True)
+                end = TopicEnd(topic, "json", "json", internal=True,
+                               upstream_topic=sub.source.topic)
                 chain.append(self.sink_node(path, end, "repartition by new key"))
                 sub = self.sub_for(end)
                 chain = []
                 sub.chains.append(chain)
                 key_changed, key_format = False, "json"
-            node = self.step(path, step, key_format, sub)
+            if isinstance(step, WindowStep):
+                skip_next = True
+                node = self.window(path, step, steps[j + 1] if j + 1 < len(steps) else None,
+                                   key_format, sub.id)
+            else:
+                node = self.step(path, step, key_format, sub)
             if node is None:
                 continue
             chain.append(node)
             if isinstance(step, KeyByStep | PythonStepSpec):
                 key_changed = True
+
+    def store_name(self, path: PathT, step: Any, steps: list[Any], j: int) -> str:
+        """A stateful step's store: its `store:` setting or a name from its position."""
+        if isinstance(step, WindowStep):
+            nxt = steps[j + 1] if j + 1 < len(steps) else None
+            given = step.window.store or (nxt.aggregate.store if isinstance(nxt, AggregateStep)
+                                          else None)
+            return given or f"window-{path[1]}-{path[3]}"
+        if isinstance(step, ProcessStep):
+            return step.process.store or f"process-{path[1]}-{path[3]}"
+        return step.aggregate.store or f"aggregate-{path[1]}-{path[3]}"
 
     def sink_node(self, path: PathT, end: TopicEnd, label: str) -> StepNode:
         name = f"{format_path(path)} to"
@@ -302,27 +284,46 @@ class _Builder:
             return end and self.sink_node(path, end, "sink")
         if isinstance(step, AggregateStep):
             return self.aggregate(path, step, key_format, sub.id)
+        if isinstance(step, ProcessStep):
+            return timed.process_node(self, path, step, key_format, sub.id)
         raise AssertionError(type(step))
+
+    def window(self, path: PathT, step: WindowStep, following: Any, key_format: str,
+               sub_id: int) -> StepNode | None:
+        if not isinstance(following, AggregateStep):
+            self.error((*path, "window"), "a window step must be followed by an aggregate step "
+                       "(what to compute per window)")
+            return None
+        return timed.window_node(self, path, step, following, key_format, sub_id)
+
+    def claim_store(self, path: PathT, store_name: str, sub_id: int) -> StoreDef | None:
+        """Register a store name (unique per topology) and its changelog."""
+        if store_name in self.store_names:
+            self.error((*path, "store"), f"store name {store_name!r} is used twice")
+            return None
+        self.store_names[store_name] = path
+        return StoreDef(store_name, changelog_topic(self.spec.name, store_name), sub_id)
+
+    def aggregation(self, apath: PathT, fields_spec: dict[str, Any]) -> list[Any] | None:
+        """Parse every aggregate field, reporting each bad one at its own line."""
+        fields = []
+        for fname, fspec in fields_spec.items():
+            try:
+                fields.append(parse_field(fname, fspec))
+            except ExpressionError as exc:
+                self.error((*apath, fname), str(exc))
+        return fields if len(fields) == len(fields_spec) else None
 
     def aggregate(self, path: PathT, step: AggregateStep, key_format: str,
                   sub_id: int) -> StepNode | None:
         spec = step.aggregate
         apath = (*path, "aggregate")
-        store_name = spec.store or f"aggregate-{path[1]}-{path[3]}"
-        if store_name in self.store_names:
-            self.error((*apath, "store"), f"store name {store_name!r} is used twice")
+        store = self.claim_store(apath, spec.store or f"aggregate-{path[1]}-{path[3]}", sub_id)
+        fields = self.aggregation(apath, spec.fields)
+        if store is None or fields is None:
             return None
-        self.store_names[store_name] = apath
-        fields = []
-        for fname, fspec in spec.fields.items():
-            try:
-                fields.append(parse_field(fname, fspec))
-            except ExpressionError as exc:
-                self.error((*apath, fname), str(exc))
-        if len(fields) != len(spec.fields):
-            return None
+        store_name = store.name
         agg = compile_aggregation(fields)
-        store = StoreDef(store_name, changelog_topic(self.spec.name, store_name), sub_id)
         encode = serde_for(key_format).encode
         name = format_path(path)
 

@@ -24,6 +24,13 @@ class Metrics:
                                    ["result"], registry=r)
         self.restore_records = Counter("processor_restore_records_total",
                                        "Changelog records applied during restore", registry=r)
+        self.late_records = Counter("processor_late_records_total",
+                                    "Records behind every window's lateness bound (sent to the "
+                                    "late topic or dropped, as the window says)", ["topic"],
+                                    registry=r)
+        self.watermark = Gauge("processor_watermark_seconds",
+                               "Event-time watermark of a task (epoch seconds)",
+                               ["topic", "partition"], registry=r)
         self.tasks = Gauge("processor_tasks", "Assigned tasks by state", ["state"], registry=r)
         self.rebalances = Counter("processor_rebalances_total", "Partition assignments and revocations",
                                   ["kind"], registry=r)

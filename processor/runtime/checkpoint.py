@@ -23,7 +23,7 @@ from processor.observability.metrics import Metrics
 from processor.runtime import faults
 from processor.runtime.produce import produce_when_room
 from processor.runtime.task import Task, TaskState
-from processor.state import POSITION_KEY, encode_position
+from processor.state import POSITION_KEY
 
 log = logging.getLogger("processor.checkpoint")
 
@@ -71,16 +71,16 @@ class Checkpointer:
             self._changelog_last[key] = msg.offset()
 
     def _write_changelogs(self, task: Task) -> None:
-        assert task.position is not None
-        position = encode_position(task.position, task.upstream_marks())
+        position = task.position_record()
         for store, topic in task.changelogs.items():
             writes = task.pending.get(store, {})
             for key, value in writes.items():
                 produce_when_room(self.producer, topic, value, key, partition=task.partition,
                                   on_delivery=self._changelog_delivered)
-            produce_when_room(self.producer, topic, position, POSITION_KEY,
-                              partition=task.partition, on_delivery=self._changelog_delivered)
-            self.metrics.changelog_records.labels(store).inc(len(writes) + 1)
+            if position is not None:  # None: the task has not read any input yet
+                produce_when_room(self.producer, topic, position, POSITION_KEY,
+                                  partition=task.partition, on_delivery=self._changelog_delivered)
+            self.metrics.changelog_records.labels(store).inc(len(writes) + (position is not None))
 
     def _flush(self, what: str) -> None:
         try:
@@ -131,14 +131,16 @@ class Checkpointer:
         for task in tasks:
             self._write_changelogs(task)
         faults.point("checkpoint.after_changelog")
-        offsets = [TopicPartition(t.topic, t.partition, t.position) for t in tasks]
+        offsets = [TopicPartition(t.topic, t.partition, t.position) for t in tasks
+                   if t.position is not None]
         try:
             if self.exactly_once:
                 self._commit_transaction(offsets)
             else:
                 self._flush("changelogs")
                 faults.point("checkpoint.before_commit")
-                self.consumer.commit(offsets=offsets, asynchronous=False)
+                if offsets:
+                    self.consumer.commit(offsets=offsets, asynchronous=False)
         except Exception as exc:
             err = kafka_error(exc)
             if err is None:
@@ -162,7 +164,8 @@ class Checkpointer:
 
     def _commit_transaction(self, offsets: list[TopicPartition]) -> None:
         producer = self.producer
-        producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), 30)
+        if offsets:
+            producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), 30)
         faults.point("checkpoint.before_commit")
         for attempt in range(5):
             try:

@@ -21,20 +21,22 @@ def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
                 raise
 
 
-def produce_json(bootstrap: str, topic: str, records: Iterable[tuple[str, Any]], *,
+def produce_json(bootstrap: str, topic: str, records: Iterable[tuple[Any, ...]], *,
                  rate_per_s: float | None = None, stamp_now: bool = False) -> int:
-    """Produce records (key, json value); optional rate limit; returns the count."""
+    """Produce records `(key, json value)` or `(key, json value, partition)`; optional rate
+    limit; returns the count."""
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5,
                          "partitioner": "murmur2_random", "queue.buffering.max.messages": 500_000})
     n = 0
     started = time.monotonic()
-    for key, value in records:
+    for key, value, *partition in records:
+        where = {"partition": partition[0]} if partition else {}
         if stamp_now:
             value["ts"] = int(time.time() * 1000)
         data = orjson.dumps(value)
         while True:
             try:
-                producer.produce(topic, data, key.encode())
+                producer.produce(topic, data, key.encode(), **where)
                 break
             except BufferError:
                 producer.poll(0.05)

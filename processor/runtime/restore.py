@@ -18,7 +18,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartiti
 
 from processor.runtime.task import Task
 from processor.state import POSITION_KEY, RocksStore, decode_position
-from processor.state.store import META_CHANGELOG_OFFSET, META_POSITION, META_UPSTREAM
+from processor.state.store import META_CHANGELOG_OFFSET
 
 log = logging.getLogger("processor.restore")
 
@@ -110,9 +110,7 @@ class Restorer:
         for m in chunk:
             k = m.key()
             if k == POSITION_KEY:
-                meta[META_POSITION], upstream = decode_position(m.value())
-                if upstream is not None:
-                    meta[META_UPSTREAM] = upstream
+                meta.update(decode_position(m.value()))
             else:
                 writes[k] = m.value()
         store.apply(writes, meta)

@@ -14,7 +14,6 @@ import signal
 import time
 from typing import Any
 
-import orjson
 from confluent_kafka import (
     OFFSET_BEGINNING,
     OFFSET_END,
@@ -26,10 +25,8 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 
-from processor.graph import BuildContext, TopicEnd, Topology
+from processor.graph import BuildContext, Topology
 from processor.observability.metrics import Metrics
-from processor.operators import Batch
-from processor.operators.sink import Emitter
 from processor.runtime import faults
 from processor.runtime.checkpoint import Checkpointer, CheckpointFailed, is_fatal, kafka_error
 from processor.runtime.clients import (
@@ -38,13 +35,12 @@ from processor.runtime.clients import (
     producer_config,
     restore_consumer_config,
 )
+from processor.runtime.collector import RecordCollector
 from processor.runtime.config import WorkerConfig
-from processor.runtime.produce import produce_when_room
 from processor.runtime.restore import Restorer
 from processor.runtime.task import Task, TaskState
 from processor.runtime.topics import ensure_topics
-from processor.serde import serde_for
-from processor.serde.formats import INLINE_GLOBALS, inline_encode
+from processor.timeutil.watermark import NO_WATERMARK
 
 log = logging.getLogger("processor.worker")
 
@@ -64,7 +60,7 @@ class Worker:
         self.suspended: dict[TP, Task] = {}
         self.delivery_errors: list[KafkaError] = []
         self._stopping = False
-        self._produced: dict[str, int] = {}
+        self.collector = RecordCollector(lambda: self.producer, {})
         self.records_processed = 0
         self._last_activity = time.monotonic()  # input or (re)assignment, for bounded runs
         self._progress_mark = (time.monotonic(), 0)
@@ -89,49 +85,6 @@ class Worker:
     def _on_output_delivery(self, err: KafkaError | None, msg: Any) -> None:
         if err is not None:
             self.delivery_errors.append(err)
-
-    def emitter_for(self, end: TopicEnd, partition: int) -> Emitter:
-        """Serialize and produce; repartition records get the de-duplication envelope."""
-        if end.internal:
-            return self._envelope_emitter(end.topic, serde_for(end.key_format).encode, partition)
-        # generated once per sink: codecs inlined into the produce loop
-        source = f"""
-def emit(batch):
-    produce = worker.producer.produce
-    for k, v, t, _ in batch:
-        value, key = {inline_encode(end.value_format, "v")}, {inline_encode(end.key_format, "k")}
-        try:
-            produce(topic, value, key, timestamp=t)
-        except BufferError:
-            produce_when_room(worker.producer, topic, value, key, timestamp=t)
-    worker._produced[topic] = worker._produced.get(topic, 0) + len(batch)
-"""
-        env = {**INLINE_GLOBALS, "worker": self, "topic": end.topic,
-               "produce_when_room": produce_when_room}
-        exec(compile(source, f"<emit {end.topic}>", "exec"), env)
-        return env["emit"]
-
-    def _envelope_emitter(self, topic: str, kenc: Any, partition: int) -> Emitter:
-        worker, dumps = self, orjson.dumps
-        state = {"offset": -1, "seq": 0}  # seq numbers records derived from one source offset
-
-        def emit(batch: Batch) -> None:
-            produce = worker.producer.produce
-            last, seq = state["offset"], state["seq"]
-            for k, v, t, o in batch:
-                if o == last:
-                    seq += 1
-                else:
-                    last, seq = o, 0
-                value, key = dumps([partition, o, seq, v]), kenc(k)
-                try:
-                    produce(topic, value, key, timestamp=t)
-                except BufferError:
-                    produce_when_room(worker.producer, topic, value, key, timestamp=t)
-            state["offset"], state["seq"] = last, seq
-            worker._produced[topic] = worker._produced.get(topic, 0) + len(batch)
-
-        return emit
 
     # -- rebalance callbacks --------------------------------------------------------------------
 
@@ -170,7 +123,11 @@ def emit(batch):
         for topic, partition in sorted(wanted):
             task = self.suspended.pop((topic, partition), None)
             if task is None:
-                ctx = BuildContext(self.emitter_for, partition, self.config.cache_max_entries)
+                c = self.collector
+                ctx = BuildContext(c.emitter_for, partition, self.config.cache_max_entries,
+                                   late_emitter_for=c.late_emitter_for,
+                                   watermark_emitter_for=c.watermark_emitter_for,
+                                   partitions_of=c.partitions.__getitem__)
                 sub = self.topology.subtopology_for(topic)
                 task = Task(self.topology.name, sub, partition, ctx, self.state_dir)
                 fresh.append(task)
@@ -199,7 +156,7 @@ def emit(batch):
             target = start
             task.position = task.committed_position = start
         elif committed >= 0:
-            target = committed
+            target = task.position = task.committed_position = committed
         else:
             target = OFFSET_BEGINNING if self.config.auto_offset_reset == "earliest" else OFFSET_END
         # always seek: the paused partition must start exactly here, whatever was prefetched
@@ -225,8 +182,9 @@ def emit(batch):
     def _setup(self) -> None:
         cfg = self.config
         admin = AdminClient(admin_config(cfg))
-        ensure_topics(admin, self.topology, create=cfg.create_topics,
-                      replication_factor=cfg.replication_factor)
+        self.collector.partitions.update(ensure_topics(
+            admin, self.topology, create=cfg.create_topics,
+            replication_factor=cfg.replication_factor))
         self.producer = self._new_producer()
         self.consumer = Consumer(consumer_config(cfg, self.topology.name))
         self.restorer = Restorer(Consumer(restore_consumer_config(cfg)), self._on_restored)
@@ -297,6 +255,7 @@ def emit(batch):
                     faults.point("batch.processed")
                 now = time.monotonic()
                 if now >= next_checkpoint:
+                    self._tick(now)
                     self._checkpoint()
                     next_checkpoint = now + interval
                     self._maybe_log_progress(now)
@@ -351,14 +310,34 @@ def emit(batch):
             consumed.labels(tp[0]).inc(len(batch))
             self.records_processed += len(batch)
 
+    def _tick(self, now: float) -> None:
+        """Idle input partitions and processing-time timers: time passing without records."""
+        now_ms = int(time.time() * 1000)
+        try:
+            for task in self.tasks.values():
+                task.tick(now_ms, now)
+        except Exception as exc:
+            err = kafka_error(exc)
+            if err is None:
+                raise
+            self._recover(CheckpointFailed(f"produce failed: {err.str()}", fatal=is_fatal(err)))
+
     def _checkpoint(self) -> None:
         try:
             self.checkpointer.checkpoint(list(self.tasks.values()))
         except CheckpointFailed as exc:
             self._recover(exc)
-        for topic, n in self._produced.items():
+        produced = self.collector.produced
+        for topic, n in produced.items():
             self.metrics.records_produced.labels(topic).inc(n)
-        self._produced.clear()
+        produced.clear()
+        for task in self.tasks.values():
+            if task.late_records:
+                self.metrics.late_records.labels(task.topic).inc(task.late_records)
+                task.late_records = 0
+            if task.clock.current != NO_WATERMARK:
+                self.metrics.watermark.labels(task.topic, str(task.partition)).set(
+                    task.clock.current / 1000)
         for state in TaskState:
             self.metrics.tasks.labels(state.value).set(
                 sum(1 for t in self.tasks.values() if t.state is state))

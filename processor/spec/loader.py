@@ -6,6 +6,7 @@ mapping key and sequence item, so pydantic's error locations can be turned back 
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -162,4 +163,8 @@ def load_spec(path: str | Path) -> LoadedSpec:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise SpecErrors([SpecError(f"cannot read file: {exc.strerror}", file=str(p))]) from None
+    # `python: module:function` finds modules next to the topology file, after installed ones
+    directory = str(p.resolve().parent)
+    if directory not in sys.path:
+        sys.path.append(directory)
     return load_spec_text(text, file=str(p))

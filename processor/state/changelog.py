@@ -11,11 +11,17 @@ For a task reading a repartition topic the position record also carries the *ups
 marks*: per upstream partition, the highest (source offset, sequence) already absorbed.
 Repartition records carry those coordinates in their envelope, so copies re-sent by an
 upstream task that replayed after a crash are recognised and dropped.
+
+For a task that tracks event time it also carries the *time* state (the watermark tracker,
+timeutil/watermark.py) as of that position, so a restored task neither re-opens windows it
+already closed nor waits again for a watermark it had already passed.
 """
 
 from __future__ import annotations
 
 import orjson
+
+from processor.state.store import META_POSITION, META_TIME, META_UPSTREAM
 
 POSITION_KEY = b"\x00__processor_position__"
 CHANGELOG_CONFIGS = {
@@ -25,17 +31,24 @@ CHANGELOG_CONFIGS = {
 }
 
 
-def encode_position(offset: int, upstream: bytes | None = None) -> bytes:
-    """`{"position": offset, "upstream": {...}}`; upstream marks are already JSON."""
-    if upstream is None:
-        return b'{"position":%d}' % offset
-    return b'{"position":%d,"upstream":%s}' % (offset, upstream)
+def encode_position(offset: int, upstream: bytes | None = None, time: bytes | None = None) -> bytes:
+    """`{"position": offset, "upstream": {...}, "time": {...}}`; the parts are already JSON."""
+    out = b'{"position":%d' % offset
+    if upstream is not None:
+        out += b',"upstream":' + upstream
+    if time is not None:
+        out += b',"time":' + time
+    return out + b"}"
 
 
-def decode_position(value: bytes) -> tuple[int, bytes | None]:
+def decode_position(value: bytes) -> dict[str, int | bytes]:
+    """The store metadata a position record restores (names from state/store.py)."""
     data = orjson.loads(value)
-    upstream = data.get("upstream")
-    return int(data["position"]), (None if upstream is None else orjson.dumps(upstream))
+    meta: dict[str, int | bytes] = {META_POSITION: int(data["position"])}
+    for name, meta_name in (("upstream", META_UPSTREAM), ("time", META_TIME)):
+        if data.get(name) is not None:
+            meta[meta_name] = orjson.dumps(data[name])
+    return meta
 
 
 def changelog_topic(topology: str, store: str) -> str:

@@ -1,0 +1,72 @@
+"""The nodes of a topology graph: topic ends, stores, steps, and what a task supplies to build them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from processor.operators import Operator
+from processor.operators.sink import Emitter
+from processor.spec.loader import PathT
+from processor.timeutil.watermark import Clock
+
+
+@dataclass(frozen=True)
+class TopicEnd:
+    """A topic read or written by a sub-topology, with its formats."""
+
+    topic: str
+    key_format: str = "string"
+    value_format: str = "json"
+    timestamp_field: str | None = None
+    timestamp_unit: str = "ms"
+    partitions: int | None = None
+    internal: bool = False
+    max_out_of_orderness_ms: int = 0
+    idle_timeout_ms: int | None = None
+    upstream_topic: str | None = None  # a repartition topic's feeder: whose partitions report watermarks
+
+
+@dataclass(frozen=True)
+class StoreDef:
+    name: str
+    changelog_topic: str
+    subtopology: int
+
+
+@dataclass
+class BuildContext:
+    """What the runtime supplies when it instantiates a sub-topology's operators for a task."""
+
+    emitter_for: Callable[[TopicEnd, int], Emitter]  # (topic, the task's partition)
+    partition: int = 0
+    cache_max_entries: int = 100_000
+    clock: Clock = field(default_factory=Clock)  # the task's event-time view
+    source_topic: str = ""
+    # (late topic, partition, source topic, step name) -> writer of a window's late records
+    late_emitter_for: Callable[[TopicEnd, int, str, str], Callable[[list[Any]], None]] | None = None
+    # (repartition topic, partition) -> writer of this partition's watermark (None = idle)
+    watermark_emitter_for: Callable[[TopicEnd, int], Callable[[int | None], None]] | None = None
+    partitions_of: Callable[[str], int] | None = None
+
+
+@dataclass
+class StepNode:
+    path: PathT
+    kind: str
+    label: str
+    build: Callable[[BuildContext], Operator]
+    store: StoreDef | None = None
+    sink: TopicEnd | None = None
+    late: TopicEnd | None = None  # where a window's late records go
+
+    def describe(self) -> str:
+        text = f"{self.kind} {self.label}".rstrip()
+        if self.store:
+            text += f" [store {self.store.name}, changelog {self.store.changelog_topic}]"
+        if self.sink:
+            text += " [repartition]" if self.sink.internal else ""
+        if self.late:
+            text += f" [late records to {self.late.topic}]"
+        return text

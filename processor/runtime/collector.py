@@ -1,0 +1,107 @@
+"""RecordCollector: every record a task writes to Kafka, other than changelogs, goes out here.
+
+Four kinds of writers, each built once per (topic, task partition):
+- sink: encode and produce; the codecs are inlined into one generated loop (hot path);
+- repartition: the record inside the envelope `[upstream partition, source offset, seq, value]`
+  that lets the reading task drop copies re-sent after a crash (state/changelog.py);
+- watermark: `[upstream partition, watermark | null]` to EVERY partition of a repartition
+  topic, in-band after the records it covers (null = the upstream partition is idle);
+- late: a window's late record, with headers naming the window, the watermark at arrival and
+  the source coordinates.
+The producer is looked up at each call: the worker replaces it after a failed transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from confluent_kafka import Producer
+
+from processor.graph import TopicEnd
+from processor.operators import Batch
+from processor.operators.sink import Emitter
+from processor.runtime.produce import produce_when_room
+from processor.serde import serde_for
+from processor.serde.formats import INLINE_GLOBALS, inline_encode
+
+LateRecord = tuple[tuple[Any, Any, int, int], int, int, int]  # (record, window start, end, watermark)
+
+
+class RecordCollector:
+    def __init__(self, producer: Callable[[], Producer], partitions: dict[str, int]) -> None:
+        self._producer = producer
+        self.partitions = partitions  # topic -> partition count (kept current by the worker)
+        self.produced: dict[str, int] = {}  # records per topic since the metrics last read it
+
+    def _count(self, topic: str, n: int) -> None:
+        self.produced[topic] = self.produced.get(topic, 0) + n
+
+    def emitter_for(self, end: TopicEnd, partition: int) -> Emitter:
+        if end.internal:
+            return self._repartition(end.topic, serde_for(end.key_format).encode, partition)
+        source = f"""
+def emit(batch):
+    produce = producer().produce
+    for k, v, t, _ in batch:
+        value, key = {inline_encode(end.value_format, "v")}, {inline_encode(end.key_format, "k")}
+        try:
+            produce(topic, value, key, timestamp=t)
+        except BufferError:
+            produce_when_room(producer(), topic, value, key, timestamp=t)
+    count(topic, len(batch))
+"""
+        env = {**INLINE_GLOBALS, "producer": self._producer, "topic": end.topic,
+               "produce_when_room": produce_when_room, "count": self._count}
+        exec(compile(source, f"<emit {end.topic}>", "exec"), env)
+        return env["emit"]
+
+    def _repartition(self, topic: str, kenc: Any, partition: int) -> Emitter:
+        producer, dumps, count = self._producer, orjson.dumps, self._count
+        state = {"offset": -1, "seq": 0}  # seq numbers records derived from one source offset
+
+        def emit(batch: Batch) -> None:
+            produce = producer().produce
+            last, seq = state["offset"], state["seq"]
+            for k, v, t, o in batch:
+                if o == last:
+                    seq += 1
+                else:
+                    last, seq = o, 0
+                value, key = dumps([partition, o, seq, v]), kenc(k)
+                try:
+                    produce(topic, value, key, timestamp=t)
+                except BufferError:
+                    produce_when_room(producer(), topic, value, key, timestamp=t)
+            state["offset"], state["seq"] = last, seq
+            count(topic, len(batch))
+
+        return emit
+
+    def watermark_emitter_for(self, end: TopicEnd, partition: int) -> Callable[[int | None], None]:
+        def emit(watermark: int | None) -> None:
+            value = orjson.dumps([partition, watermark])
+            for p in range(self.partitions[end.topic]):
+                produce_when_room(self._producer(), end.topic, value, None, partition=p)
+
+        return emit
+
+    def late_emitter_for(self, end: TopicEnd, partition: int, source_topic: str,
+                         step: str) -> Callable[[list[LateRecord]], None]:
+        kenc, venc = serde_for(end.key_format).encode, serde_for(end.value_format).encode
+        fixed = [("processor.step", step.encode()),
+                 ("processor.source.topic", source_topic.encode()),
+                 ("processor.source.partition", str(partition).encode())]
+
+        def emit(late: list[LateRecord]) -> None:
+            for (k, v, t, o), start, stop, watermark in late:
+                headers = [*fixed, ("processor.source.offset", str(o).encode()),
+                           ("processor.window.start", str(start).encode()),
+                           ("processor.window.end", str(stop).encode()),
+                           ("processor.watermark", str(watermark).encode())]
+                produce_when_room(self._producer(), end.topic, venc(v), kenc(k), timestamp=t,
+                                  headers=headers)
+            self._count(end.topic, len(late))
+
+        return emit
