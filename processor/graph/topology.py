@@ -99,6 +99,12 @@ class Topology:
                          f"(key {src.key_format}, value {src.value_format}"
                          + (f", event time from value field {src.timestamp_field!r}"
                             if src.timestamp_field else "") + ")")
+            if src.internal:
+                lines.append(f"    watermark: minimum over the partitions of {src.upstream_topic}")
+            elif src.max_out_of_orderness_ms or src.idle_timeout_ms:
+                idle = (f", idle after {src.idle_timeout_ms}ms without records"
+                        if src.idle_timeout_ms else "")
+                lines.append(f"    watermark: max event time - {src.max_out_of_orderness_ms}ms{idle}")
             for chain in sub.chains:
                 for step in chain:
                     lines.append(f"    -> {step.describe()}")
