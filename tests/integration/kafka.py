@@ -158,11 +158,15 @@ class WorkerProcess:
 
 
 def topology_file(tmp: Path, template: str, name: str, replacements: dict[str, str]) -> Path:
+    """A copy of `topologies/<template>` with replacements, next to copies of the Python modules
+    of `topologies/` (references resolve against the topology file's directory)."""
     text = (ROOT / "topologies" / template).read_text()
     for old, new in replacements.items():
         text = text.replace(old, new)
     path = tmp / f"{name}.yaml"
     path.write_text(text)
+    for module in (ROOT / "topologies").glob("*.py"):
+        shutil.copyfile(module, tmp / module.name)
     return path
 
 

@@ -227,9 +227,6 @@ def test_login_alert_timers_survive_restore_from_changelog(broker, tmp_path, uni
         "topic: logins": f"topic: {src}",
         "topic: login-alerts": f"topic: {alerts}",
     })
-    # topology_file copies the YAML: the function module must still be importable
-    (tmp_path / "login_alerts.py").write_text(
-        (Path(__file__).resolve().parents[2] / "topologies" / "login_alerts.py").read_text())
     create_topic(broker.bootstrap, src, 1)
     t0 = 1_700_000_000_000
 
@@ -296,8 +293,6 @@ def test_user_sessions_example_equals_oracle(broker, tmp_path, unique):
         "topic: page-views": f"topic: {src}",
         "topic: user-sessions": f"topic: {out}",
     })
-    (tmp_path / "sessions_pages.py").write_text(
-        (Path(__file__).resolve().parents[2] / "topologies" / "sessions_pages.py").read_text())
     create_topic(broker.bootstrap, src, 2)
     rng = random.Random(11)
     t0, minute = 1_700_000_000_000, 60_000
