@@ -8,7 +8,11 @@ from typing import Any
 
 import orjson
 
-FORMATS = ("json", "string", "bytes")
+from processor.serde.errors import SchemaError
+
+FORMATS = ("json", "string", "bytes", "avro", "avro_registry")
+SCHEMALESS_FORMATS = ("json", "string", "bytes")
+"""What `serde_for` and the inline codegen handle; the others need a schema (`build_serde`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,11 +68,13 @@ _SERDES = {
 
 
 def serde_for(fmt: str) -> Serde:
-    """Look up a serde by format name."""
+    """Look up a schema-less serde by format name (raw codec exceptions, for the hot path)."""
     try:
         return _SERDES[fmt]
     except KeyError:
-        raise ValueError(f"unknown format {fmt!r} (known: {', '.join(FORMATS)})") from None
+        if fmt in FORMATS:
+            raise SchemaError(f"format {fmt!r} needs a schema: build it with build_serde") from None
+        raise SchemaError(f"unknown format {fmt!r} (known: {', '.join(SCHEMALESS_FORMATS)})") from None
 
 
 # Inline forms of the codecs, for batch functions generated once per task (task.py, worker.py):
