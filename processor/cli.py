@@ -1,4 +1,4 @@
-"""`processor` command line: validate | describe | run | dev-broker | demo."""
+"""`processor` command line: validate | describe | run | dlq inspect | dlq replay | dev-broker | demo."""
 
 from __future__ import annotations
 
@@ -59,6 +59,27 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 3
 
 
+def cmd_dlq(args: argparse.Namespace) -> int:
+    from processor.observability.logging import setup_logging
+    from processor.runtime import dlqtool
+    from processor.runtime.config import load_config
+
+    topology = _load_topology(args.topology)
+    config = load_config(args.config, bootstrap_servers=args.bootstrap_servers)
+    setup_logging("WARNING", "text")
+    if args.dlq_command == "inspect":
+        dlqtool.inspect(topology, config, limit=args.limit, error_class=args.error_class,
+                        as_json=args.json)
+        return 0
+    report = dlqtool.replay(topology, config, error_class=args.error_class, to=args.to,
+                            from_beginning=args.from_beginning, dry_run=args.dry_run)
+    verb = "would replay" if args.dry_run else "replayed"
+    targets = ", ".join(f"{n} to {t}" for t, n in sorted(report.replayed.items())) or "none"
+    print(f"{verb}: {targets}; examined {report.examined}, other error classes "
+          f"{report.filtered}, not replayable (derived results) {report.not_replayable}")
+    return 0
+
+
 def cmd_dev_broker(args: argparse.Namespace) -> int:
     import signal
 
@@ -105,6 +126,24 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--stop-when-idle", metavar="DURATION",
                    help="bounded run: stop after no input for this long (e.g. 5s)")
     r.set_defaults(fn=cmd_run)
+
+    q = sub.add_parser("dlq", help="inspect or replay the topology's dead-letter topic")
+    qsub = q.add_subparsers(dest="dlq_command", required=True)
+    qi = qsub.add_parser("inspect", help="print dead letters: error, step, source coordinates, payload")
+    qi.add_argument("--limit", type=int)
+    qi.add_argument("--json", action="store_true", help="one JSON object per dead letter")
+    qr = qsub.add_parser("replay", help="re-inject dead letters into their source topics "
+                                        "(after a fix); progress is kept per topology")
+    qr.add_argument("--to", metavar="TOPIC", help="write to this topic instead of the source topic")
+    qr.add_argument("--from-beginning", action="store_true",
+                    help="ignore the recorded progress and examine every dead letter")
+    qr.add_argument("--dry-run", action="store_true", help="count what would be replayed")
+    for sp in (qi, qr):
+        sp.add_argument("topology")
+        sp.add_argument("--error-class", help="only dead letters of this error class (e.g. KeyError)")
+        sp.add_argument("--config", help="worker config YAML")
+        sp.add_argument("--bootstrap-servers", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))
+        sp.set_defaults(fn=cmd_dlq)
 
     b = sub.add_parser("dev-broker", help="run the embedded Kafka-compatible broker")
     b.add_argument("--port", type=int, default=9092)

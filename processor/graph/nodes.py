@@ -26,6 +26,9 @@ class TopicEnd:
     max_out_of_orderness_ms: int = 0
     idle_timeout_ms: int | None = None
     upstream_topic: str | None = None  # a repartition topic's feeder: whose partitions report watermarks
+    on_error: str = "dlq"  # policy for records that fail to decode (sources only)
+    key_serde: Any = None  # the full SerdeSpec (schema files resolved) when the format needs one
+    value_serde: Any = None
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,9 @@ class BuildContext:
     # (repartition topic, partition) -> writer of this partition's watermark (None = idle)
     watermark_emitter_for: Callable[[TopicEnd, int], Callable[[int | None], None]] | None = None
     partitions_of: Callable[[str], int] | None = None
+    # builds the codec of a key or value side of a topic end: (end, is_key) -> Serde
+    serde_for: Callable[[TopicEnd, bool], Any] | None = None
+    dead_letter: Callable[[Any], None] | None = None  # writes a runtime DeadLetter
 
 
 @dataclass
@@ -60,6 +66,7 @@ class StepNode:
     store: StoreDef | None = None
     sink: TopicEnd | None = None
     late: TopicEnd | None = None  # where a window's late records go
+    on_error: str = "dlq"  # dlq | skip | fail for records this step fails on
 
     def describe(self) -> str:
         text = f"{self.kind} {self.label}".rstrip()
@@ -69,4 +76,6 @@ class StepNode:
             text += " [repartition]" if self.sink.internal else ""
         if self.late:
             text += f" [late records to {self.late.topic}]"
+        if self.on_error != "dlq":
+            text += f" [on_error {self.on_error}]"
         return text

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from processor.errors import ExpressionError, SpecError, SpecErrors
@@ -40,6 +41,7 @@ from processor.spec.models import (
     MapStep,
     ProcessStep,
     PythonRef,
+    SerdeSpec,
     SinkSpec,
     ToStep,
     WindowStep,
@@ -67,14 +69,25 @@ class SubTopology:
         return ([s.sink for chain in self.chains for s in chain if s.sink]
                 + [s.late for chain in self.chains for s in chain if s.late])
 
-    def build_chains(self, ctx: BuildContext) -> list[list[Operator]]:
-        return [fuse([step.build(ctx) for step in chain]) for chain in self.chains]
+    def build_chains(self, ctx: BuildContext) -> tuple[list[list[Operator]], dict[str, str]]:
+        """The operators of every chain, and each operator's error policy by operator name."""
+        chains, policies = [], {}
+        for chain in self.chains:
+            ops = []
+            for step in chain:
+                op = step.build(ctx)
+                policies[op.name] = step.on_error
+                ops.append(op)
+            chains.append(fuse(ops))
+        return chains, policies
 
 
 @dataclass
 class Topology:
     name: str
     subtopologies: list[SubTopology]
+    dlq_topic: str = ""
+    dlq_partitions: int = 1
 
     @property
     def stores(self) -> list[StoreDef]:
@@ -83,6 +96,13 @@ class Topology:
     @property
     def source_topics(self) -> list[str]:
         return [sub.source.topic for sub in self.subtopologies]
+
+    @property
+    def uses_dlq(self) -> bool:
+        """Whether any source or step sends failed records to the dead-letter topic."""
+        return any(sub.source.on_error == "dlq" or any(step.on_error == "dlq" for chain in sub.chains
+                                                       for step in chain)
+                   for sub in self.subtopologies)
 
     def subtopology_for(self, topic: str) -> SubTopology:
         for sub in self.subtopologies:
@@ -98,7 +118,7 @@ class Topology:
             lines.append(f"  Sub-topology {sub.id}: reads {kind} {src.topic} "
                          f"(key {src.key_format}, value {src.value_format}"
                          + (f", event time from value field {src.timestamp_field!r}"
-                            if src.timestamp_field else "") + ")")
+                            if src.timestamp_field else "") + f", on_error {src.on_error})")
             if src.internal:
                 lines.append(f"    watermark: minimum over the partitions of {src.upstream_topic}")
             elif src.max_out_of_orderness_ms or src.idle_timeout_ms:
@@ -115,6 +135,7 @@ class Topology:
                      f"(compacted), sub-topology {s.subtopology}" for s in stores)
         internal = [s.source.topic for s in self.subtopologies if s.source.internal]
         lines.append("  Repartition topics: " + (", ".join(internal) if internal else "none"))
+        lines.append(f"  Dead-letter topic: {self.dlq_topic} (records that fail under on_error: dlq)")
         return "\n".join(lines)
 
 
@@ -183,7 +204,34 @@ class _Builder:
                                  "or write the topic inline: to: {topic: name}")
                 return None
             to = sink
-        return TopicEnd(to.topic, to.key.format, to.value.format, partitions=to.partitions)
+        return TopicEnd(to.topic, to.key.format, to.value.format, partitions=to.partitions,
+                        key_serde=self.serde((*path, "key"), to.key, to.topic, sink=True),
+                        value_serde=self.serde((*path, "value"), to.value, to.topic, sink=True))
+
+    def serde(self, path: PathT, spec: SerdeSpec, topic: str, *, sink: bool = False) -> SerdeSpec | None:
+        """The serde spec with schema files resolved next to the topology file and checked
+        now (validate time), or None for the schema-less formats (inlined on the hot path)."""
+        if spec.format in ("string", "bytes") or (spec.format == "json" and spec.schema_file is None):
+            return None
+        if sink and spec.format == "avro_registry" and spec.schema_file is None:
+            self.error(path, "an avro_registry sink needs `schema: <file.avsc>` to register and write with")
+            return None
+        from processor.serde import SchemaError, load_avro_schema, load_json_schema
+
+        base = Path(self.loaded.file).resolve().parent
+        resolved: dict[str, str] = {}
+        for field_name, alias in (("schema_file", "schema"), ("reader_schema", "reader_schema")):
+            given = getattr(spec, field_name)
+            if given is None:
+                continue
+            file = (base / given).resolve()
+            try:
+                (load_json_schema if spec.format == "json" else load_avro_schema)(str(file))
+            except SchemaError as exc:
+                self.error((*path, alias), str(exc))
+                return None
+            resolved[field_name] = str(file)
+        return spec.model_copy(update=resolved)
 
     def build(self) -> Topology:
         for i, pipeline in enumerate(self.spec.pipelines):
@@ -193,11 +241,15 @@ class _Builder:
                 self.error((*ppath, "from"), f"unknown source {pipeline.from_!r} "
                            f"(sources: {', '.join(self.spec.sources)})")
                 continue
+            spath: PathT = ("sources", pipeline.from_)
             end = TopicEnd(source.topic, source.key.format, source.value.format,
                            source.timestamp.field if source.timestamp else None,
                            source.timestamp.unit if source.timestamp else "ms",
                            max_out_of_orderness_ms=source.watermark.max_out_of_orderness,
-                           idle_timeout_ms=source.watermark.idle_timeout)
+                           idle_timeout_ms=source.watermark.idle_timeout,
+                           on_error=source.on_error or self.spec.on_error,
+                           key_serde=self.serde((*spath, "key"), source.key, source.topic),
+                           value_serde=self.serde((*spath, "value"), source.value, source.topic))
             try:
                 sub = self.sub_for(end)
             except ValueError as exc:
@@ -206,13 +258,15 @@ class _Builder:
             self.pipeline(ppath, pipeline.steps, sub)
         if self.errors:
             raise SpecErrors(self.errors)
-        return Topology(self.spec.name, sorted(self.subs.values(), key=lambda s: s.id))
+        return Topology(self.spec.name, sorted(self.subs.values(), key=lambda s: s.id),
+                        self.spec.dlq_topic, self.spec.dlq.partitions)
 
     def pipeline(self, ppath: PathT, steps: list[Any], sub: SubTopology) -> None:
         chain: list[StepNode] = []
         sub.chains.append(chain)
         key_changed = False
-        key_format = sub.source.key_format
+        # state stores key by bytes: schema formats (decoded to dicts) are stored as JSON
+        key_format = sub.source.key_format if sub.source.key_serde is None else "json"
         skip_next = False
         for j, step in enumerate(steps):
             path: PathT = (*ppath, "steps", j)
@@ -223,8 +277,10 @@ class _Builder:
                 store = self.store_name(path, step, steps, j)
                 topic = f"{self.spec.name}-{store}-repartition"
                 end = TopicEnd(topic, "json", "json", internal=True,
-                               upstream_topic=sub.source.topic)
-                chain.append(self.sink_node(path, end, "repartition by new key"))
+                               upstream_topic=sub.source.topic, on_error=self.spec.on_error)
+                repartition = self.sink_node(path, end, "repartition by new key")
+                repartition.on_error = self.policy(step, steps[j + 1] if j + 1 < len(steps) else None)
+                chain.append(repartition)
                 sub = self.sub_for(end)
                 chain = []
                 sub.chains.append(chain)
@@ -237,9 +293,18 @@ class _Builder:
                 node = self.step(path, step, key_format, sub)
             if node is None:
                 continue
+            node.on_error = self.policy(step, steps[j + 1] if isinstance(step, WindowStep)
+                                        and j + 1 < len(steps) else None)
             chain.append(node)
             if isinstance(step, KeyByStep | PythonStepSpec):
                 key_changed = True
+
+    def policy(self, step: Any, following: Any = None) -> str:
+        """A step's on_error; a window's is its aggregate's (where the expressions are)."""
+        for candidate in (following, step):
+            if isinstance(candidate, AggregateStep | WindowStep) and candidate.on_error:
+                return candidate.on_error
+        return step.on_error or self.spec.on_error
 
     def store_name(self, path: PathT, step: Any, steps: list[Any], j: int) -> str:
         """A stateful step's store: its `store:` setting or a name from its position."""

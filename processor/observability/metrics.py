@@ -28,6 +28,12 @@ class Metrics:
                                     "Records behind every window's lateness bound (sent to the "
                                     "late topic or dropped, as the window says)", ["topic"],
                                     registry=r)
+        self.dead_letters = Counter("processor_dead_letter_records_total",
+                                    "Records that failed and went to the dead-letter topic "
+                                    "(on_error: dlq)", ["topic", "step", "error"], registry=r)
+        self.skipped_records = Counter("processor_skipped_records_total",
+                                       "Records that failed and were dropped (on_error: skip)",
+                                       ["topic", "step", "error"], registry=r)
         self.watermark = Gauge("processor_watermark_seconds",
                                "Event-time watermark of a task (epoch seconds)",
                                ["topic", "partition"], registry=r)

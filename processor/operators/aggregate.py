@@ -17,7 +17,7 @@ import orjson
 
 from processor.errors import ExpressionError
 from processor.expressions import SAFE_BUILTINS, load_callable, parse_expression
-from processor.operators.base import Batch, Record, StepFailed
+from processor.operators.base import Batch, Record, failed_at
 
 AGG_FUNCS = ("count", "sum", "min", "max", "avg", "first", "last")
 
@@ -74,26 +74,34 @@ _INITIAL = {"count": [0], "sum": [0], "min": [None], "max": [None], "avg": [0, 0
             "first": [0, None], "last": [None]}
 
 
-def _field_code(f: FieldAgg, i: int, r: int) -> list[str]:
+def _field_code(f: FieldAgg, i: int, r: int) -> tuple[list[str], list[int]]:
+    """(lines computing the new slot values into locals n<slot>, the slots they set).
+
+    All fields are computed before any slot is assigned, so a record whose expression fails
+    leaves the accumulator unchanged: the runtime can dead-letter it and go on."""
     x = f"({f.expr})" if f.expr else None
+    s0, s1, n0, n1 = f"s[{i}]", f"s[{i + 1}]", f"n{i}", f"n{i + 1}"
     match f.func:
         case "count" if x is None:
-            return [f"s[{i}] += 1"]
+            return [f"{n0} = {s0} + 1"], [i]
         case "count":
-            return [f"if {x} is not None: s[{i}] += 1"]
+            return [f"{n0} = {s0} + 1 if {x} is not None else {s0}"], [i]
         case "sum":
-            return [f"x = {x}", f"if x is not None: s[{i}] += x"]
+            return [f"x = {x}", f"{n0} = {s0} + x if x is not None else {s0}"], [i]
         case "min" | "max":
             op = "<" if f.func == "min" else ">"
-            return [f"x = {x}", f"if x is not None and (s[{i}] is None or x {op} s[{i}]): s[{i}] = x"]
+            return [f"x = {x}",
+                    f"{n0} = x if x is not None and ({s0} is None or x {op} {s0}) else {s0}"], [i]
         case "avg":
-            return [f"x = {x}", "if x is not None:", f"    s[{i}] += x", f"    s[{i + 1}] += 1"]
+            return [f"x = {x}", "if x is not None:", f"    {n0} = {s0} + x", f"    {n1} = {s1} + 1",
+                    "else:", f"    {n0} = {s0}", f"    {n1} = {s1}"], [i, i + 1]
         case "first":
-            return [f"if not s[{i}]:", f"    s[{i}] = 1", f"    s[{i + 1}] = {x}"]
+            return [f"if not {s0}:", f"    {n0} = 1", f"    {n1} = {x}",
+                    "else:", f"    {n0} = {s0}", f"    {n1} = {s1}"], [i, i + 1]
         case "last":
-            return [f"s[{i}] = {x}"]
+            return [f"{n0} = {x}"], [i]
         case "python":
-            return [f"s[{i}] = _reducer_{r}(s[{i}], key, value)"]
+            return [f"{n0} = _reducer_{r}({s0}, key, value)"], [i]
     raise AssertionError(f.func)
 
 
@@ -153,6 +161,7 @@ def compile_aggregation(fields: list[FieldAgg]) -> CompiledAggregation:
     merge_items: list[str] = []
     no_merge: list[str] = []
     initial: list[Any] = []
+    assigned: list[int] = []
     env: dict[str, Any] = {"__builtins__": SAFE_BUILTINS, "_copy": copy.deepcopy}
     slot = 0
     for r, f in enumerate(fields):
@@ -165,10 +174,13 @@ def compile_aggregation(fields: list[FieldAgg]) -> CompiledAggregation:
                 no_merge.append(f.name)
         else:
             initial.extend(_INITIAL[f.func])
-        update_lines.extend("    " + line for line in _field_code(f, slot, r))
+        lines, slots = _field_code(f, slot, r)
+        update_lines.extend("    " + line for line in lines)
+        assigned.extend(slots)
         result_items.append(f"{f.name!r}: {_result_code(f, slot)}")
         merge_items.extend(_merge_code(f, slot, r))
         slot += _SLOTS[f.func]
+    update_lines.extend(f"    s[{i}] = n{i}" for i in assigned)
     source = "\n".join(update_lines) + "\n\ndef _result(s):\n    return {" + ", ".join(result_items) + "}\n"
     if not no_merge:
         source += "\ndef _merge(a, b):\n    return [" + ", ".join(merge_items) + "]\n"
@@ -236,7 +248,7 @@ class Aggregate:
                 if self.every_record:
                     out.append((k, self.agg.result(s), t, o))
         except Exception as exc:
-            raise StepFailed(self.name, record, exc) from exc  # type: ignore[arg-type]
+            raise failed_at(self.name, batch, record, exc, out) from exc
         return out
 
     def flush(self) -> tuple[Batch, dict[bytes, bytes]]:

@@ -16,11 +16,33 @@ Batch = list[Record]
 
 
 class StepFailed(Exception):
-    """A step raised on one record; carries the record so the runtime can name its coordinates."""
+    """A step raised on one record; carries what the runtime needs to go on without it.
 
-    def __init__(self, step: str, record: Record, cause: BaseException) -> None:
+    Contract when `index >= 0`: the step fully processed `batch[:index]` (its outputs are
+    `partial`), the failing record `batch[index]` changed nothing, and `batch[index + 1:]` is
+    untouched — so the runtime can hand the record to its error policy and resume the step
+    with the rest. `index == -1`: the failure is not tied to one input record of the call
+    (e.g. a timer or a closing window); `record` then names what failed, and `retry` says
+    whether calling the same entry point again goes on past it (a failed timer is removed).
+    """
+
+    retry = False
+
+    def __init__(self, step: str, record: Record, cause: BaseException, *, index: int = -1,
+                 partial: Batch | None = None) -> None:
         self.step, self.record, self.cause = step, record, cause
+        self.index = index
+        self.partial: Batch = partial if partial is not None else []
         super().__init__(f"{type(cause).__name__}: {cause}")
+
+
+def failed_at(step: str, batch: Batch, record: Record | None, cause: BaseException,
+              partial: Batch) -> StepFailed:
+    """A StepFailed for `record`, located in `batch` by identity (only on the failure path)."""
+    index = next((i for i, r in enumerate(batch) if r is record), -1)
+    if record is None or index < 0:
+        return StepFailed(step, record or (None, None, 0, -1), cause)
+    return StepFailed(step, record, cause, index=index, partial=partial)
 
 
 class Operator(Protocol):
@@ -44,12 +66,16 @@ class Stateless:
         try:
             return self._batch(batch)
         except Exception as exc:  # locate the failing record; the step has no side effects
-            for record in batch:
-                try:
-                    self._batch([record])
-                except Exception as one:
-                    raise StepFailed(self.name, record, one) from one
-            raise StepFailed(self.name, batch[0], exc) from exc
+            raise self._locate(batch, exc) from exc
+
+    def _locate(self, batch: Batch, exc: Exception) -> StepFailed:
+        """The first record that fails on its own, with the outputs of the records before it."""
+        for i, record in enumerate(batch):
+            try:
+                self._batch([record])
+            except Exception as one:
+                return StepFailed(self.name, record, one, index=i, partial=self._batch(batch[:i]))
+        return StepFailed(self.name, batch[0], exc)
 
     def _batch(self, batch: Batch) -> Batch:
         raise NotImplementedError

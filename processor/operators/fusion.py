@@ -59,10 +59,29 @@ class Fused(Stateless):
         try:
             return self._fused(batch)
         except Exception as exc:
-            out = batch
-            for op in self.ops:  # the step-by-step path names the failing step and record
-                out = op.process(out)
-            raise StepFailed(self.name, batch[0], exc) from exc
+            raise self._locate(batch, exc) from exc
+
+    def _locate(self, batch: Batch, exc: Exception) -> StepFailed:
+        """Name the exact step and record: the first record the fused loop fails on, re-run
+        step by step (the steps are side-effect free)."""
+        for i, record in enumerate(batch):
+            try:
+                self._fused([record])
+            except Exception as one:
+                failed = StepFailed(self.name, record, one)
+                out: Batch = [record]
+                for op in self.ops:
+                    try:
+                        out = op.process(out)
+                    except StepFailed as inner:
+                        failed = inner
+                        break
+                    if not out:
+                        break
+                failed.record, failed.index = record, i
+                failed.partial = self._fused(batch[:i])
+                return failed
+        return StepFailed(self.name, batch[0], exc)
 
 
 def fuse(ops: list[Operator]) -> list[Operator]:

@@ -39,7 +39,7 @@ from collections.abc import Callable
 from heapq import heapify, heappop, heappush
 from typing import Any
 
-from processor.operators.base import Batch, Record, StepFailed
+from processor.operators.base import Batch, Record, StepFailed, failed_at
 from processor.operators.context import (
     DOMAIN_NAMES,
     EVENT_TIME,
@@ -188,7 +188,8 @@ class ProcessFunction:
                 ctx.key, ctx.timestamp, ctx.offset, ctx.watermark, ctx.time_domain = k, t, o, wm, None
                 fn(ctx, k, v)
             except Exception as exc:
-                raise StepFailed(self.name, record, exc) from exc
+                self._last_offset = prev  # emissions and state changes before the raise stay
+                raise failed_at(self.name, batch, record, exc, out) from exc
             finally:
                 self._kb = None
             prev = o
@@ -273,7 +274,11 @@ class ProcessFunction:
                     ctx.time_domain = domain
                     on_timer(ctx, key, ts)
                 except Exception as exc:
-                    raise StepFailed(self.name, (key, None, ts, offset), exc) from exc
+                    for item in heap:  # not fired yet: due again at the next call
+                        heappush(pending, item)
+                    failed = StepFailed(self.name, (key, None, ts, offset), exc, partial=self._out)
+                    failed.retry = True  # this timer is gone: calling again fires the rest
+                    raise failed from exc
                 finally:
                     self._kb = None
         finally:

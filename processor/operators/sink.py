@@ -4,9 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from processor.operators.base import Batch
+from processor.operators.base import Batch, StepFailed
 
 Emitter = Callable[[Batch], None]
+
+
+class EmitFailed(Exception):
+    """An emitter could not encode or produce `batch[index]`; `batch[:index]` went out."""
+
+    def __init__(self, index: int, cause: BaseException) -> None:
+        self.index, self.cause = index, cause
+        super().__init__(str(cause))
 
 
 class Sink:
@@ -21,5 +29,9 @@ class Sink:
 
     def process(self, batch: Batch) -> Batch:
         if batch:
-            self.emit(batch)
+            try:
+                self.emit(batch)
+            except EmitFailed as exc:
+                i = exc.index
+                raise StepFailed(self.name, batch[i], exc.cause, index=i, partial=batch[:i]) from exc.cause
         return batch

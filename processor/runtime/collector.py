@@ -17,45 +17,66 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-from confluent_kafka import Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 
 from processor.graph import TopicEnd
 from processor.operators import Batch
-from processor.operators.sink import Emitter
+from processor.operators.sink import EmitFailed, Emitter
 from processor.runtime.produce import produce_when_room
-from processor.serde import serde_for
+from processor.runtime.serdes import Serdes
+from processor.serde import Serde, serde_for
 from processor.serde.formats import INLINE_GLOBALS, inline_encode
 
 LateRecord = tuple[tuple[Any, Any, int, int], int, int, int]  # (record, window start, end, watermark)
 
 
 class RecordCollector:
-    def __init__(self, producer: Callable[[], Producer], partitions: dict[str, int]) -> None:
+    def __init__(self, producer: Callable[[], Producer], partitions: dict[str, int],
+                 serdes: Callable[[TopicEnd, bool], Serde] | None = None) -> None:
         self._producer = producer
         self.partitions = partitions  # topic -> partition count (kept current by the worker)
         self.produced: dict[str, int] = {}  # records per topic since the metrics last read it
+        self.serdes = serdes or Serdes()
 
     def _count(self, topic: str, n: int) -> None:
         self.produced[topic] = self.produced.get(topic, 0) + n
 
     def emitter_for(self, end: TopicEnd, partition: int) -> Emitter:
+        """A record that cannot be encoded, or that the producer refuses as too large, raises
+        EmitFailed naming it (the records before it are out); other produce errors propagate."""
         if end.internal:
             return self._repartition(end.topic, serde_for(end.key_format).encode, partition)
+        venc = "_venc(v)" if end.value_serde else inline_encode(end.value_format, "v")
+        kenc = "_kenc(k)" if end.key_serde else inline_encode(end.key_format, "k")
         source = f"""
 def emit(batch):
     produce = producer().produce
-    for k, v, t, _ in batch:
-        value, key = {inline_encode(end.value_format, "v")}, {inline_encode(end.key_format, "k")}
-        try:
-            produce(topic, value, key, timestamp=t)
-        except BufferError:
-            produce_when_room(producer(), topic, value, key, timestamp=t)
+    r = None
+    try:
+        for r in batch:
+            k, v, t, _ = r
+            value, key = {venc}, {kenc}
+            try:
+                produce(topic, value, key, timestamp=t)
+            except BufferError:
+                produce_when_room(producer(), topic, value, key, timestamp=t)
+    except Exception as exc:
+        failed(batch, r, exc, topic)
     count(topic, len(batch))
 """
         env = {**INLINE_GLOBALS, "producer": self._producer, "topic": end.topic,
-               "produce_when_room": produce_when_room, "count": self._count}
+               "produce_when_room": produce_when_room, "count": self._count,
+               "failed": self._failed,
+               "_venc": self.serdes(end, False).encode, "_kenc": self.serdes(end, True).encode}
         exec(compile(source, f"<emit {end.topic}>", "exec"), env)
         return env["emit"]
+
+    def _failed(self, batch: Batch, record: Any, exc: Exception, topic: str) -> None:
+        index = next(i for i, r in enumerate(batch) if r is record)
+        self._count(topic, index)
+        if isinstance(exc, KafkaException) and exc.args[0].code() != KafkaError.MSG_SIZE_TOO_LARGE:
+            raise exc  # the producer itself failed (fenced, fatal): not this record's fault
+        raise EmitFailed(index, exc) from exc
 
     def _repartition(self, topic: str, kenc: Any, partition: int) -> Emitter:
         producer, dumps, count = self._producer, orjson.dumps, self._count
@@ -64,16 +85,22 @@ def emit(batch):
         def emit(batch: Batch) -> None:
             produce = producer().produce
             last, seq = state["offset"], state["seq"]
-            for k, v, t, o in batch:
-                if o == last:
-                    seq += 1
-                else:
-                    last, seq = o, 0
-                value, key = dumps([partition, o, seq, v]), kenc(k)
-                try:
-                    produce(topic, value, key, timestamp=t)
-                except BufferError:
-                    produce_when_room(producer(), topic, value, key, timestamp=t)
+            r = None
+            try:
+                for r in batch:
+                    k, v, t, o = r
+                    value, key = dumps([partition, o, seq + 1 if o == last else 0, v]), kenc(k)
+                    if o == last:
+                        seq += 1
+                    else:
+                        last, seq = o, 0
+                    try:
+                        produce(topic, value, key, timestamp=t)
+                    except BufferError:
+                        produce_when_room(producer(), topic, value, key, timestamp=t)
+            except Exception as exc:
+                state["offset"], state["seq"] = last, seq
+                self._failed(batch, r, exc, topic)
             state["offset"], state["seq"] = last, seq
             count(topic, len(batch))
 
@@ -89,7 +116,7 @@ def emit(batch):
 
     def late_emitter_for(self, end: TopicEnd, partition: int, source_topic: str,
                          step: str) -> Callable[[list[LateRecord]], None]:
-        kenc, venc = serde_for(end.key_format).encode, serde_for(end.value_format).encode
+        kenc, venc = self.serdes(end, True).encode, self.serdes(end, False).encode
         fixed = [("processor.step", step.encode()),
                  ("processor.source.topic", source_topic.encode()),
                  ("processor.source.partition", str(partition).encode())]

@@ -12,16 +12,20 @@ import dataclasses
 import enum
 import logging
 import time
+from bisect import bisect_left
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from processor.errors import RecordError
+from processor.errors import ProcessorError, RecordError
 from processor.graph import BuildContext, SubTopology
 from processor.operators import Batch, StepFailed
+from processor.operators.sink import Sink
+from processor.runtime.deadletter import REPLAY_STEP, DeadLetter, derived_bytes
 from processor.serde import serde_for
+from processor.serde.errors import DeserializationError
 from processor.serde.formats import INLINE_GLOBALS, inline_decode
 from processor.state import RocksStore, encode_position
 from processor.state.store import (
@@ -59,7 +63,17 @@ class Task:
         self.id = f"{sub.id}_{partition}"
         self.clock = Clock()
         ctx = dataclasses.replace(ctx, clock=self.clock, source_topic=src.topic)
-        self.chains = sub.build_chains(ctx)
+        self.chains, self.policies = sub.build_chains(ctx)
+        # where each chain's first stateful operator sits: failures up to it are failures of
+        # one input record (dead-lettered with its bytes); after it, of derived results
+        self._first_stateful = [next((i for i, op in enumerate(chain) if getattr(op, "stateful", False)),
+                                     len(chain)) for chain in self.chains]
+        self._dead_letter = ctx.dead_letter
+        self._source_policy = src.on_error
+        self.failures: dict[tuple[str, str, str], int] = {}  # (policy, step, error class) -> n
+        self._messages: list[Any] = []  # the batch being processed, for dead letters
+        self._dead_offsets: set[int] = set()  # inputs of this batch already dead-lettered
+        self._failure_log = FailureLog()
         # operators with a store (aggregate, window, process) and, among them, the event-time ones
         self.stateful: list[tuple[int, int, Any]] = [
             (ci, oi, op) for ci, chain in enumerate(self.chains)
@@ -71,11 +85,15 @@ class Task:
             for _, _, op in self.stateful
         }
         self.changelogs = {s.name: s.changelog_topic for s in sub.stores}
-        self._kdec = serde_for(src.key_format).decode
         self._ts_field = src.timestamp_field
         self._internal = src.internal
+        kser = ctx.serde_for(src, True) if ctx.serde_for and src.key_serde else None
+        vser = ctx.serde_for(src, False) if ctx.serde_for and src.value_serde else None
+        self._kdec = kser.decode if kser else serde_for(src.key_format).decode
         self._decode_fast = _batch_decoder(src.key_format, src.value_format,
-                                           self._ts_field, src.timestamp_unit)
+                                           self._ts_field, src.timestamp_unit,
+                                           kser.decode if kser else None,
+                                           vser.decode if vser else None)
         # event time: this partition's watermark, or the minimum over the upstream partitions
         self.watermark: PartitionWatermark | UpstreamWatermarks = (
             UpstreamWatermarks(ctx.partitions_of(src.upstream_topic))
@@ -161,19 +179,27 @@ class Task:
         before: list[int] = []
         current = wm.current
         for m in messages:
-            envelope = loads(m.value())
+            try:
+                envelope = loads(m.value())
+                if len(envelope) == 2:
+                    int(envelope[0])
+                else:
+                    part, off, seq, value = envelope
+                    key = kdec(m.key())
+            except Exception as exc:  # not written by a processor task
+                self._fail_message(m, exc)
+                continue
             if len(envelope) == 2:
                 if isinstance(wm, UpstreamWatermarks):
                     current = wm.report(envelope[0], envelope[1])
                 continue
-            part, off, seq, value = envelope
             mark = (off, seq)
             last = marks.get(part)
             if last is not None and mark <= last:
                 self.duplicates_dropped += 1
                 continue  # re-sent by an upstream task replaying after a crash
             marks[part] = mark
-            out.append((kdec(m.key()), value, m.timestamp()[1], m.offset()))
+            out.append((key, value, m.timestamp()[1], m.offset()))
             offsets.append(m.offset())
             before.append(current)
         self.clock.set_batch(offsets, before, current)
@@ -191,26 +217,43 @@ class Task:
             self.clock.advance(wm.current)
 
     def process(self, messages: list[Any]) -> None:
+        self._messages = messages
         try:
-            batch = self._decode(messages)
-        except Exception:
-            self._raise_decode_error(messages)
-        if self._tracks_time and not self._internal:
-            self._observe_time(batch)
-        self._last_input = time.monotonic()
-        self._idle = False
-        self._run(batch, 0, range(len(self.chains)))
+            try:
+                batch = self._decode(messages)
+            except Exception:
+                batch = self._decode_each(messages)
+            if self._tracks_time and not self._internal:
+                self._observe_time(batch)
+            self._last_input = time.monotonic()
+            self._idle = False
+            replays = _replayed(messages)
+            if replays:
+                self._run_with_replays(batch, replays)
+            else:
+                self._run(batch, 0, range(len(self.chains)), from_input=True)
+        finally:
+            self._messages = []
+            self._dead_offsets.clear()
         self.position = messages[-1].offset() + 1
         if self._tracks_time:
             self._after_batch(self.position - 1)
+
+    def _decode_each(self, messages: list[Any]) -> Batch:
+        """The batch decoder failed: decode record by record, failures to their policy."""
+        batch: Batch = []
+        for m in messages:
+            try:
+                batch.extend(self._decode_fast([m]))
+            except Exception as exc:
+                self._fail_message(m, exc)
+        return batch
 
     def _after_batch(self, offset: int) -> None:
         """Close what the watermark passed, send late records, forward the watermark."""
         current = self.clock.current
         for ci, oi, op in self.timed:
-            out = op.on_watermark(current, offset)
-            if out:
-                self._run(out, oi + 1, [ci])
+            self._fire(ci, oi, lambda op=op: op.on_watermark(current, offset))
         self._drain_late()
         self._forward_watermark()
 
@@ -250,38 +293,145 @@ class Task:
         offset = -1 if self.position is None else self.position - 1
         for ci, oi, op in self.timed:
             fire = getattr(op, "on_processing_time", None)
-            out = fire(now_ms, offset) if fire is not None else None
-            if out:
+            if fire is not None and self._fire(ci, oi, lambda fire=fire: fire(now_ms, offset)):
                 self.needs_commit = True
-                self._run(out, oi + 1, [ci])
         self._drain_late()
         self._forward_watermark()
 
-    def _run(self, batch: Batch, start: int, chain_ids: range | list[int]) -> None:
-        for ci in chain_ids:
-            out = batch
-            for op in self.chains[ci][start:]:
-                try:
-                    out = op.process(out)
-                except StepFailed as exc:
-                    raise RecordError(f"step failed: {exc}", topic=self.topic,
-                                      partition=self.partition, offset=exc.record[3],
-                                      step=exc.step) from exc.cause
-                if not out:
-                    break
-
-    def _raise_decode_error(self, messages: list[Any]) -> None:
-        for m in messages:
+    def _fire(self, ci: int, oi: int, call: Callable[[], Batch]) -> bool:
+        """Run a time callback (closing windows, timers) and its outputs down the chain; a
+        failing timer goes to its policy and the callback is called again for the rest."""
+        while True:
             try:
-                self._decode([m])
-            except Exception as exc:
-                what = (f"timestamp field {self._ts_field!r} missing or not a valid time "
-                        f"({type(exc).__name__}: {exc})"
-                        if isinstance(exc, KeyError | TypeError | ValueError) and self._ts_field
-                        else f"cannot decode record ({type(exc).__name__}: {exc})")
-                raise RecordError(what, topic=self.topic, partition=self.partition,
-                                  offset=m.offset(), step="source") from exc
-        raise AssertionError("decode failed for the batch but not for any record")
+                out = call()
+                break
+            except StepFailed as exc:
+                if not exc.retry:
+                    raise self._fatal(exc) from exc.cause
+                self._fail(exc, from_input=False)
+                if exc.partial:
+                    self._run_chain(ci, oi + 1, exc.partial, False)
+        if out:
+            self._run_chain(ci, oi + 1, out, False)
+        return bool(out)
+
+    def _run(self, batch: Batch, start: int, chain_ids: range | list[int],
+             from_input: bool = False) -> None:
+        for ci in chain_ids:
+            self._run_chain(ci, start, batch, from_input)
+
+    def _run_with_replays(self, batch: Batch, replays: dict[int, str]) -> None:
+        """A batch holding dead letters put back by `processor dlq replay`: such a record goes
+        only down the chain of the step that failed on it, and writes nothing to the sinks
+        before that step — the other pipelines and earlier sinks had it the first time."""
+        everything = range(len(self.chains))
+        run: Batch = []
+        for record in batch:
+            step = replays.get(record[3])
+            target = self._chain_of(step) if step is not None else None
+            if target is None:
+                run.append(record)
+                continue
+            if run:
+                self._run(run, 0, everything, from_input=True)
+                run = []
+            ci, at = target
+            self._run_chain(ci, 0, [record], True, mute_sinks_before=at)
+        if run:
+            self._run(run, 0, everything, from_input=True)
+
+    def _chain_of(self, step: str) -> tuple[int, int] | None:
+        for ci, chain in enumerate(self.chains):
+            for i, op in enumerate(chain):
+                if op.name == step or any(o.name == step for o in getattr(op, "ops", ())):
+                    return ci, i
+        return None  # the topology changed since: treat it as a new record
+
+    def _run_chain(self, ci: int, start: int, batch: Batch, from_input: bool,
+                   mute_sinks_before: int = 0) -> None:
+        """Records through chain `ci` from operator `start`. A record a step fails on goes to
+        that step's policy; the step then resumes with the records after it (StepFailed's
+        contract), its outputs so far going on first, so order is kept."""
+        chain = self.chains[ci]
+        out = batch
+        for i in range(start, len(chain)):
+            op, pending = chain[i], out
+            if i < mute_sinks_before and isinstance(op, Sink):
+                continue
+            while True:
+                try:
+                    out = op.process(pending)
+                    break
+                except StepFailed as exc:
+                    if exc.index < 0:
+                        raise self._fatal(exc) from exc.cause
+                    self._fail(exc, from_input and i <= self._first_stateful[ci])
+                    if exc.partial:
+                        self._run_chain(ci, i + 1, exc.partial, from_input)
+                    pending = pending[exc.index + 1:]
+                    if not pending:
+                        return
+            if not out:
+                return
+
+    # -- failures ------------------------------------------------------------------------------
+
+    def _fatal(self, exc: StepFailed) -> RecordError:
+        return RecordError(f"step failed: {exc}", topic=self.topic, partition=self.partition,
+                           offset=exc.record[3], step=exc.step)
+
+    def _fail(self, exc: StepFailed, from_input: bool) -> None:
+        """Apply the step's policy to the record it failed on."""
+        policy = self.policies.get(exc.step, "fail")
+        record = exc.record
+        if policy == "fail":
+            raise self._fatal(exc) from exc.cause
+        message = self._message_at(record[3]) if from_input else None
+        if message is not None:
+            self._failed_message(message, exc.step, exc.cause, policy)
+            return
+        letter = DeadLetter(exc.step, exc.cause, self.topic, self.partition, record[3], record[2],
+                            derived_bytes(record[0]), derived_bytes(record[1]), payload="derived")
+        self._apply(letter, policy)
+
+    def _fail_message(self, message: Any, exc: Exception) -> None:
+        """An input record that could not be decoded (value, key or event time). A transient
+        cause (schema registry down) is not the record's fault: stop rather than dead-letter."""
+        if self._source_policy == "fail" or getattr(exc, "transient", False):
+            raise RecordError(_decode_problem(exc, self._ts_field), topic=self.topic,
+                              partition=self.partition, offset=message.offset(),
+                              step="source") from exc
+        cause = exc if isinstance(exc, ProcessorError) else DeserializationError(
+            _decode_problem(exc, self._ts_field))
+        self._failed_message(message, "source", cause, self._source_policy)
+
+    def _failed_message(self, m: Any, step: str, cause: BaseException, policy: str) -> None:
+        offset = m.offset()
+        if offset in self._dead_offsets:
+            return  # another record derived from this input failed too: one letter replays both
+        self._dead_offsets.add(offset)
+        upstream = None
+        if self._internal:
+            try:
+                envelope = orjson.loads(m.value())
+                upstream = (int(envelope[0]), int(envelope[1]))
+            except Exception:
+                upstream = None
+        letter = DeadLetter(step, cause, self.topic, self.partition, offset, m.timestamp()[1],
+                            m.key(), m.value(), list(m.headers() or []), upstream=upstream)
+        self._apply(letter, policy)
+
+    def _apply(self, letter: DeadLetter, policy: str) -> None:
+        key = (policy, letter.step, letter.error_class)
+        self.failures[key] = self.failures.get(key, 0) + 1
+        if policy == "dlq" and self._dead_letter is not None:
+            self._dead_letter(letter)
+        self._failure_log.record(letter, policy, self.id)
+
+    def _message_at(self, offset: int) -> Any:
+        msgs = self._messages
+        i = bisect_left(msgs, offset, key=_offset_of)
+        return msgs[i] if i < len(msgs) and msgs[i].offset() == offset else None
 
     # -- checkpoint --------------------------------------------------------------------------
 
@@ -333,12 +483,65 @@ class Task:
                                        "duplicates_dropped": self.duplicates_dropped})
 
 
-def _batch_decoder(key_format: str, value_format: str, ts_field: str | None,
-                   ts_unit: str) -> Callable[[list[Any]], Batch]:
-    """One comprehension decoding a whole batch, codecs inlined (no call per key or value).
+def _decode_problem(exc: Exception, ts_field: str | None) -> str:
+    if isinstance(exc, KeyError | TypeError | ValueError) and ts_field and not isinstance(
+            exc, ProcessorError | orjson.JSONDecodeError | UnicodeDecodeError):
+        return (f"timestamp field {ts_field!r} missing or not a valid time "
+                f"({type(exc).__name__}: {exc})")
+    return f"cannot decode record ({type(exc).__name__}: {exc})"
+
+
+def _offset_of(m: Any) -> int:
+    return m.offset()
+
+
+def _replayed(messages: list[Any]) -> dict[int, str] | None:
+    """Offsets of replayed dead letters in the batch -> the step that failed on them.
+    One C call per message without headers: the common case stays cheap."""
+    found = None
+    for m in messages:
+        headers = m.headers()
+        if headers:
+            for k, v in headers:
+                if k == REPLAY_STEP and v is not None:
+                    if found is None:
+                        found = {}
+                    found[m.offset()] = v.decode("utf-8", "replace")
+    return found
+
+
+class FailureLog:
+    """One warning per failure, but at most one line per step every `every_s` seconds when
+    records fail in bulk (the DLQ and the metrics hold every one)."""
+
+    def __init__(self, every_s: float = 5.0) -> None:
+        self.every_s = every_s
+        self._last: dict[str, tuple[float, int]] = {}  # step -> (time of last line, suppressed)
+
+    def record(self, letter: DeadLetter, policy: str, task: str) -> None:
+        now = time.monotonic()
+        last, suppressed = self._last.get(letter.step, (-1e9, 0))
+        if now - last < self.every_s:
+            self._last[letter.step] = (last, suppressed + 1)
+            return
+        self._last[letter.step] = (now, 0)
+        log.warning("record failed", extra={
+            "task": task, "topic": letter.topic, "partition": letter.partition,
+            "offset": letter.offset, "step": letter.step, "policy": policy,
+            "error": f"{letter.error_class}: {str(letter.cause)[:500]}",
+            "payload": letter.payload, "suppressed_since_last": suppressed})
+
+
+def _batch_decoder(key_format: str, value_format: str, ts_field: str | None, ts_unit: str,
+                   key_decode: Callable[[bytes | None], Any] | None = None,
+                   value_decode: Callable[[bytes | None], Any] | None = None,
+                   ) -> Callable[[list[Any]], Batch]:
+    """One comprehension decoding a whole batch, codecs inlined (no call per key or value)
+    for json/string/bytes; schema formats pass their decode functions.
     Event time comes from the value field `ts_field` (epoch ms / s, or ISO-8601) or the record."""
-    key = inline_decode(key_format, "m.key()", "_k")
-    value = inline_decode(value_format, "m.value()", "_v")
+    key = "_kdec(m.key())" if key_decode else inline_decode(key_format, "m.key()", "_k")
+    value = "_vdec(m.value())" if value_decode else inline_decode(value_format, "m.value()", "_v")
+
     if ts_field is None:
         row = f"{key}, {value}, m.timestamp()[1], m.offset()"
     else:
@@ -346,5 +549,5 @@ def _batch_decoder(key_format: str, value_format: str, ts_field: str | None,
         ts = {"ms": f"int({field})", "s": f"int({field} * 1000)", "iso": f"_iso({field})"}[ts_unit]
         row = f"{key}, (_val := {value}), {ts}, m.offset()"
     source = f"lambda messages: [({row}) for m in messages]"
-    env = {**INLINE_GLOBALS, "_iso": iso_to_ms}
+    env = {**INLINE_GLOBALS, "_iso": iso_to_ms, "_kdec": key_decode, "_vdec": value_decode}
     return eval(compile(source, f"<decode {key_format}/{value_format}>", "eval"), env)

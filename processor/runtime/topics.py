@@ -63,6 +63,9 @@ def ensure_topics(admin: AdminClient, topology: Topology, *, create: bool,
         for store in sub.stores:
             wanted[store.changelog_topic] = (n, dict(CHANGELOG_CONFIGS))
 
+    if topology.uses_dlq and topology.dlq_topic not in counts:
+        wanted[topology.dlq_topic] = (topology.dlq_partitions, {})
+
     to_create = []
     for topic, (n, configs) in wanted.items():
         have = counts.get(topic)

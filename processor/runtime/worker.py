@@ -37,7 +37,9 @@ from processor.runtime.clients import (
 )
 from processor.runtime.collector import RecordCollector
 from processor.runtime.config import WorkerConfig
+from processor.runtime.deadletter import DeadLetterWriter
 from processor.runtime.restore import Restorer
+from processor.runtime.serdes import Serdes
 from processor.runtime.task import Task, TaskState
 from processor.runtime.topics import ensure_topics
 from processor.timeutil.watermark import NO_WATERMARK
@@ -60,7 +62,12 @@ class Worker:
         self.suspended: dict[TP, Task] = {}
         self.delivery_errors: list[KafkaError] = []
         self._stopping = False
-        self.collector = RecordCollector(lambda: self.producer, {})
+        secret = getattr(config, "schema_registry_password", None)
+        self.serdes = Serdes(getattr(config, "schema_registry_url", None),
+                             getattr(config, "schema_registry_username", None),
+                             secret.get_secret_value() if secret is not None else None)
+        self.collector = RecordCollector(lambda: self.producer, {}, self.serdes)
+        self.dead_letters = DeadLetterWriter(lambda: self.producer, topology.dlq_topic, topology.name)
         self.records_processed = 0
         self._last_activity = time.monotonic()  # input or (re)assignment, for bounded runs
         self._progress_mark = (time.monotonic(), 0)
@@ -127,7 +134,8 @@ class Worker:
                 ctx = BuildContext(c.emitter_for, partition, self.config.cache_max_entries,
                                    late_emitter_for=c.late_emitter_for,
                                    watermark_emitter_for=c.watermark_emitter_for,
-                                   partitions_of=c.partitions.__getitem__)
+                                   partitions_of=c.partitions.__getitem__,
+                                   serde_for=self.serdes, dead_letter=self.dead_letters)
                 sub = self.topology.subtopology_for(topic)
                 task = Task(self.topology.name, sub, partition, ctx, self.state_dir)
                 fresh.append(task)
@@ -332,6 +340,12 @@ class Worker:
             self.metrics.records_produced.labels(topic).inc(n)
         produced.clear()
         for task in self.tasks.values():
+            if task.failures:
+                for (policy, step, error), n in task.failures.items():
+                    counter = (self.metrics.dead_letters if policy == "dlq"
+                               else self.metrics.skipped_records)
+                    counter.labels(task.topic, step, error).inc(n)
+                task.failures.clear()
             if task.late_records:
                 self.metrics.late_records.labels(task.topic).inc(task.late_records)
                 task.late_records = 0

@@ -23,6 +23,9 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
 STEP_KINDS = ("filter", "map", "flat_map", "key_by", "window", "aggregate", "process", "python",
               "to")
 REF_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
+OnError = Literal["dlq", "skip", "fail"]
+"""What happens to a record that fails: dead-letter topic, drop (counted), or stop the worker."""
+SCHEMA_FORMATS = ("avro", "avro_registry")
 
 
 class _Strict(BaseModel):
@@ -30,7 +33,13 @@ class _Strict(BaseModel):
 
 
 class SerdeSpec(_Strict):
+    """A key or value format. `schema` is a file next to the topology: an Avro schema (.avsc)
+    for `avro` / `avro_registry`, a JSON Schema for `json` (values are validated)."""
+
     format: str = "json"
+    schema_file: str | None = Field(default=None, alias="schema")
+    reader_schema: str | None = None
+    subject: str | None = None
 
     @field_validator("format")
     @classmethod
@@ -38,6 +47,19 @@ class SerdeSpec(_Strict):
         if v not in FORMATS:
             raise ValueError(f"unknown format {v!r} (known: {', '.join(FORMATS)})")
         return v
+
+    @model_validator(mode="after")
+    def _fits_format(self) -> SerdeSpec:
+        fmt = self.format
+        if fmt == "avro" and self.schema_file is None:
+            raise ValueError("format avro needs `schema: <file.avsc>` (the writer schema)")
+        if self.schema_file is not None and fmt in ("string", "bytes"):
+            raise ValueError(f"format {fmt} takes no schema (schemas: json, avro, avro_registry)")
+        if self.reader_schema is not None and fmt not in SCHEMA_FORMATS:
+            raise ValueError("reader_schema is for avro and avro_registry only")
+        if self.subject is not None and fmt != "avro_registry":
+            raise ValueError("subject is for avro_registry only")
+        return self
 
 
 def _duration(value: Any) -> int:
@@ -81,6 +103,7 @@ class SourceSpec(_Strict):
     value: SerdeSpec = SerdeSpec(format="json")
     timestamp: TimestampSpec | None = None
     watermark: WatermarkSpec = WatermarkSpec()
+    on_error: OnError | None = None  # records that fail to decode; default: the topology's
 
 
 class SinkSpec(_Strict):
@@ -211,31 +234,37 @@ class ProcessSpec(_Strict):
     store: str | None = None
 
 
-class FilterStep(_Strict):
+class _StepSpec(_Strict):
+    """Every step takes `on_error` next to its kind key; default: the topology's `on_error`."""
+
+    on_error: OnError | None = None
+
+
+class FilterStep(_StepSpec):
     filter: str
 
 
-class MapStep(_Strict):
+class MapStep(_StepSpec):
     map: str | FieldsProjection | PythonRef
 
 
-class FlatMapStep(_Strict):
+class FlatMapStep(_StepSpec):
     flat_map: str | PythonRef
 
 
-class KeyByStep(_Strict):
+class KeyByStep(_StepSpec):
     key_by: str | PythonRef
 
 
-class WindowStep(_Strict):
+class WindowStep(_StepSpec):
     window: WindowSpec
 
 
-class AggregateStep(_Strict):
+class AggregateStep(_StepSpec):
     aggregate: AggregateSpec
 
 
-class ProcessStep(_Strict):
+class ProcessStep(_StepSpec):
     process: ProcessSpec
 
     @field_validator("process", mode="before")
@@ -244,18 +273,18 @@ class ProcessStep(_Strict):
         return {"python": v} if isinstance(v, str) else v
 
 
-class PythonStep(_Strict):
+class PythonStep(_StepSpec):
     python: str = Field(pattern=REF_PATTERN)
 
 
-class ToStep(_Strict):
+class ToStep(_StepSpec):
     to: str | SinkSpec
 
 
 def _step_kind(value: Any) -> str | None:
-    if isinstance(value, dict) and len(value) == 1:
-        kind = next(iter(value))
-        return kind if kind in STEP_KINDS else None
+    if isinstance(value, dict):
+        kinds = [k for k in value if k != "on_error"]
+        return kinds[0] if len(kinds) == 1 and kinds[0] in STEP_KINDS else None
     if isinstance(value, BaseModel):
         return next(k for k in STEP_KINDS if k in type(value).model_fields)
     return None
@@ -275,7 +304,8 @@ Step = Annotated[
         _step_kind,
         custom_error_type="unknown_step",
         custom_error_message=(
-            "a step is a mapping with exactly one key, one of: " + ", ".join(STEP_KINDS)
+            "a step is a mapping with exactly one of: " + ", ".join(STEP_KINDS)
+            + " (plus an optional on_error)"
         ),
     ),
 ]
@@ -287,11 +317,24 @@ class PipelineSpec(_Strict):
     steps: list[Step] = Field(min_length=1)
 
 
+class DeadLetterSpec(_Strict):
+    """Where failed records go under `on_error: dlq` (default topic `<name>-dlq`)."""
+
+    topic: str | None = None
+    partitions: int = Field(default=1, ge=1)
+
+
 class TopologySpec(_Strict):
     name: str
     sources: dict[str, SourceSpec] = Field(min_length=1)
     sinks: dict[str, SinkSpec] = Field(default_factory=dict)
     pipelines: list[PipelineSpec] = Field(min_length=1)
+    on_error: OnError = "dlq"
+    dlq: DeadLetterSpec = DeadLetterSpec()
+
+    @property
+    def dlq_topic(self) -> str:
+        return self.dlq.topic or f"{self.name}-dlq"
 
     @field_validator("name")
     @classmethod

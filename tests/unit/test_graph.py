@@ -173,15 +173,15 @@ def test_describe_without_state():
 def test_build_chains_instantiates_operators_per_task():
     topo = build(REKEYED)
     ctx, outputs = collecting_context()
-    (chain0,) = topo.subtopologies[0].build_chains(ctx)
+    (chain0,) = topo.subtopologies[0].build_chains(ctx)[0]
     # consecutive expression steps are fused into one generated loop
     assert [type(op) for op in chain0] == [Fused, Sink]
     assert [type(op) for op in chain0[0].ops] == [Filter, KeyBy]
-    (chain1,) = topo.subtopologies[1].build_chains(ctx)
+    (chain1,) = topo.subtopologies[1].build_chains(ctx)[0]
     assert [type(op) for op in chain1] == [Aggregate, Sink]
     assert chain1[0].store_name == "totals"
     # operators are fresh per build: two tasks never share aggregate caches
-    (again,) = topo.subtopologies[1].build_chains(ctx)
+    (again,) = topo.subtopologies[1].build_chains(ctx)[0]
     assert again[0] is not chain1[0]
 
     batch = [("o1", {"amount": 5, "user": "u1"}, 1, 0), ("o2", {"amount": 0, "user": "u2"}, 2, 1)]
@@ -194,7 +194,7 @@ def test_build_chains_instantiates_operators_per_task():
 def test_fields_projection_builds_a_dict():
     topo = build_topology(load_spec(ROOT / "topologies" / "clean_orders.yaml"))
     ctx, outputs = collecting_context()
-    (chain,) = topo.subtopologies[0].build_chains(ctx)
+    (chain,) = topo.subtopologies[0].build_chains(ctx)[0]
     assert isinstance(chain[0], Fused) and isinstance(chain[0].ops[1], MapValue)
     batch = [("o1", {"user": "u", "amount": 3, "country": "de"}, 0, 7),
              ("o2", {"user": "t", "amount": 1, "country": "fr", "test": True}, 0, 8)]

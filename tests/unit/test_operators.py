@@ -492,8 +492,8 @@ def test_revenue_topology_matches_sample_oracle(tmp_path):
         return outputs.setdefault(end.topic, []).extend
 
     ctx = BuildContext(emitter_for=emitter_for)
-    (upstream,) = topo.subtopologies[0].build_chains(ctx)
-    (downstream,) = topo.subtopologies[1].build_chains(ctx)
+    (upstream,) = topo.subtopologies[0].build_chains(ctx)[0]
+    (downstream,) = topo.subtopologies[1].build_chains(ctx)[0]
     agg = downstream[0]
     assert isinstance(agg, Aggregate)
     store = RocksStore(tmp_path / "totals")

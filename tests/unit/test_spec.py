@@ -125,7 +125,7 @@ def test_step_with_two_kinds_is_rejected():
     text = BASE.replace("      - to: out", "      - to: out\n        filter: 'True'")
     err = only_error(text)
     assert (err.line, err.path) == (12, "pipelines[0].steps[1]")
-    assert "exactly one key" in err.message
+    assert "a step is a mapping with exactly one of:" in err.message
 
 
 def test_unknown_field():

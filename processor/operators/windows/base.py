@@ -45,7 +45,7 @@ from typing import Any
 import orjson
 
 from processor.operators.aggregate import CompiledAggregation
-from processor.operators.base import Batch, Record, StepFailed
+from processor.operators.base import Batch, Record, StepFailed, failed_at
 from processor.state.keys import pack_ts, unpack_ts
 from processor.timeutil.watermark import Clock
 
@@ -125,7 +125,11 @@ class WindowOperator:
     def _no_key() -> None:
         raise ValueError("record key is null; a window needs a key (use key_by)")
 
-    def _failed(self, record: Record | None, exc: Exception, offset: int = -1) -> StepFailed:
+    def _failed(self, record: Record | None, exc: Exception, offset: int = -1, *,
+                batch: Batch | None = None, out: Batch | None = None) -> StepFailed:
+        """Per-record failures are resumable (`failed_at`); closing failures are not."""
+        if batch is not None and record is not None:
+            return failed_at(self.name, batch, record, exc, out or [])
         return StepFailed(self.name, record if record is not None else (None, None, 0, offset), exc)
 
 

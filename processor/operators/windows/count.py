@@ -63,8 +63,6 @@ class CountWindows(WindowOperator):
                     e = self._entry(kb)
                 state = e[0]
                 n, windows = state
-                if n % slide == 0:
-                    windows.append([n // slide, fresh(), t, t])
                 for x in windows:
                     update(x[1], k, v, t)
                     if t < x[2]:
@@ -74,6 +72,14 @@ class CountWindows(WindowOperator):
                     if not final:
                         out.append((k, {"window_start": x[2], "window_end": x[3], "window_index": x[0],
                                         **result(x[1])}, x[3], o))
+                if n % slide == 0:  # opened once updated: a failing record leaves no window
+                    acc = fresh()
+                    update(acc, k, v, t)
+                    x = [n // slide, acc, t, t]
+                    windows.append(x)
+                    if not final:
+                        out.append((k, {"window_start": t, "window_end": t, "window_index": x[0],
+                                        **result(acc)}, t, o))
                 x = windows[0]
                 if x[0] * slide + size - 1 == n:  # the oldest window is full
                     del windows[0]
@@ -86,7 +92,7 @@ class CountWindows(WindowOperator):
                     e[1] = True
                     dirty.append(kb)
         except Exception as exc:
-            raise self._failed(record, exc) from exc
+            raise self._failed(record, exc, batch=batch, out=out) from exc
         return out
 
     def flush(self) -> tuple[Batch, dict[bytes, bytes | None]]:

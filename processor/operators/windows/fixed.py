@@ -76,9 +76,12 @@ class FixedWindows(EndIndexed):
                     bucket = self._bucket(end)
                     next_close = self.next_close
                 e = bucket.get(kb)
-                if e is None:
-                    e = bucket[kb] = self._load(end, kb, k)
-                update(e[0], k, v, t)
+                if e is None:  # cached only once updated: a failing record leaves no entry
+                    e = self._load(end, kb, k)
+                    update(e[0], k, v, t)
+                    bucket[kb] = e
+                else:
+                    update(e[0], k, v, t)
                 if not e[3]:
                     e[3] = True
                     dirty.append((end, kb, e))
@@ -86,7 +89,7 @@ class FixedWindows(EndIndexed):
                     out.append((k, {"window_start": end - size, "window_end": end, **result(e[0])},
                                 end - 1, o))
         except Exception as exc:
-            raise self._failed(record, exc) from exc
+            raise self._failed(record, exc, batch=batch, out=out) from exc
         return out
 
     def _hopping(self, batch: Batch) -> Batch:
@@ -121,8 +124,11 @@ class FixedWindows(EndIndexed):
                         bucket = self._bucket(end)
                     e = bucket.get(kb)
                     if e is None:
-                        e = bucket[kb] = self._load(end, kb, k)
-                    update(e[0], k, v, t)
+                        e = self._load(end, kb, k)
+                        update(e[0], k, v, t)
+                        bucket[kb] = e
+                    else:
+                        update(e[0], k, v, t)
                     if not e[3]:
                         e[3] = True
                         dirty.append((end, kb, e))
@@ -130,7 +136,7 @@ class FixedWindows(EndIndexed):
                         out.append((k, {"window_start": start, "window_end": end, **result(e[0])},
                                     end - 1, o))
         except Exception as exc:
-            raise self._failed(record, exc) from exc
+            raise self._failed(record, exc, batch=batch, out=out) from exc
         return out
 
     def _close(self, bound: int, offset: int, out: Batch) -> None:

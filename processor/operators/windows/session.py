@@ -100,7 +100,7 @@ class SessionWindows(KeyedWindows):
                     out.append((k, {"window_start": x[0], "window_end": x[1], **result(x[2])},
                                 x[1] - 1, o))
         except Exception as exc:
-            raise self._failed(record, exc) from exc
+            raise self._failed(record, exc, batch=batch, out=out) from exc
         return out
 
     def _expire(self, kb: bytes, e: list[Any], bound: int, closing: list[Any]) -> bool:

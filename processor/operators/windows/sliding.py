@@ -100,7 +100,7 @@ class SlidingWindows(KeyedWindows):
                         out.append((k, {"window_start": x[0] - span, "window_end": x[0],
                                         **result(x[1])}, x[0], o))
         except Exception as exc:
-            raise self._failed(record, exc) from exc
+            raise self._failed(record, exc, batch=batch, out=out) from exc
         return out
 
     def _expire(self, kb: bytes, e: list[Any], bound: int, closing: list[Any]) -> bool:
