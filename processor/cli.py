@@ -29,6 +29,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_describe(args: argparse.Namespace) -> int:
     print(_load_topology(args.topology).describe())
+    if args.config is not None or args.show_config:
+        import yaml
+
+        from processor.runtime.config import load_config
+
+        config = load_config(args.config)
+        print("Worker configuration (file < PROCESSOR_* environment; secrets masked):")
+        print(yaml.safe_dump(config.masked(), sort_keys=True, default_flow_style=False).rstrip())
     return 0
 
 
@@ -111,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("describe", help="print sub-topologies, repartition topics and stores")
     d.add_argument("topology")
+    d.add_argument("--config", help="also print the effective worker configuration of this file")
+    d.add_argument("--show-config", action="store_true",
+                   help="also print the effective worker configuration (defaults + environment)")
     d.set_defaults(fn=cmd_describe)
 
     r = sub.add_parser("run", help="run a worker for a topology (joins the consumer group)")

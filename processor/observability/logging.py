@@ -1,4 +1,8 @@
-"""Structured logs: one JSON object per line, with the `extra` fields (task, partition, offset)."""
+"""Structured logs: one JSON object per line, with the `extra` fields (task, partition, offset).
+
+Every handler masks the config's secrets (processor/secrets.py): the filter cleans the record's
+fields, and the formatters mask their finished line too, for text the filter cannot see.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,16 @@ import logging
 import sys
 import time
 
+from processor.secrets import RedactingFilter, redact
+
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+
+
+def _exception_text(formatter: logging.Formatter, record: logging.LogRecord) -> str | None:
+    """The traceback: already rendered (and masked) by the filter, or rendered here."""
+    if record.exc_info:
+        return formatter.formatException(record.exc_info)
+    return record.exc_text or None
 
 
 class JsonFormatter(logging.Formatter):
@@ -22,9 +35,10 @@ class JsonFormatter(logging.Formatter):
         for key, value in record.__dict__.items():
             if key not in _STANDARD and not key.startswith("_"):
                 out[key] = value
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str)
+        exc = _exception_text(self, record)
+        if exc:
+            out["exc"] = exc
+        return redact(json.dumps(out, default=str))
 
 
 class TextFormatter(logging.Formatter):
@@ -34,14 +48,16 @@ class TextFormatter(logging.Formatter):
         base = f"{self.formatTime(record, '%H:%M:%S')} {record.levelname:<7} {record.name}: " \
                f"{record.getMessage()}"
         text = f"{base} {extras}".rstrip()
-        if record.exc_info:
-            text += "\n" + self.formatException(record.exc_info)
-        return text
+        exc = _exception_text(self, record)
+        if exc:
+            text += "\n" + exc
+        return redact(text)
 
 
 def setup_logging(level: str = "INFO", fmt: str = "json") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(RedactingFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

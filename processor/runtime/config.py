@@ -1,19 +1,58 @@
-"""Worker configuration: defaults < config file (YAML) < PROCESSOR_* environment < CLI flags."""
+"""Worker configuration: defaults < config file (YAML) < PROCESSOR_* environment < CLI flags.
+
+Secrets (`SecretStr` settings, password-like librdkafka properties) stay readable here because
+the clients need them; `masked()` and processor/secrets.py keep them out of everything printed.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
 import socket
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import AliasChoices, Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
+from processor import secrets
 from processor.errors import SpecError, SpecErrors
 from processor.timeutil import parse_duration_ms
+
+ENV_PREFIX = "PROCESSOR_"
+SECURITY_PROPERTIES = {
+    "security_protocol": "security.protocol",
+    "sasl_mechanism": "sasl.mechanism",
+    "sasl_username": "sasl.username",
+    "sasl_password": "sasl.password",
+    "ssl_ca_location": "ssl.ca.location",
+    "ssl_certificate_location": "ssl.certificate.location",
+    "ssl_key_location": "ssl.key.location",
+    "ssl_key_password": "ssl.key.password",
+}
+"""Settings that are librdkafka properties of every client, by their librdkafka name."""
+MANAGED_PROPERTIES = {
+    "bootstrap.servers": "set bootstrap_servers instead",
+    "group.id": "the consumer group is the topology name",
+    "transactional.id": "derived from the topology name and worker id",
+}
+"""Properties `kafka:` must not set: the processor sets them itself on every client."""
+
+
+def _as_text(value: Any) -> Any:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value) if isinstance(value, int | float) else value
 
 
 class WorkerConfig(BaseSettings):
@@ -44,12 +83,67 @@ class WorkerConfig(BaseSettings):
     log_format: Literal["json", "text"] = "json"
     consumer: dict[str, Any] = Field(default_factory=dict, description="librdkafka overrides")
     producer: dict[str, Any] = Field(default_factory=dict, description="librdkafka overrides")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] | None = None
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "GSSAPI",
+                            "OAUTHBEARER"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_ca_location: str | None = None
+    ssl_certificate_location: str | None = None
+    ssl_key_location: str | None = None
+    ssl_key_password: SecretStr | None = None
+    # declared after the security settings: its validator compares against them
+    kafka: dict[str, str] = Field(
+        default_factory=dict,
+        description="librdkafka properties of every client (consumers, producer, admin)")
+    schema_registry_url: str | None = None
+    schema_registry_username: str | None = None
+    schema_registry_password: SecretStr | None = None
 
     @field_validator("commit_interval_ms", "poll_timeout_ms", "session_timeout_ms",
                      "max_poll_interval_ms", mode="before")
     @classmethod
     def _duration(cls, v: Any) -> Any:
         return parse_duration_ms(v) if isinstance(v, str) else v
+
+    @field_validator("security_protocol", "sasl_mechanism", mode="before")
+    @classmethod
+    def _upper(cls, v: Any) -> Any:
+        return v.upper() if isinstance(v, str) else v  # librdkafka ignores the case
+
+    @field_validator("kafka", mode="before")
+    @classmethod
+    def _scalars_as_text(cls, v: Any) -> Any:
+        """YAML reads `linger.ms: 5` as a number; librdkafka takes every property as text."""
+        if not isinstance(v, dict):
+            return v
+        return {k: _as_text(x) for k, x in v.items()}
+
+    @field_validator("kafka")
+    @classmethod
+    def _no_double_settings(cls, v: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        # messages name properties, never their values: these may be secrets
+        for prop, why in MANAGED_PROPERTIES.items():
+            if prop in v:
+                raise ValueError(f"{prop} cannot be set here ({why})")
+        for name, prop in SECURITY_PROPERTIES.items():
+            if prop in v and info.data.get(name) is not None:
+                raise ValueError(f"{prop} is also set as {name}; set it in one place")
+        return v
+
+    def client_properties(self) -> dict[str, str]:
+        """The librdkafka properties every client gets: security settings, then `kafka:`."""
+        props = {}
+        for name, prop in SECURITY_PROPERTIES.items():
+            value = getattr(self, name)
+            if value is not None:
+                props[prop] = value.get_secret_value() if isinstance(value, SecretStr) else value
+        return props | self.kafka
+
+    def masked(self) -> dict[str, Any]:
+        """The effective settings for display (`describe --config`, the startup log line):
+        JSON-ready, every secret shown as `***`."""
+        return secrets.masked_settings(self)
 
     @property
     def exactly_once(self) -> bool:
@@ -67,43 +161,85 @@ class WorkerConfig(BaseSettings):
         return f"{socket.gethostname()}-{hashlib.sha1(seed.encode()).hexdigest()[:8]}"
 
 
+def _env_names(setting: str) -> list[str]:
+    names = [f"{ENV_PREFIX}{setting.upper()}"]
+    return [*names, "KAFKA_BOOTSTRAP_SERVERS"] if setting == "bootstrap_servers" else names
+
+
+def _read_file(path: str | Path) -> tuple[dict[str, Any], dict[str, int]]:
+    """The file's settings and the line of each top-level key."""
+    file = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.load(text, Loader=yaml.SafeLoader) or {}
+    except OSError as exc:
+        raise SpecErrors([SpecError(f"cannot read config: {exc.strerror}", file=file)]) from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        raise SpecErrors([SpecError(f"YAML syntax error: {exc.problem}", file=file,
+                                    line=mark.line + 1 if mark else None)]) from None
+    if not isinstance(data, dict):
+        raise SpecErrors([SpecError("config must be a YAML mapping", file=file, line=1)])
+    lines = {k.value: k.start_mark.line + 1 for k, _ in node.value} if isinstance(
+        node, yaml.MappingNode) else {}
+    return data, lines
+
+
+def _env_settings() -> dict[str, Any]:
+    """PROCESSOR_* variables as raw settings (JSON objects decoded), to find their secrets."""
+    out: dict[str, Any] = {}
+    for name, value in os.environ.items():
+        if name.upper().startswith(ENV_PREFIX):
+            try:
+                decoded = json.loads(value) if value.lstrip().startswith("{") else value
+            except ValueError:
+                decoded = value
+            out[name[len(ENV_PREFIX):].lower()] = decoded
+    return out
+
+
 def load_config(path: str | Path | None = None, **overrides: Any) -> WorkerConfig:
-    """Build the config; errors name the file, line and field."""
-    data: dict[str, Any] = {}
+    """Build the config and register its secrets for masking; errors name the file, line and
+    field (or `env` / `command line`), and never show a secret value."""
     file = str(path) if path else None
-    lines: dict[str, int] = {}
-    if path:
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-            node = yaml.compose(text, Loader=yaml.SafeLoader)
-            data = yaml.load(text, Loader=yaml.SafeLoader) or {}
-        except OSError as exc:
-            raise SpecErrors([SpecError(f"cannot read config: {exc.strerror}", file=file)]) from None
-        except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark
-            raise SpecErrors([SpecError(f"YAML syntax error: {exc.problem}", file=file,
-                                        line=mark.line + 1 if mark else None)]) from None
-        if not isinstance(data, dict):
-            raise SpecErrors([SpecError("config must be a YAML mapping", file=file, line=1)])
-        if isinstance(node, yaml.MappingNode):
-            lines = {k.value: k.start_mark.line + 1 for k, _ in node.value}
+    data, lines = _read_file(path) if path else ({}, {})
     # precedence: file < environment < explicit overrides (CLI flags)
     for name in list(data):
-        env_names = [f"PROCESSOR_{name.upper()}"]
-        if name == "bootstrap_servers":
-            env_names.append("KAFKA_BOOTSTRAP_SERVERS")
-        if any(n in os.environ for n in env_names):
+        if any(n in os.environ for n in _env_names(name)):
             del data[name]
-    data.update({k: v for k, v in overrides.items() if v is not None})
+    cli = {k: v for k, v in overrides.items() if v is not None}
+    data.update(cli)
     try:
-        return WorkerConfig(**data)
-    except ValidationError as exc:
-        errors = []
-        for err in exc.errors(include_url=False):
-            field = ".".join(str(p) for p in err["loc"])
-            top = str(err["loc"][0]) if err["loc"] else ""
-            where = file if top in lines or not os.environ.get(f"PROCESSOR_{top.upper()}") else "env"
-            msg = "unknown setting" if err["type"] == "extra_forbidden" else err["msg"]
-            errors.append(SpecError(msg.removeprefix("Value error, "), file=where,
-                                    line=lines.get(top), path=field))
-        raise SpecErrors(errors) from None
+        config = WorkerConfig(**data)
+    except (ValidationError, SettingsError) as exc:
+        hidden = secrets.secret_values(data) | secrets.secret_values(_env_settings())
+        raise SpecErrors([SpecError(secrets.redact(e.message, hidden), file=e.file, line=e.line,
+                                    path=e.path)
+                          for e in _errors(exc, file, lines, cli)]) from None
+    secrets.register(secrets.secret_values(config))
+    return config
+
+
+def _errors(exc: ValidationError | SettingsError, file: str | None, lines: dict[str, int],
+            cli: dict[str, Any]) -> list[SpecError]:
+    """Attribute each error to where its setting came from: flag, environment or file."""
+    if isinstance(exc, SettingsError):  # an environment variable that is not valid JSON
+        match = re.search(r'field "(\w+)"', str(exc))
+        name = match[1] if match else ""
+        return [SpecError(f"{ENV_PREFIX}{name.upper()} must be a JSON object", file="env",
+                          path=name or None)]
+    errors = []
+    for err in exc.errors(include_url=False):
+        field = ".".join(str(p) for p in err["loc"])
+        top = str(err["loc"][0]) if err["loc"] else ""
+        if top in cli:
+            where, line = "command line", None
+        elif any(os.environ.get(n) for n in _env_names(top)):
+            where, line = "env", None
+        else:
+            where, line = file, lines.get(top)
+        msg = "unknown setting" if err["type"] == "extra_forbidden" else err["msg"]
+        errors.append(SpecError(msg.removeprefix("Value error, "), file=where, line=line,
+                                path=field))
+    return errors

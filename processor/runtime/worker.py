@@ -204,7 +204,8 @@ class Worker:
         self._subscribe()
         log.info("worker started", extra={
             "topology": self.topology.name, "worker_id": self.worker_id,
-            "guarantee": cfg.processing_guarantee, "topics": self.topology.source_topics})
+            "guarantee": cfg.processing_guarantee, "topics": self.topology.source_topics,
+            "config": cfg.masked()})
 
     def _discard_uncommitted(self, *, fatal: bool) -> None:
         """Close every task dirty. Under exactly-once also replace the producer: the new one's

@@ -200,3 +200,55 @@ def test_worker_id_differs_for_different_state_dirs(tmp_path):
 def test_explicit_worker_id_wins(tmp_path):
     assert load_config(state_dir=tmp_path, worker_id="w-7").resolved_worker_id() == "w-7"
     assert WorkerConfig(worker_id="w-8").resolved_worker_id() == "w-8"
+
+
+def test_bad_flag_value_is_attributed_to_the_command_line(tmp_path):
+    (err,) = config_errors(write(tmp_path, "batch_size: 5\n"), commit_interval_ms="soon")
+    assert (err.file, err.line, err.path) == ("command line", None, "commit_interval_ms")
+
+
+# -- security, `kafka:` properties, schema registry ----------------------------------------------
+
+
+def test_security_settings_from_env(monkeypatch):
+    monkeypatch.setenv("PROCESSOR_SECURITY_PROTOCOL", "sasl_plaintext")
+    monkeypatch.setenv("PROCESSOR_SASL_MECHANISM", "plain")
+    monkeypatch.setenv("PROCESSOR_SASL_USERNAME", "svc")
+    monkeypatch.setenv("PROCESSOR_SASL_PASSWORD", "pw")
+    monkeypatch.setenv("PROCESSOR_SCHEMA_REGISTRY_URL", "http://registry:8081")
+    cfg = load_config()
+    assert (cfg.security_protocol, cfg.sasl_mechanism) == ("SASL_PLAINTEXT", "PLAIN")
+    assert cfg.sasl_password is not None and cfg.sasl_password.get_secret_value() == "pw"
+    assert "pw" not in repr(cfg)
+    assert cfg.client_properties() == {
+        "security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "PLAIN",
+        "sasl.username": "svc", "sasl.password": "pw"}
+    assert cfg.schema_registry_url == "http://registry:8081"
+
+
+def test_kafka_properties_from_file_are_text(tmp_path):
+    cfg = load_config(write(tmp_path, "kafka:\n  linger.ms: 5\n  socket.keepalive.enable: true\n"
+                                      "  client.id: w1\n"))
+    assert cfg.kafka == {"linger.ms": "5", "socket.keepalive.enable": "true", "client.id": "w1"}
+
+
+def test_kafka_properties_from_env_json_replace_the_file_ones(tmp_path, monkeypatch):
+    monkeypatch.setenv("PROCESSOR_KAFKA", '{"client.id": "from-env"}')
+    cfg = load_config(write(tmp_path, "kafka: {client.id: from-file, linger.ms: 5}\n"))
+    assert cfg.kafka == {"client.id": "from-env"}
+
+
+def test_kafka_property_errors_name_the_property(tmp_path):
+    path = write(tmp_path, "batch_size: 1\nkafka:\n  linger.ms: [5]\n")
+    (err,) = config_errors(path)
+    assert (err.file, err.line, err.path) == (str(path), 2, "kafka.linger.ms")
+    path = write(tmp_path, "kafka: {group.id: mine}\n")
+    (err,) = config_errors(path)
+    assert (err.line, err.path) == (1, "kafka")
+    assert "group.id cannot be set here" in err.message
+
+
+def test_unknown_security_protocol(tmp_path):
+    (err,) = config_errors(write(tmp_path, "security_protocol: tls\n"))
+    assert (err.line, err.path) == (1, "security_protocol")
+    assert "'SASL_SSL'" in err.message
