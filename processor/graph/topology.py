@@ -281,7 +281,12 @@ class _Builder:
                 repartition = self.sink_node(path, end, "repartition by new key")
                 repartition.on_error = self.policy(step, steps[j + 1] if j + 1 < len(steps) else None)
                 chain.append(repartition)
-                sub = self.sub_for(end)
+                try:
+                    sub = self.sub_for(end)
+                except ValueError:
+                    self.error(path, f"store {store!r}: its repartition topic {topic} is already "
+                                     "fed by another pipeline; give this step its own `store:` name")
+                    return
                 chain = []
                 sub.chains.append(chain)
                 key_changed, key_format = False, "json"

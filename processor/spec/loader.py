@@ -15,7 +15,8 @@ import yaml
 from pydantic import ValidationError
 
 from processor.errors import SpecError, SpecErrors
-from processor.spec.models import STEP_KINDS, TopologySpec
+from processor.spec.checks import check_spec
+from processor.spec.models import REF_PATTERN, STEP_KINDS, TopologySpec
 
 PathT = tuple[str | int, ...]
 
@@ -81,7 +82,12 @@ def _data_path(loc: tuple[Any, ...], data: Any) -> PathT:
     """Drop pydantic's union tags from `loc`, keeping only keys/indexes that exist in the data."""
     path: list[str | int] = []
     node = data
+    tag_next = False  # pydantic puts a step's kind (its union tag) right after the step index
     for part in loc:
+        if tag_next and part in STEP_KINDS:
+            tag_next = False
+            continue
+        tag_next = isinstance(part, int) and path[-1:] == ["steps"]
         in_dict = isinstance(node, dict) and part in node
         in_list = isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
         if in_dict or in_list:
@@ -106,6 +112,32 @@ def _data_path(loc: tuple[Any, ...], data: Any) -> PathT:
 _TAGS = {*STEP_KINDS, "str", "FieldsProjection", "PythonRef", "SinkSpec", "PythonReducer"}
 
 
+def _at(data: Any, path: PathT) -> Any:
+    try:
+        for part in path:
+            data = data[part]
+    except (KeyError, IndexError, TypeError):
+        return None
+    return data
+
+
+def _step_detail(step: Any) -> str:
+    """Say what is wrong with a step pydantic could not tag: the generic message lists the
+    kinds, this names the offending keys (a typo reads differently from two kinds in one)."""
+    if not isinstance(step, dict):
+        return f"; got {type(step).__name__} {step!r:.80}"
+    keys = [str(k) for k in step if k != "on_error"]
+    kinds = [k for k in keys if k in STEP_KINDS]
+    others = [k for k in keys if k not in STEP_KINDS]
+    if len(kinds) > 1:
+        return f"; this one has {len(kinds)}: {', '.join(kinds)} (make each its own step)"
+    if kinds:
+        return f"; unknown field {', '.join(map(repr, others))} next to {kinds[0]!r}"
+    if others:
+        return f"; {others[0]!r} is not a step kind"
+    return "; this one is empty"
+
+
 def _pydantic_errors(exc: ValidationError, data: Any, lines: LineMap, file: str) -> list[SpecError]:
     out: list[SpecError] = []
     seen: set[tuple[str, str]] = set()
@@ -115,7 +147,13 @@ def _pydantic_errors(exc: ValidationError, data: Any, lines: LineMap, file: str)
         if err["type"] in ("string_type", "model_type") and path in deeper:
             continue  # a union's "not a string" branch when the mapping branch says more
         msg = err["msg"]
-        if err["type"] == "extra_forbidden":
+        if err["type"] == "unknown_step":
+            msg += _step_detail(_at(data, path))
+        elif err["type"] == "string_pattern_mismatch" and (err.get("ctx") or {}).get(
+                "pattern") == REF_PATTERN:
+            msg = (f"python reference must look like 'package.module:function', got "
+                   f"{err['input']!r} (string should match pattern {REF_PATTERN})")
+        elif err["type"] == "extra_forbidden":
             msg = "unknown field"
         elif err["type"] == "missing":
             msg = "required field is missing"
@@ -130,15 +168,25 @@ def _pydantic_errors(exc: ValidationError, data: Any, lines: LineMap, file: str)
     return out
 
 
+def _yaml_error(exc: yaml.MarkedYAMLError, file: str) -> SpecError:
+    """Point at where the parser gave up, and name where the construct it was in began: an
+    unclosed bracket is noticed lines after the line that has to be fixed."""
+    mark = exc.problem_mark or exc.context_mark
+    line = mark.line + 1 if mark else None
+    message = f"YAML syntax error: {exc.problem}"
+    start = exc.context_mark
+    if exc.context and start is not None and start.line + 1 != line:
+        message += f" ({exc.context} that starts at line {start.line + 1})"
+    return SpecError(message, file=file, line=line)
+
+
 def load_spec_text(text: str, file: str = "<string>") -> LoadedSpec:
-    """Parse YAML text and validate it as a topology."""
+    """Parse YAML text and validate it: schema (pydantic), then whole-spec checks."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.load(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else None
-        raise SpecErrors([SpecError(f"YAML syntax error: {exc.problem}", file=file, line=line)]) from None
+        raise SpecErrors([_yaml_error(exc, file)]) from None
     if node is None or not isinstance(data, dict):
         raise SpecErrors([SpecError("a topology must be a YAML mapping with name, sources, pipelines",
                                     file=file, line=1)])
@@ -151,9 +199,11 @@ def load_spec_text(text: str, file: str = "<string>") -> LoadedSpec:
     except ValidationError as exc:
         errors.extend(_pydantic_errors(exc, data, line_map, file))
         raise SpecErrors(errors) from None
+    loaded = LoadedSpec(spec=spec, file=file, lines=line_map, data=data)
+    errors.extend(check_spec(loaded))
     if errors:
         raise SpecErrors(errors)
-    return LoadedSpec(spec=spec, file=file, lines=line_map, data=data)
+    return loaded
 
 
 def load_spec(path: str | Path) -> LoadedSpec:
