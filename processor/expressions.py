@@ -3,16 +3,19 @@
 An expression is parsed with `ast`, checked against an allow-list (no imports, no lambdas
 that escape, no dunder or private attribute access, only whitelisted builtins), then compiled
 into a plain Python function `f(key, value, timestamp)` so per-record cost is one call.
+`**`, `<<` and `*` are compiled as calls of bounded versions (processor/expression_guards.py)
+so that one record cannot hang the worker or exhaust its memory with a huge result.
 """
 
 from __future__ import annotations
 
 import ast
+import copy
 import importlib
-import math
 from collections.abc import Callable
 from typing import Any
 
+from processor import expression_guards as guards
 from processor.errors import ExpressionError
 
 RECORD_NAMES = ("key", "value", "timestamp")
@@ -21,10 +24,17 @@ SAFE_BUILTINS: dict[str, Any] = {
     "abs": abs, "all": all, "any": any, "bool": bool, "dict": dict, "float": float,
     "int": int, "len": len, "list": list, "max": max, "min": min, "round": round,
     "set": set, "sorted": sorted, "str": str, "sum": sum, "tuple": tuple, "isinstance": None,
-    "enumerate": enumerate, "range": range, "zip": zip, "reversed": reversed,
-    "True": True, "False": False, "None": None, "math": math,
+    "enumerate": enumerate, "range": guards.bounded_range, "zip": zip, "reversed": reversed,
+    "True": True, "False": False, "None": None, "math": guards.bounded_math(),
 }
 del SAFE_BUILTINS["isinstance"]
+# Operators compiled as calls. The names start with "__", which no expression may write.
+_GUARDED_OPS: dict[type[ast.operator], str] = {
+    ast.Pow: "__processor_pow", ast.LShift: "__processor_lshift", ast.Mult: "__processor_mul"}
+SAFE_BUILTINS.update({"__processor_pow": guards.guarded_pow,
+                      "__processor_lshift": guards.guarded_lshift,
+                      "__processor_mul": guards.guarded_mul})
+_SMALL_FACTOR = 16  # `x * 2` repeats a sequence at most this many times its own size: no guard
 
 # Attributes that reach frames, code or arbitrary attribute lookups without a leading underscore.
 _DENIED_ATTRS = frozenset({
@@ -71,6 +81,28 @@ def _check(tree: ast.AST, source: str, extra_names: frozenset[str]) -> None:
                 )
 
 
+class _Guard(ast.NodeTransformer):
+    """Rewrites `a ** b`, `a << b`, `a * b` into calls of the bounded versions; a product with
+    a float or small int literal cannot blow up, and stays an operator (the common case)."""
+
+    def visit_BinOp(self, node: ast.BinOp) -> ast.expr:
+        self.generic_visit(node)
+        name = _GUARDED_OPS.get(type(node.op))
+        if name is None or (isinstance(node.op, ast.Mult)
+                            and (_small_number(node.left) or _small_number(node.right))):
+            return node
+        call = ast.Call(func=ast.Name(id=name, ctx=ast.Load()), args=[node.left, node.right],
+                        keywords=[])
+        return ast.copy_location(call, node)
+
+
+def _small_number(node: ast.expr) -> bool:
+    if not isinstance(node, ast.Constant) or isinstance(node.value, bool):
+        return False
+    return isinstance(node.value, float) or (
+        isinstance(node.value, int) and abs(node.value) <= _SMALL_FACTOR)
+
+
 def parse_expression(source: str, extra_names: frozenset[str] = frozenset()) -> ast.Expression:
     """Parse and check an expression; raises ExpressionError with the reason."""
     if not isinstance(source, str) or not source.strip():
@@ -79,6 +111,8 @@ def parse_expression(source: str, extra_names: frozenset[str] = frozenset()) -> 
         tree = ast.parse(source.strip(), mode="eval")
     except SyntaxError as exc:
         raise ExpressionError(f"syntax error: {exc.msg} at column {exc.offset}") from None
+    except (ValueError, MemoryError, RecursionError):  # null bytes; nesting the parser refuses
+        raise ExpressionError("expression is too deeply nested or not valid text") from None
     _check(tree, source, extra_names)
     return tree
 
@@ -89,8 +123,27 @@ def compile_expression(source: str) -> Callable[[Any, Any, int], Any]:
     return compile_tree(tree.body, source)
 
 
+def guarded_source(source: str) -> str:
+    """A checked expression as source text with its operators guarded, for code generators
+    that compile expressions into functions of their own (fusion does this from
+    `fn.expr_source`; aggregates should too, or their expressions run unguarded)."""
+    return ast.unparse(_Guard().visit(parse_expression(source).body))
+
+
 def compile_tree(body: ast.expr, source: str) -> Callable[[Any, Any, int], Any]:
-    """Wrap a checked expression body in a lambda and compile it once."""
+    """Wrap a checked expression body in a lambda, with guarded operators, and compile it once.
+
+    CPython's compiler raises SyntaxError for some trees the parser accepts (`*value` alone),
+    and RecursionError for very deep ones: both are an invalid expression."""
+    try:
+        return _compile(_Guard().visit(copy.deepcopy(body)), source)
+    except SyntaxError as exc:
+        raise ExpressionError(f"syntax error: {exc.msg}") from None
+    except (ValueError, MemoryError, RecursionError):
+        raise ExpressionError("expression is too deeply nested to compile") from None
+
+
+def _compile(body: ast.expr, source: str) -> Callable[[Any, Any, int], Any]:
     lam = ast.Expression(
         body=ast.Lambda(
             args=ast.arguments(

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import orjson
 
 from processor.errors import ExpressionError
-from processor.expressions import SAFE_BUILTINS, load_callable, parse_expression
+from processor.expressions import SAFE_BUILTINS, guarded_source, load_callable, parse_expression
 from processor.operators.base import Batch, Record, failed_at
 
 AGG_FUNCS = ("count", "sum", "min", "max", "avg", "first", "last")
@@ -79,7 +79,7 @@ def _field_code(f: FieldAgg, i: int, r: int) -> tuple[list[str], list[int]]:
 
     All fields are computed before any slot is assigned, so a record whose expression fails
     leaves the accumulator unchanged: the runtime can dead-letter it and go on."""
-    x = f"({f.expr})" if f.expr else None
+    x = f"({guarded_source(f.expr)})" if f.expr else None  # `**`, `*`, `<<` bounded
     s0, s1, n0, n1 = f"s[{i}]", f"s[{i + 1}]", f"n{i}", f"n{i + 1}"
     match f.func:
         case "count" if x is None:
