@@ -72,7 +72,9 @@ class Task:
         self._source_policy = src.on_error
         self.failures: dict[tuple[str, str, str], int] = {}  # (policy, step, error class) -> n
         self._messages: list[Any] = []  # the batch being processed, for dead letters
-        self._dead_offsets: set[int] = set()  # inputs of this batch already dead-lettered
+        # (input offset, chain) of this batch already dead-lettered: a replay of the letter
+        # re-runs the whole chain for that input, so one letter per chain is enough
+        self._dead_letters: set[tuple[int, int | None]] = set()
         self._failure_log = FailureLog()
         # operators with a store (aggregate, window, process) and, among them, the event-time ones
         self.stateful: list[tuple[int, int, Any]] = [
@@ -234,7 +236,7 @@ class Task:
                 self._run(batch, 0, range(len(self.chains)), from_input=True)
         finally:
             self._messages = []
-            self._dead_offsets.clear()
+            self._dead_letters.clear()
         self.position = messages[-1].offset() + 1
         if self._tracks_time:
             self._after_batch(self.position - 1)
@@ -308,7 +310,7 @@ class Task:
             except StepFailed as exc:
                 if not exc.retry:
                     raise self._fatal(exc) from exc.cause
-                self._fail(exc, from_input=False)
+                self._fail(exc, False, ci)
                 if exc.partial:
                     self._run_chain(ci, oi + 1, exc.partial, False)
         if out:
@@ -365,9 +367,9 @@ class Task:
                 except StepFailed as exc:
                     if exc.index < 0:
                         raise self._fatal(exc) from exc.cause
-                    self._fail(exc, from_input and i <= self._first_stateful[ci])
+                    self._fail(exc, from_input and i <= self._first_stateful[ci], ci)
                     if exc.partial:
-                        self._run_chain(ci, i + 1, exc.partial, from_input)
+                        self._run_chain(ci, i + 1, exc.partial, from_input, mute_sinks_before)
                     pending = pending[exc.index + 1:]
                     if not pending:
                         return
@@ -380,15 +382,16 @@ class Task:
         return RecordError(f"step failed: {exc}", topic=self.topic, partition=self.partition,
                            offset=exc.record[3], step=exc.step)
 
-    def _fail(self, exc: StepFailed, from_input: bool) -> None:
-        """Apply the step's policy to the record it failed on."""
+    def _fail(self, exc: StepFailed, from_input: bool, chain: int) -> None:
+        """Apply the step's policy to the record it failed on. A transient cause (the schema
+        registry unreachable) is not the record's fault: stop rather than dead-letter."""
         policy = self.policies.get(exc.step, "fail")
         record = exc.record
-        if policy == "fail":
+        if policy == "fail" or getattr(exc.cause, "transient", False):
             raise self._fatal(exc) from exc.cause
         message = self._message_at(record[3]) if from_input else None
         if message is not None:
-            self._failed_message(message, exc.step, exc.cause, policy)
+            self._failed_message(message, exc.step, exc.cause, policy, chain)
             return
         letter = DeadLetter(exc.step, exc.cause, self.topic, self.partition, record[3], record[2],
                             derived_bytes(record[0]), derived_bytes(record[1]), payload="derived")
@@ -403,13 +406,15 @@ class Task:
                               step="source") from exc
         cause = exc if isinstance(exc, ProcessorError) else DeserializationError(
             _decode_problem(exc, self._ts_field))
-        self._failed_message(message, "source", cause, self._source_policy)
+        self._failed_message(message, "source", cause, self._source_policy, None)
 
-    def _failed_message(self, m: Any, step: str, cause: BaseException, policy: str) -> None:
+    def _failed_message(self, m: Any, step: str, cause: BaseException, policy: str,
+                        chain: int | None) -> None:
         offset = m.offset()
-        if offset in self._dead_offsets:
-            return  # another record derived from this input failed too: one letter replays both
-        self._dead_offsets.add(offset)
+        if policy == "dlq":
+            if (offset, chain) in self._dead_letters:
+                return  # another record derived from this input failed in this chain too
+            self._dead_letters.add((offset, chain))
         upstream = None
         if self._internal:
             try:

@@ -46,7 +46,8 @@ def _records() -> tuple[list[tuple[bytes, bytes]], dict[str, list[int]]]:
     """Good orders with five kinds of poison among them; returns (records, kind -> indexes)."""
     out: list[tuple[bytes, bytes]] = []
     kinds: dict[str, list[int]] = {k: [] for k in
-                                   ("bad_json", "no_amount", "explode", "huge", "int_tag", "str_qty")}
+                                   ("bad_json", "no_amount", "explode", "huge", "int_tag", "str_qty",
+                                    "double")}
     for i in range(1500):
         user = f"u{i % 20}"
         v: dict[str, Any] = {"id": i, "user": user, "amount": i % 50, "qty": 1 + i % 3,
@@ -64,6 +65,8 @@ def _records() -> tuple[list[tuple[bytes, bytes]], dict[str, list[int]]]:
             kind, v["tag"] = "int_tag", 5
         elif i % 100 == 91:
             kind, v["qty"] = "str_qty", str(v["qty"])
+        elif i % 250 == 113:  # fails in two pipelines: one dead letter for each
+            kind, v["explode"], v["tag"] = "double", True, 9
         value = b'{"id": ' + str(i).encode() + b', "broken' if kind == "bad_json" else orjson.dumps(v)
         if kind:
             kinds[kind].append(i)
@@ -117,7 +120,7 @@ def test_poison_pills_go_to_the_dlq_and_replay_after_a_fix(broker, tmp_path, uni
 
     # -- the dead letters: exactly the bad records, once each, bytes untouched ------------
     letters = _dlq(bootstrap, f"{t['name']}-dlq")
-    by_id: dict[int, Any] = {}
+    by_id: dict[tuple[int, str], Any] = {}
     for m in letters:
         h = {k: v.decode() for k, v in m.headers()}
         value = m.value()
@@ -132,14 +135,14 @@ def test_poison_pills_go_to_the_dlq_and_replay_after_a_fix(broker, tmp_path, uni
             assert m.key() == records[i][0]
             assert ("origin", b"test") in m.headers(), "the original headers are kept"
             assert h["processor.source.partition"] == str(i % 4)
-        assert i not in by_id, f"record {i} dead-lettered twice"
-        by_id[i] = h
+        assert (i, h["processor.error.step"]) not in by_id, f"record {i} dead-lettered twice"
+        by_id[i, h["processor.error.step"]] = h
         assert h["processor.payload"] == "source"
         assert h["processor.topology"] == t["name"]
         assert int(h["processor.error.time"]) > 0 and h["processor.source.offset"].isdigit()
     bad = {i for ids in kinds.values() for i in ids}
-    assert set(by_id) == bad, (f"missing: {sorted(bad - set(by_id))[:5]}, "
-                               f"unexpected: {sorted(set(by_id) - bad)[:5]}")
+    assert {i for i, _ in by_id} == bad, f"dead-lettered: {sorted(by_id)[:10]}"
+    assert len(by_id) == len(bad) + len(kinds["double"])
     expect = {"bad_json": ("source", "DeserializationError"),
               "no_amount": ("pipelines[0].steps[0]", "KeyError"),
               "explode": ("pipelines[0].steps[1]", "ValueError"),
@@ -149,19 +152,22 @@ def test_poison_pills_go_to_the_dlq_and_replay_after_a_fix(broker, tmp_path, uni
     for kind, ids in kinds.items():
         assert ids, kind
         for i in ids:
-            h = by_id[i]
-            assert (h["processor.error.step"], h["processor.error.class"]) == expect[kind], (kind, h)
-    assert "explode flag set" in by_id[kinds["explode"][0]]["processor.error.message"]
-    assert "MSG_SIZE_TOO_LARGE" in by_id[kinds["huge"][0]]["processor.error.message"]
+            for step, cls in ([expect["explode"], expect["int_tag"]] if kind == "double"
+                              else [expect[kind]]):
+                assert by_id[i, step]["processor.error.class"] == cls, (kind, i, step)
+    assert "explode flag set" in by_id[kinds["explode"][0], expect["explode"][0]][
+        "processor.error.message"]
+    assert "MSG_SIZE_TOO_LARGE" in by_id[kinds["huge"][0], expect["huge"][0]]["processor.error.message"]
 
     # -- every good record reached every output it should -----------------------------------
     def ids(topic: str) -> Counter[int]:
         return Counter(orjson.loads(v)["id"] for _, v, _ in read_all(bootstrap, topic))
 
     decodable = [i for i in range(len(records)) if values[i] is not None]
-    fails_p0 = set(kinds["no_amount"] + kinds["explode"] + kinds["huge"])
+    fails_p0 = set(kinds["no_amount"] + kinds["explode"] + kinds["huge"] + kinds["double"])
+    fails_p1 = set(kinds["int_tag"] + kinds["double"])
     assert ids(t["orders-out"]) == Counter(i for i in decodable if i not in fails_p0)
-    assert ids(t["tags-out"]) == Counter(i for i in decodable if i not in kinds["int_tag"])
+    assert ids(t["tags-out"]) == Counter(i for i in decodable if i not in fails_p1)
     totals = {k.decode(): orjson.loads(v) for k, v, _ in read_all(bootstrap, t["totals-out"])}
 
     def oracle(skip: set[int]) -> dict[str, dict[str, int]]:
@@ -181,7 +187,8 @@ def test_poison_pills_go_to_the_dlq_and_replay_after_a_fix(broker, tmp_path, uni
     shown = _cli("dlq", "inspect", str(t["v1"]), "--bootstrap-servers", bootstrap,
                  "--error-class", "ValueError")
     assert shown.returncode == 0, shown.stderr
-    assert f"{len(kinds['explode'])} dead letters in {t['name']}-dlq" in shown.stdout
+    explode_letters = len(kinds["explode"]) + len(kinds["double"])
+    assert f"{explode_letters} dead letters in {t['name']}-dlq" in shown.stdout
     assert "explode flag set" in shown.stdout and "step pipelines[0].steps[1]" in shown.stdout
 
     # -- fix, then replay: a dry run counts, the real one re-injects -----------------------
@@ -192,7 +199,7 @@ def test_poison_pills_go_to_the_dlq_and_replay_after_a_fix(broker, tmp_path, uni
     done = _cli("dlq", "replay", str(t["v2"]), "--bootstrap-servers", bootstrap)
     assert done.returncode == 0, done.stderr
     repartition = f"{t['name']}-totals-repartition"
-    per_topic = sorted([(t["orders"], len(bad) - len(kinds["str_qty"])),
+    per_topic = sorted([(t["orders"], len(by_id) - len(kinds["str_qty"])),
                         (repartition, len(kinds["str_qty"]))])
     assert "replayed: " + ", ".join(f"{n} to {topic}" for topic, n in per_topic) in done.stdout, \
         done.stdout
@@ -221,7 +228,7 @@ def test_fail_policy_stops_the_worker_with_the_record_coordinates(broker, tmp_pa
     text = t["v1"].read_text().replace("on_error: dlq", "on_error: fail")
     t["v1"].write_text(text)
     create_topic(broker.bootstrap, t["orders"], 4)
-    records, kinds = _records()
+    records, _ = _records()
     _produce(broker.bootstrap, t["orders"], records[:8])  # one poison: bad JSON at 7
     w = WorkerProcess(t["v1"], broker.bootstrap, tmp_path / "state", tmp_path)
     assert w.wait() == 3, w.log_text()
@@ -242,7 +249,8 @@ def test_skip_policy_drops_and_counts(broker, tmp_path, unique):
     assert w.wait() == 0, w.log_text()
     md = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "md"}).list_topics(timeout=10)
     assert f"{t['name']}-dlq" not in md.topics, "no dead-letter topic when nothing uses it"
-    fails_p0 = set(kinds["no_amount"] + kinds["explode"] + kinds["huge"] + kinds["bad_json"])
+    fails_p0 = set(kinds["no_amount"] + kinds["explode"] + kinds["huge"] + kinds["bad_json"]
+                   + kinds["double"])
     got = Counter(orjson.loads(v)["id"] for _, v, _ in read_all(broker.bootstrap, t["orders-out"]))
     assert got == Counter(i for i in range(len(records)) if i not in fails_p0)
     failed = [r for r in w.logs() if r.get("msg") == "record failed"]

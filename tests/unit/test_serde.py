@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from processor.serde import SCHEMALESS_FORMATS as FORMATS, serde_for
+from processor.serde import SCHEMALESS_FORMATS as FORMATS
+from processor.serde import serde_for
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
