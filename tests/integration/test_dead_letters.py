@@ -223,14 +223,20 @@ def test_poison_pills_go_to_the_dlq_and_replay_after_a_fix(broker, tmp_path, uni
     assert f"examined {len(kinds['bad_json'])}," in nxt.stdout, nxt.stdout
 
 
-def test_fail_policy_stops_the_worker_with_the_record_coordinates(broker, tmp_path, unique):
-    t = _copy_topology(tmp_path, unique)
-    text = t["v1"].read_text().replace("on_error: dlq", "on_error: fail")
-    t["v1"].write_text(text)
+def _run_v1_with_policy(broker: Any, tmp: Path, unique: str, policy: str,
+                        count: int | None = None) -> tuple[dict[str, Any], dict[str, list[int]],
+                                                           WorkerProcess]:
+    """The v1 topology with another top-level on_error, over the first `count` records."""
+    t = _copy_topology(tmp, unique)
+    t["v1"].write_text(t["v1"].read_text().replace("on_error: dlq", f"on_error: {policy}"))
     create_topic(broker.bootstrap, t["orders"], 4)
-    records, _ = _records()
-    _produce(broker.bootstrap, t["orders"], records[:8])  # one poison: bad JSON at 7
-    w = WorkerProcess(t["v1"], broker.bootstrap, tmp_path / "state", tmp_path)
+    records, kinds = _records()
+    _produce(broker.bootstrap, t["orders"], records[:count])
+    return t, kinds, WorkerProcess(t["v1"], broker.bootstrap, tmp / "state", tmp)
+
+
+def test_fail_policy_stops_the_worker_with_the_record_coordinates(broker, tmp_path, unique):
+    t, _, w = _run_v1_with_policy(broker, tmp_path, unique, "fail", 8)  # one poison: bad JSON at 7
     assert w.wait() == 3, w.log_text()
     stop = next(r for r in w.logs() if r.get("msg") == "stopping: a record could not be processed")
     assert (stop["topic"], stop["partition"], stop["step"]) == (t["orders"], 7 % 4, "source")
@@ -239,19 +245,13 @@ def test_fail_policy_stops_the_worker_with_the_record_coordinates(broker, tmp_pa
 
 
 def test_skip_policy_drops_and_counts(broker, tmp_path, unique):
-    t = _copy_topology(tmp_path, unique)
-    text = t["v1"].read_text().replace("on_error: dlq", "on_error: skip")
-    t["v1"].write_text(text)
-    create_topic(broker.bootstrap, t["orders"], 4)
-    records, kinds = _records()
-    _produce(broker.bootstrap, t["orders"], records)
-    w = WorkerProcess(t["v1"], broker.bootstrap, tmp_path / "state", tmp_path)
+    t, kinds, w = _run_v1_with_policy(broker, tmp_path, unique, "skip")
     assert w.wait() == 0, w.log_text()
     md = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "md"}).list_topics(timeout=10)
     assert f"{t['name']}-dlq" not in md.topics, "no dead-letter topic when nothing uses it"
     fails_p0 = set(kinds["no_amount"] + kinds["explode"] + kinds["huge"] + kinds["bad_json"]
                    + kinds["double"])
     got = Counter(orjson.loads(v)["id"] for _, v, _ in read_all(broker.bootstrap, t["orders-out"]))
-    assert got == Counter(i for i in range(len(records)) if i not in fails_p0)
+    assert got == Counter(i for i in range(len(_records()[0])) if i not in fails_p0)
     failed = [r for r in w.logs() if r.get("msg") == "record failed"]
     assert failed and all(r["policy"] == "skip" for r in failed)
