@@ -122,13 +122,18 @@ def emit(batch):
                  ("processor.source.partition", str(partition).encode())]
 
         def emit(late: list[LateRecord]) -> None:
-            for (k, v, t, o), start, stop, watermark in late:
-                headers = [*fixed, ("processor.source.offset", str(o).encode()),
-                           ("processor.window.start", str(start).encode()),
-                           ("processor.window.end", str(stop).encode()),
-                           ("processor.watermark", str(watermark).encode())]
-                produce_when_room(self._producer(), end.topic, venc(v), kenc(k), timestamp=t,
-                                  headers=headers)
+            entry = None
+            try:
+                for entry in late:
+                    (k, v, t, o), start, stop, watermark = entry
+                    headers = [*fixed, ("processor.source.offset", str(o).encode()),
+                               ("processor.window.start", str(start).encode()),
+                               ("processor.window.end", str(stop).encode()),
+                               ("processor.watermark", str(watermark).encode())]
+                    produce_when_room(self._producer(), end.topic, venc(v), kenc(k), timestamp=t,
+                                      headers=headers)
+            except Exception as exc:
+                self._failed(late, entry, exc, end.topic)
             self._count(end.topic, len(late))
 
         return emit

@@ -22,7 +22,7 @@ import orjson
 from processor.errors import ProcessorError, RecordError
 from processor.graph import BuildContext, SubTopology
 from processor.operators import Batch, StepFailed
-from processor.operators.sink import Sink
+from processor.operators.sink import EmitFailed, Sink
 from processor.runtime.deadletter import REPLAY_STEP, DeadLetter, derived_bytes
 from processor.serde import serde_for
 from processor.serde.errors import DeserializationError
@@ -260,12 +260,19 @@ class Task:
         self._forward_watermark()
 
     def _drain_late(self) -> None:
-        for _, _, op in self.timed:
+        for ci, _, op in self.timed:
             late = op.late
             if late:
                 sink = getattr(op, "late_sink", None)
-                if sink is not None:
-                    sink(late)
+                pending = late
+                while sink is not None and pending:
+                    try:
+                        sink(pending)
+                        break
+                    except EmitFailed as exc:  # this late record cannot go to the late topic
+                        record = pending[exc.index][0]
+                        self._fail(StepFailed(op.name, record, exc.cause), False, ci)
+                        pending = pending[exc.index + 1:]
                 self.late_records += len(late)
                 late.clear()
 
