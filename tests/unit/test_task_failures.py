@@ -146,7 +146,7 @@ pipelines:
       - aggregate: {n: count()}
       - to: {topic: out}
 """
-    task, out, letters = make_task(tmp_path, text, late_emitter=late_emitter_for)
+    task, _, letters = make_task(tmp_path, text, late_emitter=late_emitter_for)
     values = [{"ts": 100}, {"ts": 1}, {"ts": 2, "poison": True}, {"ts": 3}]
     task.process([Msg(i, orjson.dumps(v)) for i, v in enumerate(values)])
     assert [r[3] for r in written] == [1, 3]
