@@ -53,11 +53,13 @@ def cmd_run(args: argparse.Namespace) -> int:
                          worker_id=args.worker_id, commit_interval_ms=args.commit_interval,
                          metrics_port=args.metrics_port, log_format=args.log_format)
     setup_logging(config.log_level, config.log_format)
-    metrics = Metrics()
-    if config.metrics_port is not None:
-        metrics.serve(config.metrics_port)
+    metrics = Metrics()  # served with /healthz, /readyz and /state on config.metrics_port
     idle = parse_duration_ms(args.stop_when_idle) if args.stop_when_idle else None
     worker = Worker(topology, config, stop_when_idle_ms=idle, metrics=metrics)
+    if sys.stderr.isatty():
+        from processor.observability.progress import ProgressBar
+
+        worker.progress_bar = ProgressBar("restoring state")
     try:
         return worker.run()
     except RecordError as exc:

@@ -20,8 +20,33 @@ class Metrics:
         self.checkpoint_seconds = Histogram(
             "processor_checkpoint_duration_seconds", "Time to flush, write changelogs and commit",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=r)
-        self.checkpoints = Counter("processor_checkpoints_total", "Checkpoints by result",
+        self.checkpoints = Counter("processor_checkpoints_total", "Checkpoints by result (ok, failed)",
                                    ["result"], registry=r)
+        self.transactions = Counter("processor_transactions_total",
+                                    "Kafka transactions by result (committed, aborted); exactly_once only",
+                                    ["result"], registry=r)
+        self.changelog_bytes = Counter("processor_changelog_bytes_total",
+                                       "Key and value bytes written to changelog topics", ["store"],
+                                       registry=r)
+        self.consumer_lag = Gauge("processor_consumer_lag_records",
+                                  "Records behind the end of an assigned input partition "
+                                  "(high watermark - position)", ["topic", "partition"], registry=r)
+        self.processing_latency = Histogram(
+            "processor_processing_latency_seconds", "Time to process one consumed batch",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=r)
+        self.end_to_end_latency = Histogram(
+            "processor_end_to_end_latency_seconds",
+            "Record timestamp (event time or Kafka timestamp) to processed, per batch's last record",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300), registry=r)
+        self.state_keys = Gauge("processor_state_keys", "Estimated keys in a local store partition",
+                                ["store", "partition"], registry=r)
+        self.state_bytes = Gauge("processor_state_bytes",
+                                 "Estimated live data bytes of a local store partition",
+                                 ["store", "partition"], registry=r)
+        self.restore_remaining = Gauge("processor_restore_remaining_records",
+                                       "Changelog records left to restore for a store partition",
+                                       ["store", "partition"], registry=r)
         self.restore_records = Counter("processor_restore_records_total",
                                        "Changelog records applied during restore", registry=r)
         self.late_records = Counter("processor_late_records_total",

@@ -227,6 +227,11 @@ class Aggregate:
         raw = self.store.get(kb)
         return self.agg.new_state() if raw is None else orjson.loads(raw)
 
+    def read(self, store: KeyValueReader, kb: bytes) -> Any:
+        """The committed result for key bytes `kb` (queryable state), or None."""
+        raw = store.get(kb)
+        return None if raw is None else self.agg.result(orjson.loads(raw))
+
     def process(self, batch: Batch) -> Batch:
         cache, dirty, update, enc = self.cache, self.dirty, self.agg.update, self.key_encode
         skip = self.skip_below

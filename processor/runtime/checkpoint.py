@@ -81,6 +81,9 @@ class Checkpointer:
                 produce_when_room(self.producer, topic, position, POSITION_KEY,
                                   partition=task.partition, on_delivery=self._changelog_delivered)
             self.metrics.changelog_records.labels(store).inc(len(writes) + (position is not None))
+            self.metrics.changelog_bytes.labels(store).inc(
+                sum(len(k) + len(v or b"") for k, v in writes.items())
+                + (len(position) + len(POSITION_KEY) if position is not None else 0))
 
     def _flush(self, what: str) -> None:
         try:
@@ -156,7 +159,9 @@ class Checkpointer:
                             if (topic, task.partition) in self._changelog_last})
         elapsed = time.perf_counter() - started
         self.metrics.checkpoint_seconds.observe(elapsed)
-        self.metrics.checkpoints.labels("committed").inc()
+        self.metrics.checkpoints.labels("ok").inc()
+        if self.exactly_once:
+            self.metrics.transactions.labels("committed").inc()
         log.debug("checkpoint committed", extra={
             "tasks": len(tasks), "seconds": round(elapsed, 4),
             "offsets": {f"{o.topic}[{o.partition}]": o.offset for o in offsets}})

@@ -78,7 +78,13 @@ class WorkerConfig(BaseSettings):
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     create_topics: bool = True
     replication_factor: int = Field(default=-1, description="-1 = broker default")
-    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    metrics_port: int | None = Field(default=None, ge=0, le=65535,
+                                     description="the HTTP port: /metrics /healthz /readyz /state")
+    advertised_url: str | None = Field(
+        default=None, description="how other workers reach this one's HTTP port "
+                                  "(default http://<hostname>:<metrics_port>)")
+    liveness_timeout_ms: int = Field(default=60_000, ge=1000,
+                                     description="/healthz fails when the loop stalls this long")
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"
     consumer: dict[str, Any] = Field(default_factory=dict, description="librdkafka overrides")
@@ -101,7 +107,7 @@ class WorkerConfig(BaseSettings):
     schema_registry_password: SecretStr | None = None
 
     @field_validator("commit_interval_ms", "poll_timeout_ms", "session_timeout_ms",
-                     "max_poll_interval_ms", mode="before")
+                     "max_poll_interval_ms", "liveness_timeout_ms", mode="before")
     @classmethod
     def _duration(cls, v: Any) -> Any:
         return parse_duration_ms(v) if isinstance(v, str) else v

@@ -40,6 +40,9 @@ class Restorer:
     waiting: dict[str, int] = field(default_factory=dict)  # task id -> stores still restoring
     _last_log: float = 0.0
     hooks: list[Callable[[int], None]] = field(default_factory=list)
+    # called after every chunk with (store, partition, restored, total or None) per store
+    # partition still restoring: the worker's gauges and the CLI's progress bar
+    on_progress: Callable[[list[tuple[str, int, int, int | None]]], None] | None = None
 
     def add(self, task: Task) -> None:
         """Start restoring all stores of a task.
@@ -100,8 +103,21 @@ class Restorer:
                 self._finish(key, prog, end)
         for hook in self.hooks:
             hook(applied)
-        self._maybe_log()
+        progress = self.progress()
+        if self.on_progress is not None:
+            self.on_progress(progress)
+        self._maybe_log(progress)
         return applied
+
+    def progress(self) -> list[tuple[str, int, int, int | None]]:
+        """(store, partition, restored, total) of each store partition still restoring; the
+        total comes from the last fetch response's end offset (no broker call)."""
+        out = []
+        for (topic, part), p in self.active.items():
+            _, high = self.consumer.get_watermark_offsets(TopicPartition(topic, part), cached=True)
+            total = max(1, high - p.start) if high and high > 0 else None
+            out.append((p.store, part, p.restored, total))
+        return out
 
     def _apply(self, prog: _Progress, chunk: list) -> int:
         store: RocksStore = prog.task.stores[prog.store]
@@ -131,16 +147,12 @@ class Restorer:
             del self.waiting[prog.task.id]
             self.on_restored(prog.task)
 
-    def _maybe_log(self) -> None:
+    def _maybe_log(self, progress: list[tuple[str, int, int, int | None]]) -> None:
         now = time.monotonic()
         if now - self._last_log < self.progress_interval_s:
             return
         self._last_log = now
-        for (topic, part), p in self.active.items():
-            # the end offset from the last fetch response is reliable; the listed one may not be
-            _, high = self.consumer.get_watermark_offsets(TopicPartition(topic, part), cached=True)
-            total = max(1, high - p.start) if high and high > 0 else None
+        for store, part, restored, total in progress:
             log.info("restoring", extra={
-                "task": p.task.id, "store": p.store, "topic": topic, "partition": part,
-                "restored": p.restored, "total": total,
-                "percent": round(100 * p.restored / total, 1) if total else None})
+                "store": store, "partition": part, "restored": restored, "total": total,
+                "percent": round(100 * restored / total, 1) if total else None})

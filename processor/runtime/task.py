@@ -111,6 +111,7 @@ class Task:
         self._forwarded: int | None = NO_WATERMARK  # last watermark sent downstream (None = idle)
         self.needs_commit = False  # outputs produced without input progress (idle marks, timers)
         self.late_records = 0
+        self.last_time = 0  # event time (or Kafka timestamp) of the last record processed
         # repartition input: upstream partition -> highest (source offset, seq) absorbed
         self.upstream: dict[int, tuple[int, int]] = {}
         self.duplicates_dropped = 0
@@ -227,6 +228,8 @@ class Task:
                 batch = self._decode_each(messages)
             if self._tracks_time and not self._internal:
                 self._observe_time(batch)
+            if batch:
+                self.last_time = batch[-1][2]
             self._last_input = time.monotonic()
             self._idle = False
             replays = _replayed(messages)

@@ -29,7 +29,8 @@ def partition_counts(admin: AdminClient, timeout: float = 10.0) -> dict[str, int
 
 
 def ensure_topics(admin: AdminClient, topology: Topology, *, create: bool,
-                  replication_factor: int = -1, wait_for_sources_s: float = 30.0) -> dict[str, int]:
+                  replication_factor: int = -1, wait_for_sources_s: float = 30.0,
+                  directory: str | None = None) -> dict[str, int]:
     """Make sure every internal and sink topic exists; returns partition counts by topic.
 
     Internal topics get as many partitions as the topic feeding them, so partition N of the
@@ -65,6 +66,8 @@ def ensure_topics(admin: AdminClient, topology: Topology, *, create: bool,
 
     if topology.uses_dlq and topology.dlq_topic not in counts:
         wanted[topology.dlq_topic] = (topology.dlq_partitions, {})
+    if directory is not None:  # the worker directory of the state API (runtime/directory.py)
+        wanted[directory] = (1, {"cleanup.policy": "compact"})
 
     to_create = []
     for topic, (n, configs) in wanted.items():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import time
 from typing import Any
 
@@ -26,7 +27,9 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 
 from processor.graph import BuildContext, Topology
+from processor.observability.http import HttpServer
 from processor.observability.metrics import Metrics
+from processor.observability.progress import ProgressBar
 from processor.runtime import faults
 from processor.runtime.checkpoint import Checkpointer, CheckpointFailed, is_fatal, kafka_error
 from processor.runtime.clients import (
@@ -38,6 +41,8 @@ from processor.runtime.clients import (
 from processor.runtime.collector import RecordCollector
 from processor.runtime.config import WorkerConfig
 from processor.runtime.deadletter import DeadLetterWriter
+from processor.runtime.directory import WorkerDirectory, directory_client_config, directory_topic
+from processor.runtime.queries import StateQueries
 from processor.runtime.restore import Restorer
 from processor.runtime.serdes import Serdes
 from processor.runtime.task import Task, TaskState
@@ -69,6 +74,11 @@ class Worker:
         self.collector = RecordCollector(lambda: self.producer, {}, self.serdes)
         self.dead_letters = DeadLetterWriter(lambda: self.producer, topology.dlq_topic, topology.name)
         self.records_processed = 0
+        self.heartbeat = time.monotonic()  # the loop's last turn: /healthz
+        self._assigned_once = False  # the group gave this worker its first assignment: /readyz
+        self.http: HttpServer | None = None
+        self.progress_bar: ProgressBar | None = None  # restore progress on a terminal (CLI)
+        self.directory: WorkerDirectory | None = None
         self._last_activity = time.monotonic()  # input or (re)assignment, for bounded runs
         self._progress_mark = (time.monotonic(), 0)
 
@@ -113,6 +123,7 @@ class Worker:
             else:
                 self.suspended[tp] = task
         log.info("partitions revoked", extra={"partitions": _fmt(partitions)})
+        self._publish_assignment()
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.metrics.rebalances.labels("lost").inc()
@@ -147,6 +158,8 @@ class Worker:
             consumer.pause(restoring)
         log.info("partitions assigned", extra={"partitions": _fmt(partitions),
                                                "restoring": _fmt(restoring)})
+        self._assigned_once = True
+        self._publish_assignment()
         for task in fresh:
             if task.state is TaskState.RESTORING:
                 self.restorer.add(task)
@@ -154,6 +167,10 @@ class Worker:
     def _on_restored(self, task: Task) -> None:
         """Stores caught up: start the input at the first offset the state does not hold."""
         task.restored()
+        for name in task.stores:
+            self.metrics.restore_remaining.labels(name, str(task.partition)).set(0)
+        if self.progress_bar is not None and not self.restorer.busy:
+            self.progress_bar.finish("restore complete")
         self._last_activity = time.monotonic()
         tp = TopicPartition(task.topic, task.partition)
         start = task.start_position()
@@ -192,20 +209,76 @@ class Worker:
         admin = AdminClient(admin_config(cfg))
         self.collector.partitions.update(ensure_topics(
             admin, self.topology, create=cfg.create_topics,
-            replication_factor=cfg.replication_factor))
+            replication_factor=cfg.replication_factor,
+            directory=directory_topic(self.topology.name) if cfg.metrics_port is not None else None))
         self.producer = self._new_producer()
         self.consumer = Consumer(consumer_config(cfg, self.topology.name))
         self.restorer = Restorer(Consumer(restore_consumer_config(cfg)), self._on_restored)
         self.restorer.hooks.append(lambda n: n and self.metrics.restore_records.inc(n))
         self.restorer.hooks.append(lambda n: n and faults.point("restore.chunk"))
+        self.restorer.on_progress = self._restore_progress
         self.checkpointer = Checkpointer(self.producer, self.consumer,
                                          exactly_once=cfg.exactly_once, metrics=self.metrics,
                                          delivery_errors=self.delivery_errors)
         self._subscribe()
+        if cfg.metrics_port is not None:
+            self._start_http(cfg.metrics_port)
         log.info("worker started", extra={
             "topology": self.topology.name, "worker_id": self.worker_id,
             "guarantee": cfg.processing_guarantee, "topics": self.topology.source_topics,
             "config": cfg.masked()})
+
+    # -- HTTP: metrics, health, readiness, queryable state ------------------------------------
+
+    def _start_http(self, port: int) -> None:
+        cfg = self.config
+        self.http = HttpServer(port, self.metrics.registry, health=self.health,
+                               ready=self.readiness)
+        url = cfg.advertised_url or f"http://{socket.gethostname()}:{self.http.port}"
+        self.directory = WorkerDirectory(directory_client_config(cfg), self.topology.name,
+                                         self.worker_id, url)
+        stores = {s.name: sub.source.topic for sub in self.topology.subtopologies for s in sub.stores}
+        queries = StateQueries(lambda: dict(self.tasks), stores, self.collector.partitions,
+                               self.worker_id, self.directory)
+        self.http.state = queries.get
+        self.http.start()
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        """Alive while the loop turns; a stuck loop (a hung call, a deadlock) fails it."""
+        idle = time.monotonic() - self.heartbeat
+        ok = idle * 1000 < self.config.liveness_timeout_ms
+        return (200 if ok else 503), {"status": "ok" if ok else "stuck",
+                                      "seconds_since_loop": round(idle, 3)}
+
+    def readiness(self) -> tuple[int, dict[str, Any]]:
+        """Ready once the group has assigned partitions and every task has restored."""
+        restoring = sorted(t.id for t in list(self.tasks.values()) if t.state is TaskState.RESTORING)
+        ready = self._assigned_once and not restoring and not self._stopping
+        reason = ("stopping" if self._stopping else f"restoring {len(restoring)} task(s)"
+                  if restoring else "waiting for an assignment" if not self._assigned_once
+                  else "processing")
+        return (200 if ready else 503), {"ready": ready, "reason": reason,
+                                         "tasks": len(self.tasks), "restoring": restoring}
+
+    def _restore_progress(self, progress: list[tuple[str, int, int, int | None]]) -> None:
+        gauge = self.metrics.restore_remaining
+        for store, partition, restored, total in progress:
+            gauge.labels(store, str(partition)).set(max(0, (total or restored) - restored))
+        if self.progress_bar is not None:
+            done = sum(p[2] for p in progress)
+            total = sum(p[3] or p[2] for p in progress)
+            self.progress_bar.update(done, total, f"({len(progress)} store partitions)")
+
+    def _publish_assignment(self) -> None:
+        if self.directory is None:
+            return
+        assignment: dict[str, list[int]] = {}
+        for topic, partition in self.tasks:
+            assignment.setdefault(topic, []).append(partition)
+        try:
+            self.directory.publish(assignment)
+        except Exception as exc:  # the state API degrades; processing must not
+            log.warning("cannot publish to the worker directory", extra={"error": str(exc)})
 
     def _discard_uncommitted(self, *, fatal: bool) -> None:
         """Close every task dirty. Under exactly-once also replace the producer: the new one's
@@ -213,6 +286,8 @@ class Worker:
         when the old producer is broken — an abort_transaction on a fenced producer would only
         block until its timeout."""
         self._close_all(dirty=True)
+        if self.config.exactly_once:
+            self.metrics.transactions.labels("aborted").inc()
         if self.config.exactly_once or fatal:
             try:
                 self.producer.purge()
@@ -247,10 +322,12 @@ class Worker:
         consumed = self.metrics.records_consumed
         try:
             while not self._stopping:
+                self.heartbeat = time.monotonic()
                 if self.restorer.busy:
                     self.restorer.step(cfg.restore_batch_size, 0.05)
                 msgs = self.consumer.consume(cfg.batch_size, 0 if self.restorer.busy else poll_timeout)
                 if msgs:
+                    started = time.perf_counter()
                     try:
                         self._dispatch(msgs, consumed)
                     except Exception as exc:
@@ -261,6 +338,7 @@ class Worker:
                         self._recover(CheckpointFailed(f"produce failed: {err.str()}", fatal=is_fatal(err)))
                         continue
                     self._last_activity = time.monotonic()
+                    self.metrics.processing_latency.observe(time.perf_counter() - started)
                     faults.point("batch.processed")
                 now = time.monotonic()
                 if now >= next_checkpoint:
@@ -318,6 +396,9 @@ class Worker:
             task.process(batch)
             consumed.labels(tp[0]).inc(len(batch))
             self.records_processed += len(batch)
+            ts = task.last_time
+            if ts > 0:
+                self.metrics.end_to_end_latency.observe(max(0.0, time.time() - ts / 1000))
 
     def _tick(self, now: float) -> None:
         """Idle input partitions and processing-time timers: time passing without records."""
@@ -353,9 +434,32 @@ class Worker:
             if task.clock.current != NO_WATERMARK:
                 self.metrics.watermark.labels(task.topic, str(task.partition)).set(
                     task.clock.current / 1000)
+        self._observe_partitions()
         for state in TaskState:
             self.metrics.tasks.labels(state.value).set(
                 sum(1 for t in self.tasks.values() if t.state is state))
+
+    def _observe_partitions(self, every_s: float = 5.0) -> None:
+        """Consumer lag per input partition (from the last fetch: no broker call) and local
+        store sizes (RocksDB's estimates), every few seconds."""
+        now = time.monotonic()
+        if now - getattr(self, "_observed_at", 0.0) < every_s:
+            return
+        self._observed_at = now
+        for (topic, partition), task in list(self.tasks.items()):
+            if task.state is not TaskState.RUNNING or task.position is None:
+                continue
+            try:
+                _, high = self.consumer.get_watermark_offsets(TopicPartition(topic, partition),
+                                                              cached=True)
+            except KafkaException:
+                continue
+            if high is not None and high >= 0:
+                self.metrics.consumer_lag.labels(topic, str(partition)).set(max(0, high - task.position))
+            for name, store in task.stores.items():
+                keys, size = store.stats()
+                self.metrics.state_keys.labels(name, str(partition)).set(keys)
+                self.metrics.state_bytes.labels(name, str(partition)).set(size)
 
     def _shutdown(self) -> None:
         log.info("worker stopping", extra={"records": self.records_processed})
@@ -371,6 +475,13 @@ class Worker:
             if kafka_error(exc) is None:
                 raise
             log.warning("producer flush on shutdown failed", extra={"error": str(exc)})
+        if self.directory is not None:
+            try:
+                self.directory.withdraw()
+            except Exception as exc:
+                log.warning("cannot withdraw from the worker directory", extra={"error": str(exc)})
+        if self.http is not None:
+            self.http.stop()
         log.info("worker stopped", extra={"records": self.records_processed})
 
 

@@ -95,6 +95,14 @@ class RocksStore:
             yield key[1:], it.value()
             it.next()
 
+    def stats(self) -> tuple[int, int]:
+        """(estimated keys, estimated live bytes): RocksDB's own estimates, cheap to read."""
+        db = self._db
+        keys = db.property_int_value("rocksdb.estimate-num-keys") or 0
+        size = ((db.property_int_value("rocksdb.estimate-live-data-size") or 0)
+                + (db.property_int_value("rocksdb.cur-size-all-mem-tables") or 0))
+        return keys, size
+
     def close(self) -> None:
         self._db.close()
 

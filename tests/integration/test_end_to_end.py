@@ -72,7 +72,7 @@ def test_metrics_endpoint_reports_progress(broker, tmp_path, unique):
         consumed = [line for line in text.splitlines()
                     if line.startswith("processor_records_consumed_total{")]
         committed = [line for line in text.splitlines()
-                     if line.startswith('processor_checkpoints_total{result="committed"}')]
+                     if line.startswith('processor_checkpoints_total{result="ok"}')]
         if (consumed and sum(float(line.rsplit(" ", 1)[1]) for line in consumed) >= 5_000
                 and committed and float(committed[0].rsplit(" ", 1)[1]) > 0):
             break

@@ -36,6 +36,13 @@ class CountWindows(WindowOperator):
         self.entries[kb] = e
         return e
 
+    def read(self, store: Any, kb: bytes) -> list[dict[str, Any]]:
+        """The key's open count windows as committed (queryable state)."""
+        raw = store.get(b"C" + kb)
+        windows = orjson.loads(raw)[1] if raw is not None else []
+        return [{"window_start": lo, "window_end": hi, "window_index": i, **self.result(acc)}
+                for i, acc, lo, hi in windows]
+
     def process(self, batch: Batch) -> Batch:
         if not batch:
             return []

@@ -15,7 +15,7 @@ import orjson
 
 from processor.operators.base import Batch
 from processor.operators.windows.base import EndIndexed
-from processor.state.keys import pack_ts
+from processor.state.keys import pack_ts, unpack_ts
 
 _NEW, _STORED, _CLOSED = 0, 1, 2
 
@@ -39,6 +39,16 @@ class FixedWindows(EndIndexed):
             if raw is not None:
                 return [orjson.loads(raw), key, _STORED, False]
         return [self.fresh(), key, _NEW, False]
+
+    def read(self, store: Any, kb: bytes) -> list[dict[str, Any]]:
+        """The key's open windows as committed (queryable state): a scan of the open windows,
+        which is all the store holds."""
+        out = []
+        for sk, raw in store.range(b"W", b"X"):
+            if sk[17:] == kb:
+                out.append({"window_start": unpack_ts(sk[9:17]), "window_end": unpack_ts(sk[1:9]),
+                            **self.result(orjson.loads(raw))})
+        return out
 
     def process(self, batch: Batch) -> Batch:
         if not batch:

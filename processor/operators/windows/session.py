@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from processor.errors import ExpressionError
 from processor.operators.base import Batch
 from processor.operators.windows.keyed import DIRTY, SCHED, STATE, KeyedWindows
@@ -34,6 +36,12 @@ class SessionWindows(KeyedWindows):
 
     def _min_end(self, state: list[Any]) -> int | None:
         return state[0][1] if state else None
+
+    def read(self, store: Any, kb: bytes) -> list[dict[str, Any]]:
+        """The key's open sessions as committed (queryable state)."""
+        raw = store.get(b"K" + kb)
+        sessions = orjson.loads(raw) if raw is not None else []
+        return [{"window_start": s, "window_end": e, **self.result(acc)} for s, e, acc in sessions]
 
     def process(self, batch: Batch) -> Batch:
         if not batch:

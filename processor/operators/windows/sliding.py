@@ -19,6 +19,8 @@ from bisect import bisect_left, bisect_right
 from operator import itemgetter
 from typing import Any
 
+import orjson
+
 from processor.operators.base import Batch
 from processor.operators.windows.keyed import DIRTY, SCHED, STATE, KeyedWindows
 
@@ -41,6 +43,13 @@ class SlidingWindows(KeyedWindows):
         if state[1]:
             return state[1][0][0] + 1
         return state[2] + self.span + 1 if state[0] else None
+
+    def read(self, store: Any, kb: bytes) -> list[dict[str, Any]]:
+        """The key's open windows as committed (queryable state)."""
+        raw = store.get(b"K" + kb)
+        windows = orjson.loads(raw)[1] if raw is not None else []
+        return [{"window_start": t - self.span, "window_end": t, **self.result(acc)}
+                for t, acc in windows]
 
     def process(self, batch: Batch) -> Batch:
         if not batch:

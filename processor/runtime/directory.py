@@ -1,0 +1,91 @@
+"""Which worker owns which input partition, and the URL of its HTTP port (the state API).
+
+Kafka's group protocol would carry this as member metadata, but librdkafka does not let an
+application add user data to it, and DescribeGroups (which would expose a member's client id)
+returns no members on the embedded broker. So every worker publishes `{url, assignment, time}`
+to the compacted topic `<name>-workers`, keyed by worker id, whenever its assignment changes,
+and a tombstone when it leaves; a reader folds the topic to the latest entry per worker. A
+crashed worker's entry stays until its partitions are claimed again: the newest claim wins.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+import orjson
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+
+from processor.runtime.clients import admin_config
+
+log = logging.getLogger("processor.directory")
+
+
+def directory_topic(topology: str) -> str:
+    return f"{topology}-workers"
+
+
+class WorkerDirectory:
+    def __init__(self, client_conf: dict[str, Any], topology: str, worker_id: str,
+                 url: str, *, cache_s: float = 2.0) -> None:
+        self.topic = directory_topic(topology)
+        self.worker_id = worker_id
+        self.url = url
+        self._conf = client_conf
+        self._producer = Producer({**client_conf, "linger.ms": 0})
+        self._cache: tuple[float, dict[tuple[str, int], str]] | None = None
+        self.cache_s = cache_s
+
+    def publish(self, assignment: dict[str, list[int]]) -> None:
+        value = orjson.dumps({"url": self.url, "assignment": assignment, "time": time.time()})
+        self._producer.produce(self.topic, value, self.worker_id.encode())
+        if self._producer.flush(5):
+            log.warning("worker directory entry not delivered within 5 s", extra={"topic": self.topic})
+        self._cache = None
+
+    def withdraw(self) -> None:
+        self._producer.produce(self.topic, None, self.worker_id.encode())
+        self._producer.flush(5)
+
+    def owner(self, topic: str, partition: int) -> str | None:
+        """The URL of the worker that most recently claimed (topic, partition)."""
+        now = time.monotonic()
+        if self._cache is None or now - self._cache[0] > self.cache_s:
+            self._cache = (now, self._read())
+        return self._cache[1].get((topic, partition))
+
+    def _read(self) -> dict[tuple[str, int], str]:
+        entries: dict[bytes, dict[str, Any] | None] = {}
+        c = Consumer({**self._conf, "group.id": f"directory-reader-{uuid.uuid4().hex}",
+                      "enable.auto.commit": False, "enable.partition.eof": True})
+        try:
+            c.assign([TopicPartition(self.topic, 0, 0)])
+            deadline, done = time.monotonic() + 5, False
+            while not done and time.monotonic() < deadline:
+                for m in c.consume(500, 0.2):
+                    if m.error() is None:
+                        entries[m.key()] = orjson.loads(m.value()) if m.value() else None
+                    elif m.error().code() == KafkaError._PARTITION_EOF:
+                        done = True
+        finally:
+            c.close()
+        claims: dict[tuple[str, int], tuple[float, str]] = {}
+        for entry in entries.values():
+            if entry is None:
+                continue
+            for topic, parts in entry["assignment"].items():
+                for p in parts:
+                    old = claims.get((topic, p))
+                    if old is None or entry["time"] > old[0]:
+                        claims[(topic, p)] = (entry["time"], entry["url"])
+        return {tp: url for tp, (_, url) in claims.items()}
+
+    def close(self) -> None:
+        self._producer.flush(5)
+
+
+def directory_client_config(config: Any) -> dict[str, Any]:
+    """Plain (non-transactional) client settings with the worker's security settings."""
+    return admin_config(config)
