@@ -6,6 +6,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 bash scripts/setup.sh test
 bash scripts/install-helm.sh .venv/bin >/dev/null
+bash scripts/install-prometheus.sh >/dev/null
 export PATH="$ROOT/.venv/bin:$PATH"
 echo "== ruff"
 ruff check processor tests benchmarks
