@@ -3,7 +3,7 @@
 # Container image of the `processor` stream worker.
 #
 #   docker build -t processor:0.1.0 .
-#   docker run --rm -e KAFKA_BOOTSTRAP_SERVERS=kafka:9092 -p 9100:9100 \
+#   docker run --rm --stop-timeout 90 -e KAFKA_BOOTSTRAP_SERVERS=kafka:9092 -p 9100:9100 \
 #       -v processor-state:/var/lib/processor/state processor:0.1.0
 #
 # Stage 1 builds the project wheel and a virtualenv with every dependency from binary wheels
@@ -74,12 +74,19 @@ RUN processor validate /app/topologies/revenue_per_user.yaml
 
 VOLUME ["/var/lib/processor/state"]
 
-# Prometheus metrics (GET /metrics).
+# The worker's one HTTP port (setting metrics_port): GET /metrics (Prometheus), /healthz
+# (liveness), /readyz (readiness: 503 while restoring) and the state API /state/{store}/{key}.
 EXPOSE 9100
 
-# No curl in the image: probe the metrics endpoint with the interpreter that is already there.
+# Liveness, not readiness: /healthz answers 200 while the processing loop turns (also during a
+# long state restore) and 503 once it is stuck; urlopen raises on a 503, so the check fails.
+# No curl in the image: probe with the interpreter that is already there.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/metrics' % os.environ.get('PROCESSOR_METRICS_PORT', '9100'), timeout=4).read(1)"]
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('PROCESSOR_METRICS_PORT', '9100'), timeout=4).read(1)"]
 
+# Exec form: the worker is PID 1 and receives SIGTERM itself (it handles it: finishes the batch,
+# commits the last checkpoint, leaves the group). Give it more than the transaction timeout to
+# stop (docker stop -t 90; the Helm chart sets terminationGracePeriodSeconds: 90).
+STOPSIGNAL SIGTERM
 ENTRYPOINT ["processor"]
 CMD ["run", "/app/topologies/revenue_per_user.yaml", "--config", "/app/config/default.yaml"]

@@ -68,3 +68,39 @@ Worker config file: workerConfig, overridden by the settings the chart owns.
       "metrics_port" (int .Values.metrics.port) }}
 {{- toYaml (mustMergeOverwrite $cfg $owned) }}
 {{- end }}
+
+{{/*
+Headless Service: the StatefulSet's serviceName, giving each pod the stable DNS name
+<pod>.<fullname>-headless.<namespace>.svc.
+*/}}
+{{- define "processor.headlessName" -}}
+{{- printf "%s-headless" (include "processor.fullname" .) }}
+{{- end }}
+
+{{/*
+The URL other workers reach this pod's HTTP port at. $(PROCESSOR_WORKER_ID) is expanded by
+the kubelet from the env var of that name defined before it (the pod name, downward API).
+*/}}
+{{- define "processor.advertisedUrl" -}}
+{{- $host := printf "$(PROCESSOR_WORKER_ID).%s.%s.svc" (include "processor.headlessName" .) .Release.Namespace }}
+{{- with .Values.clusterDomain }}
+{{- $host = printf "%s.%s" $host (trimSuffix "." .) }}
+{{- end }}
+{{- printf "http://%s:%d" $host (int .Values.metrics.port) }}
+{{- end }}
+
+{{/*
+An HTTP probe on the worker's named port: path, then the probe's timing values.
+*/}}
+{{- define "processor.httpProbe" -}}
+{{- $probe := index . 1 -}}
+httpGet:
+  path: {{ index . 0 }}
+  port: http
+  scheme: HTTP
+{{- range $k := list "initialDelaySeconds" "periodSeconds" "timeoutSeconds" "failureThreshold" "successThreshold" }}
+{{- if hasKey $probe $k }}
+{{ $k }}: {{ index $probe $k }}
+{{- end }}
+{{- end }}
+{{- end }}
