@@ -23,7 +23,7 @@ Answer = tuple[int, dict[str, Any]]
 class HttpServer:
     def __init__(self, port: int, registry: CollectorRegistry, *, health: Callable[[], Answer],
                  ready: Callable[[], Answer],
-                 state: Callable[[str, str, bool], Answer] | None = None,
+                 state: Callable[[str, str, bool, dict[str, str]], Answer] | None = None,
                  host: str = "0.0.0.0") -> None:
         self.registry, self.health, self.ready, self.state = registry, health, ready, state
         self.server = ThreadingHTTPServer((host, port), _handler(self))
@@ -44,7 +44,8 @@ class HttpServer:
 def _handler(app: HttpServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            path = urllib.parse.urlsplit(self.path).path
+            split = urllib.parse.urlsplit(self.path)
+            path = split.path
             try:
                 if path == "/metrics":
                     self._send(200, generate_latest(app.registry), CONTENT_TYPE_LATEST)
@@ -59,7 +60,8 @@ def _handler(app: HttpServer) -> type[BaseHTTPRequestHandler]:
                         return
                     store, key = urllib.parse.unquote(parts[2]), urllib.parse.unquote(parts[3])
                     forwarded = self.headers.get("X-Processor-Forwarded") is not None
-                    self._json(*app.state(store, key, forwarded))
+                    query = dict(urllib.parse.parse_qsl(split.query))
+                    self._json(*app.state(store, key, forwarded, query))
                 else:
                     self._json(404, {"error": "not found",
                                      "paths": ["/metrics", "/healthz", "/readyz", "/state/{store}/{key}"]})

@@ -47,7 +47,15 @@ class StateQueries:
         self.worker_id = worker_id
         self.directory = directory
 
-    def get(self, store: str, key_text: str, forwarded: bool) -> Answer:
+    def get(self, store: str, key_text: str, forwarded: bool,
+            query: dict[str, str] | None = None) -> Answer:
+        """`query`: `from` / `to` (epoch ms) keep a windowed store's windows that overlap
+        [from, to)."""
+        query = query or {}
+        try:
+            bounds = (int(query.get("from", -(1 << 63))), int(query.get("to", 1 << 63)))
+        except ValueError:
+            return 400, {"error": "from and to are epoch milliseconds"}
         topic = self.stores.get(store)
         if topic is None:
             return 404, {"error": f"no store {store!r}", "stores": sorted(self.stores)}
@@ -60,11 +68,11 @@ class StateQueries:
         partition = partition_for(kb, self.partitions[topic])
         task = self._tasks().get((topic, partition))
         if task is not None:
-            return self._local(task, store, key, partition)
+            return self._local(task, store, key, partition, bounds)
         if forwarded:
             return 503, {"error": f"partition {partition} is not owned here (directory out of "
                                   "date during a rebalance); retry", "partition": partition}
-        return self._remote(store, key_text, topic, partition)
+        return self._remote(store, key_text, topic, partition, query)
 
     def _operator(self, store: str, topic: str) -> tuple[Any, Task | None]:
         for (t, _), task in self._tasks().items():
@@ -74,7 +82,8 @@ class StateQueries:
                         return op, task
         return None, None
 
-    def _local(self, task: Task, store: str, key: Any, partition: int) -> Answer:
+    def _local(self, task: Task, store: str, key: Any, partition: int,
+               bounds: tuple[int, int]) -> Answer:
         base = {"store": store, "key": key, "partition": partition, "worker": self.worker_id}
         if task.state is not TaskState.RUNNING:
             return 503, {**base, "error": f"task {task.id} is {task.state.value}; retry"}
@@ -86,16 +95,22 @@ class StateQueries:
             value = read(task.stores[store], op.key_encode(key))
         except Exception as exc:  # the store closed under us (rebalance)
             return 503, {**base, "error": f"store unavailable: {exc}; retry"}
+        if isinstance(value, list):  # a windowed store: the open windows overlapping [from, to)
+            lo, hi = bounds
+            value = [w for w in value if w["window_end"] > lo and w["window_start"] < hi]
         if value is None or value == []:
             return 404, {**base, "error": "key not found"}
         return 200, {**base, "value": value}
 
-    def _remote(self, store: str, key_text: str, topic: str, partition: int) -> Answer:
+    def _remote(self, store: str, key_text: str, topic: str, partition: int,
+                query: dict[str, str]) -> Answer:
         url = self.directory.owner(topic, partition) if self.directory else None
         if url is None:
             return 503, {"error": f"no worker owns {topic}[{partition}] right now; retry",
                          "partition": partition}
-        target = f"{url.rstrip('/')}/state/{urllib.parse.quote(store)}/{urllib.parse.quote(key_text)}"
+        target = (f"{url.rstrip('/')}/state/{urllib.parse.quote(store)}/"
+                  f"{urllib.parse.quote(key_text, safe='')}"
+                  + (f"?{urllib.parse.urlencode(query)}" if query else ""))
         request = urllib.request.Request(target, headers={FORWARDED: self.worker_id})
         try:
             with urllib.request.urlopen(request, timeout=10) as resp:

@@ -48,11 +48,11 @@ def get(port: int, path: str) -> tuple[int, Any]:
 def test_http_routes():
     registry = CollectorRegistry()
     Counter("processor_demo_total", "demo", registry=registry).inc(3)
-    state_calls: list[tuple[str, str, bool]] = []
+    state_calls: list[tuple[str, str, bool, dict[str, str]]] = []
     healthy = {"ok": True}
 
-    def state(store: str, key: str, forwarded: bool) -> tuple[int, dict[str, Any]]:
-        state_calls.append((store, key, forwarded))
+    def state(store: str, key: str, forwarded: bool, query: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        state_calls.append((store, key, forwarded, query))
         return 200, {"value": 1}
 
     def health() -> tuple[int, dict[str, Any]]:
@@ -68,8 +68,8 @@ def test_http_routes():
         healthy["ok"] = False
         assert get(server.port, "/healthz")[0] == 503
         assert get(server.port, "/readyz")[0] == 503
-        assert get(server.port, "/state/totals/a%2Fb%20c") == (200, {"value": 1})
-        assert state_calls == [("totals", "a/b c", False)]
+        assert get(server.port, "/state/totals/a%2Fb%20c?from=5&to=9") == (200, {"value": 1})
+        assert state_calls == [("totals", "a/b c", False, {"from": "5", "to": "9"})]
         assert get(server.port, "/state/totals")[0] == 400
         assert get(server.port, "/nope")[0] == 404
     finally:

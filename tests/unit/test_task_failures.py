@@ -156,3 +156,39 @@ pipelines:
     assert task.late_records == 3
     for store in task.stores.values():
         store.close()
+
+
+def test_state_query_of_a_windowed_store_with_a_time_range(tmp_path):
+    from processor.runtime.queries import StateQueries
+    from processor.state.partitioner import partition_for
+
+    text = """
+name: shop
+sources:
+  orders: {topic: orders, timestamp: {field: ts}, watermark: {max_out_of_orderness: 30ms}}
+pipelines:
+  - from: orders
+    steps:
+      - window: {tumbling: 10ms, late: drop, store: per10}
+      - aggregate: {n: count()}
+      - to: {topic: out}
+"""
+    task, _, _ = make_task(tmp_path, text)
+    key = "k"
+    task.process([Msg(i, orjson.dumps({"ts": ts}), key=key.encode())
+                  for i, ts in enumerate([1, 2, 15, 25, 26])])
+    task.flush()
+    task.committed({})
+    part = partition_for(b"k", 4)
+    queries = StateQueries(lambda: {("orders", part): task}, {"per10": "orders"}, {"orders": 4},
+                           "w1", None)
+    status, body = queries.get("per10", key, False)
+    assert status == 200 and [(w["window_start"], w["n"]) for w in body["value"]] == [
+        (0, 2), (10, 1), (20, 2)]
+    status, body = queries.get("per10", key, False, {"from": "12", "to": "20"})
+    assert [(w["window_start"], w["n"]) for w in body["value"]] == [(10, 1)]
+    assert queries.get("per10", key, False, {"from": "x"})[0] == 400
+    elsewhere = next(k for k in ("a", "b", "c", "d", "e") if partition_for(k.encode(), 4) != part)
+    assert queries.get("per10", elsewhere, False)[0] == 503  # not here, and no directory
+    for store in task.stores.values():
+        store.close()
