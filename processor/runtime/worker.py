@@ -79,6 +79,8 @@ class Worker:
         self.http: HttpServer | None = None
         self.progress_bar: ProgressBar | None = None  # restore progress on a terminal (CLI)
         self.directory: WorkerDirectory | None = None
+        self._observed_at = 0.0  # last lag / store-size observation
+        self._lag_labels: set[tuple[str, str]] = set()  # partitions with a lag series
         self._last_activity = time.monotonic()  # input or (re)assignment, for bounded runs
         self._progress_mark = (time.monotonic(), 0)
 
@@ -443,9 +445,13 @@ class Worker:
         """Consumer lag per input partition (from the last fetch: no broker call) and local
         store sizes (RocksDB's estimates), every few seconds."""
         now = time.monotonic()
-        if now - getattr(self, "_observed_at", 0.0) < every_s:
+        if now - self._observed_at < every_s:
             return
         self._observed_at = now
+        owned = {(topic, str(partition)) for topic, partition in self.tasks}
+        for labels in self._lag_labels - owned:  # revoked: no stale lag series
+            self.metrics.consumer_lag.remove(*labels)
+        self._lag_labels &= owned
         for (topic, partition), task in list(self.tasks.items()):
             if task.state is not TaskState.RUNNING or task.position is None:
                 continue
@@ -456,6 +462,7 @@ class Worker:
                 continue
             if high is not None and high >= 0:
                 self.metrics.consumer_lag.labels(topic, str(partition)).set(max(0, high - task.position))
+                self._lag_labels.add((topic, str(partition)))
             for name, store in task.stores.items():
                 keys, size = store.stats()
                 self.metrics.state_keys.labels(name, str(partition)).set(keys)
