@@ -36,10 +36,15 @@ class StepFailed(Exception):
         super().__init__(f"{type(cause).__name__}: {cause}")
 
 
+def index_of(batch: list[Any], record: Any) -> int:
+    """Where `record` (the very object) sits in `batch`, or -1: only on failure paths."""
+    return next((i for i, r in enumerate(batch) if r is record), -1)
+
+
 def failed_at(step: str, batch: Batch, record: Record | None, cause: BaseException,
               partial: Batch) -> StepFailed:
     """A StepFailed for `record`, located in `batch` by identity (only on the failure path)."""
-    index = next((i for i, r in enumerate(batch) if r is record), -1)
+    index = index_of(batch, record)
     if record is None or index < 0:
         return StepFailed(step, record or (None, None, 0, -1), cause)
     return StepFailed(step, record, cause, index=index, partial=partial)

@@ -21,6 +21,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 
 from processor.graph import TopicEnd
 from processor.operators import Batch
+from processor.operators.base import index_of
 from processor.operators.sink import EmitFailed, Emitter
 from processor.runtime.produce import produce_when_room
 from processor.runtime.serdes import Serdes
@@ -72,7 +73,7 @@ def emit(batch):
         return env["emit"]
 
     def _failed(self, batch: Batch, record: Any, exc: Exception, topic: str) -> None:
-        index = next(i for i, r in enumerate(batch) if r is record)
+        index = index_of(batch, record)
         self._count(topic, index)
         if isinstance(exc, KafkaException) and exc.args[0].code() != KafkaError.MSG_SIZE_TOO_LARGE:
             raise exc  # the producer itself failed (fenced, fatal): not this record's fault

@@ -16,9 +16,9 @@ import uuid
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer
 
-from processor.runtime.clients import admin_config
+from processor.runtime.topics import TopicError, read_to_end
 
 log = logging.getLogger("processor.directory")
 
@@ -61,14 +61,10 @@ class WorkerDirectory:
         c = Consumer({**self._conf, "group.id": f"directory-reader-{uuid.uuid4().hex}",
                       "enable.auto.commit": False, "enable.partition.eof": True})
         try:
-            c.assign([TopicPartition(self.topic, 0, 0)])
-            deadline, done = time.monotonic() + 5, False
-            while not done and time.monotonic() < deadline:
-                for m in c.consume(500, 0.2):
-                    if m.error() is None:
-                        entries[m.key()] = orjson.loads(m.value()) if m.value() else None
-                    elif m.error().code() == KafkaError._PARTITION_EOF:
-                        done = True
+            for m in read_to_end(c, self.topic):
+                entries[m.key()] = orjson.loads(m.value()) if m.value() else None
+        except TopicError as exc:  # the state API answers 503 until the directory is readable
+            log.warning("cannot read the worker directory", extra={"error": str(exc)})
         finally:
             c.close()
         claims: dict[tuple[str, int], tuple[float, str]] = {}
@@ -85,7 +81,3 @@ class WorkerDirectory:
     def close(self) -> None:
         self._producer.flush(5)
 
-
-def directory_client_config(config: Any) -> dict[str, Any]:
-    """Plain (non-transactional) client settings with the worker's security settings."""
-    return admin_config(config)

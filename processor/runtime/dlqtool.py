@@ -15,24 +15,24 @@ from __future__ import annotations
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 
-from processor.errors import ProcessorError
 from processor.graph import Topology
 from processor.runtime import deadletter as dl
 from processor.runtime.clients import admin_config, consumer_config, producer_config
 from processor.runtime.config import WorkerConfig
 from processor.runtime.produce import produce_when_room
-from processor.runtime.topics import partition_counts
+from processor.runtime.topics import partition_counts, read_to_end
 
 REPLAY_PARTITION = -1  # the upstream partition of replayed repartition records (task.py marks)
 COMMIT_EVERY = 5000
+_NO_DLQ = ("does not exist: no record has failed under on_error: dlq yet, or the topology "
+           "names another dead-letter topic")
 
 
 @dataclass
@@ -50,58 +50,13 @@ def _reader(config: WorkerConfig, topology: Topology, group: str | None) -> Cons
     return Consumer(conf)
 
 
-def _letters(consumer: Consumer, topic: str, *, committed: bool,
-             from_beginning: bool) -> Iterator[Any]:
-    """Every record of `topic` from the start (or the group's committed offsets) up to the
-    end as it was when the call began; records written meanwhile wait for the next run."""
-    md = consumer.list_topics(topic, timeout=10)
-    meta = md.topics.get(topic)
-    if meta is None or meta.error is not None:
-        raise ProcessorError(f"dead-letter topic {topic!r} does not exist (no record has failed "
-                             "under on_error: dlq yet, or the topology names another topic)")
-    parts = [TopicPartition(topic, p) for p in sorted(meta.partitions)]
-    starts = consumer.committed(parts, timeout=10) if committed and not from_beginning else parts
-    ends: dict[int, int] = {}
-    assign = []
-    for tp in starts:
-        low, high = consumer.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=10)
-        start = tp.offset if committed and not from_beginning and tp.offset >= 0 else low
-        if start < high:
-            ends[tp.partition] = high
-            assign.append(TopicPartition(topic, tp.partition, start if start >= 0 else OFFSET_BEGINNING))
-    if not assign:
-        return
-    consumer.assign(assign)
-    idle_since = time.monotonic()
-    while ends:
-        msgs = consumer.consume(1000, 0.5)
-        if not msgs:
-            if time.monotonic() - idle_since > 10:
-                raise ProcessorError(f"reading {topic} stalled before its end offsets {ends}")
-            continue
-        idle_since = time.monotonic()
-        for m in msgs:
-            p = m.partition()
-            if m.error() is not None:
-                # the end: transaction markers may sit after the last record, so the end
-                # offset itself is never the offset of a record we see
-                if m.error().code() == KafkaError._PARTITION_EOF:
-                    ends.pop(p, None)
-                continue
-            if p not in ends:
-                continue
-            yield m
-            if m.offset() + 1 >= ends[p]:
-                del ends[p]
-
-
 def inspect(topology: Topology, config: WorkerConfig, *, limit: int | None = None,
             error_class: str | None = None, as_json: bool = False, out: TextIO = sys.stdout) -> int:
     """Print dead letters readably (or one JSON object per line); returns how many."""
     consumer = _reader(config, topology, None)
     shown = 0
     try:
-        for m in _letters(consumer, topology.dlq_topic, committed=False, from_beginning=True):
+        for m in read_to_end(consumer, topology.dlq_topic, missing=_NO_DLQ):
             h = dl.header_map(m.headers())
             if error_class and h.get(dl.ERROR_CLASS) != error_class:
                 continue
@@ -162,7 +117,8 @@ def replay(topology: Topology, config: WorkerConfig, *, error_class: str | None 
     in_txn = 0
     done: dict[int, int] = {}  # DLQ partition -> next offset to examine
     try:
-        for m in _letters(consumer, topology.dlq_topic, committed=True, from_beginning=from_beginning):
+        for m in read_to_end(consumer, topology.dlq_topic, from_committed=not from_beginning,
+                             missing=_NO_DLQ):
             report.examined += 1
             h = dl.header_map(m.headers())
             if error_class and h.get(dl.ERROR_CLASS) != error_class:

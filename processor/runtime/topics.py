@@ -1,11 +1,13 @@
-"""Create the topics a topology needs: changelogs (compacted), repartition topics, sinks."""
+"""Create the topics a topology needs (changelogs, repartition topics, sinks, ...); read one to its end."""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from processor.errors import ProcessorError
@@ -90,3 +92,49 @@ def ensure_topics(admin: AdminClient, topology: Topology, *, create: bool,
                     raise TopicError(f"cannot create topic {topic!r}: {exc.args[0].str()}") from None
         counts = partition_counts(admin)
     return counts
+
+
+def read_to_end(consumer: Consumer, topic: str, *, from_committed: bool = False,
+                missing: str = "does not exist") -> Iterator[Any]:
+    """Every record of `topic` from the start (or the consumer group's committed offsets) up
+    to the end as it was when the call began; records written meanwhile wait for the next
+    read. The consumer needs `enable.partition.eof`. A missing topic raises TopicError
+    (`topic <name> <missing>`)."""
+    md = consumer.list_topics(topic, timeout=10)
+    meta = md.topics.get(topic)
+    if meta is None or meta.error is not None:
+        raise TopicError(f"topic {topic!r} {missing}")
+    parts = [TopicPartition(topic, p) for p in sorted(meta.partitions)]
+    starts = consumer.committed(parts, timeout=10) if from_committed else parts
+    ends: dict[int, int] = {}
+    assign = []
+    for tp in starts:
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=10)
+        start = tp.offset if from_committed and tp.offset >= 0 else low
+        if start < high:
+            ends[tp.partition] = high
+            assign.append(TopicPartition(topic, tp.partition, start if start >= 0 else OFFSET_BEGINNING))
+    if not assign:
+        return
+    consumer.assign(assign)
+    idle_since = time.monotonic()
+    while ends:
+        msgs = consumer.consume(1000, 0.5)
+        if not msgs:
+            if time.monotonic() - idle_since > 10:
+                raise TopicError(f"reading {topic} stalled before its end offsets {ends}")
+            continue
+        idle_since = time.monotonic()
+        for m in msgs:
+            p = m.partition()
+            if m.error() is not None:
+                # the end: transaction markers may sit after the last record, so the end
+                # offset itself is never the offset of a record we see
+                if m.error().code() == KafkaError._PARTITION_EOF:
+                    ends.pop(p, None)
+                continue
+            if p not in ends:
+                continue
+            yield m
+            if m.offset() + 1 >= ends[p]:
+                del ends[p]

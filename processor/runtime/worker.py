@@ -41,7 +41,7 @@ from processor.runtime.clients import (
 from processor.runtime.collector import RecordCollector
 from processor.runtime.config import WorkerConfig
 from processor.runtime.deadletter import DeadLetterWriter
-from processor.runtime.directory import WorkerDirectory, directory_client_config, directory_topic
+from processor.runtime.directory import WorkerDirectory, directory_topic
 from processor.runtime.queries import StateQueries
 from processor.runtime.restore import Restorer
 from processor.runtime.serdes import Serdes
@@ -237,7 +237,8 @@ class Worker:
         self.http = HttpServer(port, self.metrics.registry, health=self.health,
                                ready=self.readiness)
         url = cfg.advertised_url or f"http://{socket.gethostname()}:{self.http.port}"
-        self.directory = WorkerDirectory(directory_client_config(cfg), self.topology.name,
+        # plain (non-transactional) clients with the worker's security settings
+        self.directory = WorkerDirectory(admin_config(cfg), self.topology.name,
                                          self.worker_id, url)
         stores = {s.name: sub.source.topic for sub in self.topology.subtopologies for s in sub.stores}
         queries = StateQueries(lambda: dict(self.tasks), stores, self.collector.partitions,
@@ -333,11 +334,7 @@ class Worker:
                     try:
                         self._dispatch(msgs, consumed)
                     except Exception as exc:
-                        err = kafka_error(exc)
-                        if err is None:
-                            raise
-                        # the producer failed mid-batch (fenced, fatal): same path as a failed commit
-                        self._recover(CheckpointFailed(f"produce failed: {err.str()}", fatal=is_fatal(err)))
+                        self._produce_failed(exc)
                         continue
                     self._last_activity = time.monotonic()
                     self.metrics.processing_latency.observe(time.perf_counter() - started)
@@ -409,10 +406,15 @@ class Worker:
             for task in self.tasks.values():
                 task.tick(now_ms, now)
         except Exception as exc:
-            err = kafka_error(exc)
-            if err is None:
-                raise
-            self._recover(CheckpointFailed(f"produce failed: {err.str()}", fatal=is_fatal(err)))
+            self._produce_failed(exc)
+
+    def _produce_failed(self, exc: Exception) -> None:
+        """The producer failed mid-batch (fenced, fatal): the same path as a failed commit.
+        Anything that is not a Kafka error is a bug and propagates."""
+        err = kafka_error(exc)
+        if err is None:
+            raise exc
+        self._recover(CheckpointFailed(f"produce failed: {err.str()}", fatal=is_fatal(err)))
 
     def _checkpoint(self) -> None:
         try:
