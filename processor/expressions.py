@@ -20,12 +20,32 @@ from processor.errors import ExpressionError
 
 RECORD_NAMES = ("key", "value", "timestamp")
 
+class BroadcastStates:
+    """`broadcast` in expressions (and `ctx.broadcast` in process functions): the broadcast
+    sources' current {key: value} maps. Expressions are compiled once per topology, before any
+    worker exists, so they hold this stable proxy and the worker installs its state into it."""
+
+    def __init__(self) -> None:
+        self.state: Any = None
+
+    def install(self, state: Any) -> None:
+        self.state = state
+
+    def __getitem__(self, name: str) -> Any:
+        if self.state is None:
+            raise KeyError(f"no broadcast state {name!r}: the topology declares no broadcast source")
+        return self.state[name]
+
+
+BROADCAST = BroadcastStates()
+
 SAFE_BUILTINS: dict[str, Any] = {
     "abs": abs, "all": all, "any": any, "bool": bool, "dict": dict, "float": float,
     "int": int, "len": len, "list": list, "max": max, "min": min, "round": round,
     "set": set, "sorted": sorted, "str": str, "sum": sum, "tuple": tuple, "isinstance": None,
     "enumerate": enumerate, "range": guards.bounded_range, "zip": zip, "reversed": reversed,
     "True": True, "False": False, "None": None, "math": guards.bounded_math(),
+    "broadcast": BROADCAST,
 }
 del SAFE_BUILTINS["isinstance"]
 # Operators compiled as calls. The names start with "__", which no expression may write.

@@ -25,10 +25,33 @@ class TopicEnd:
     internal: bool = False
     max_out_of_orderness_ms: int = 0
     idle_timeout_ms: int | None = None
-    upstream_topic: str | None = None  # a repartition topic's feeder: whose partitions report watermarks
+    # a repartition topic read: the source topics of its feeders, in feeder order (their
+    # partitions report watermarks); written: the same, plus which feeder this end is
+    upstream_topics: tuple[str, ...] = ()
+    feeder: int = 0
+    side: int | None = None  # joins: which input of the join this feeder carries
+    partitions_like: str | None = None  # create with this topic's partition count (co-partitioning)
     on_error: str = "dlq"  # policy for records that fail to decode (sources only)
     key_serde: Any = None  # the full SerdeSpec (schema files resolved) when the format needs one
     value_serde: Any = None
+
+
+@dataclass(frozen=True)
+class TableDef:
+    """A table source a join reads: per task (`table`) or on every worker (`global_table`)."""
+
+    name: str
+    topic: str
+    kind: str  # table | global_table
+    key_format: str = "string"
+    value_format: str = "json"
+    key_serde: Any = None
+    value_serde: Any = None
+
+    @property
+    def end(self) -> TopicEnd:
+        return TopicEnd(self.topic, self.key_format, self.value_format, key_serde=self.key_serde,
+                        value_serde=self.value_serde)
 
 
 @dataclass(frozen=True)
@@ -55,6 +78,7 @@ class BuildContext:
     # builds the codec of a key or value side of a topic end: (end, is_key) -> Serde
     serde_for: Callable[[TopicEnd, bool], Any] | None = None
     dead_letter: Callable[[Any], None] | None = None  # writes a runtime DeadLetter
+    table_for: Callable[[TableDef], Any] | None = None  # the store holding a table (get(bytes))
 
 
 @dataclass
@@ -67,6 +91,7 @@ class StepNode:
     sink: TopicEnd | None = None
     late: TopicEnd | None = None  # where a window's late records go
     on_error: str = "dlq"  # dlq | skip | fail for records this step fails on
+    table: TableDef | None = None  # the table a join step reads
 
     def describe(self) -> str:
         text = f"{self.kind} {self.label}".rstrip()
@@ -76,6 +101,8 @@ class StepNode:
             text += " [repartition]" if self.sink.internal else ""
         if self.late:
             text += f" [late records to {self.late.topic}]"
+        if self.table:
+            text += f" [{self.table.kind.replace('_', ' ')} {self.table.name} <- {self.table.topic}]"
         if self.on_error != "dlq":
             text += f" [on_error {self.on_error}]"
         return text

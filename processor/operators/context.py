@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from processor.expressions import BROADCAST
+
 if TYPE_CHECKING:
     from processor.operators.process import ProcessFunction
 
@@ -212,10 +214,12 @@ class Context:
 
     key, timestamp (the record's event time, or the timer's time), offset (the input offset
     emissions carry), watermark (in force before the record / at the firing), time_domain
-    ("event_time" | "processing_time" in on_timer, None in fn), state, timers, emit().
+    ("event_time" | "processing_time" in on_timer, None in fn), state, timers, emit(), and
+    broadcast (`ctx.broadcast['rules']`: a broadcast source's current {key: value}).
     """
 
-    __slots__ = ("_op", "key", "offset", "state", "time_domain", "timers", "timestamp", "watermark")
+    __slots__ = ("_op", "broadcast", "key", "offset", "state", "time_domain", "timers", "timestamp",
+                 "watermark")
 
     def __init__(self, op: ProcessFunction) -> None:
         self._op = op
@@ -226,6 +230,7 @@ class Context:
         self.time_domain: str | None = None
         self.state = KeyedState(op)
         self.timers = TimerService(op)
+        self.broadcast = BROADCAST  # the broadcast sources' {key: value}, read-only
 
     def emit(self, value: Any, key: Any = _CURRENT, timestamp: int | None = None) -> None:
         """Send (key, value, timestamp) downstream; defaults: the current key and timestamp."""

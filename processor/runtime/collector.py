@@ -2,10 +2,12 @@
 
 Four kinds of writers, each built once per (topic, task partition):
 - sink: encode and produce; the codecs are inlined into one generated loop (hot path);
-- repartition: the record inside the envelope `[upstream partition, source offset, seq, value]`
-  that lets the reading task drop copies re-sent after a crash (state/changelog.py);
-- watermark: `[upstream partition, watermark | null]` to EVERY partition of a repartition
-  topic, in-band after the records it covers (null = the upstream partition is idle);
+- repartition: the record inside the envelope `[upstream slot, source offset, seq, value]`
+  (`+ [side]` for a join's input) that lets the reading task drop copies re-sent after a
+  crash (state/changelog.py); a slot is the feeder's partition, numbered after the
+  partitions of the topic's other feeders;
+- watermark: `[upstream slot, watermark | null]` to EVERY partition of a repartition
+  topic, in-band after the records it covers (null = the upstream slot is idle);
 - late: a window's late record, with headers naming the window, the watermark at arrival and
   the source coordinates.
 The producer is looked up at each call: the worker replaces it after a failed transaction.
@@ -46,7 +48,7 @@ class RecordCollector:
         """A record that cannot be encoded, or that the producer refuses as too large, raises
         EmitFailed naming it (the records before it are out); other produce errors propagate."""
         if end.internal:
-            return self._repartition(end.topic, serde_for(end.key_format).encode, partition)
+            return self._repartition(end, serde_for(end.key_format).encode, partition)
         venc = "_venc(v)" if end.value_serde else inline_encode(end.value_format, "v")
         kenc = "_kenc(k)" if end.key_serde else inline_encode(end.key_format, "k")
         source = f"""
@@ -79,8 +81,15 @@ def emit(batch):
             raise exc  # the producer itself failed (fenced, fatal): not this record's fault
         raise EmitFailed(index, exc) from exc
 
-    def _repartition(self, topic: str, kenc: Any, partition: int) -> Emitter:
+    def slot(self, end: TopicEnd, partition: int) -> int:
+        """A feeder's partition as numbered by the repartition topic's readers: after the
+        partitions of the feeders before it (so two inputs' offsets never mix)."""
+        return sum(self.partitions[t] for t in end.upstream_topics[:end.feeder]) + partition
+
+    def _repartition(self, end: TopicEnd, kenc: Any, partition: int) -> Emitter:
         producer, dumps, count = self._producer, orjson.dumps, self._count
+        topic, slot = end.topic, self.slot(end, partition)
+        tail = [] if end.side is None else [end.side]  # a join input says which side it is
         state = {"offset": -1, "seq": 0}  # seq numbers records derived from one source offset
 
         def emit(batch: Batch) -> None:
@@ -90,7 +99,7 @@ def emit(batch):
             try:
                 for r in batch:
                     k, v, t, o = r
-                    value, key = dumps([partition, o, seq + 1 if o == last else 0, v]), kenc(k)
+                    value, key = dumps([slot, o, seq + 1 if o == last else 0, v, *tail]), kenc(k)
                     if o == last:
                         seq += 1
                     else:
@@ -108,8 +117,10 @@ def emit(batch):
         return emit
 
     def watermark_emitter_for(self, end: TopicEnd, partition: int) -> Callable[[int | None], None]:
+        slot = self.slot(end, partition)
+
         def emit(watermark: int | None) -> None:
-            value = orjson.dumps([partition, watermark])
+            value = orjson.dumps([slot, watermark])
             for p in range(self.partitions[end.topic]):
                 produce_when_room(self._producer(), end.topic, value, None, partition=p)
 

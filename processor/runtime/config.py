@@ -73,6 +73,8 @@ class WorkerConfig(BaseSettings):
     poll_timeout_ms: int = Field(default=100, ge=0)
     cache_max_entries: int = Field(default=100_000, ge=0)
     restore_batch_size: int = Field(default=50_000, ge=1)
+    # global tables and broadcast sources are read to their end before processing starts
+    table_bootstrap_timeout_ms: int = Field(default=600_000, ge=1)
     session_timeout_ms: int = Field(default=45_000, ge=1000)
     max_poll_interval_ms: int = Field(default=300_000, ge=1000)
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"

@@ -34,6 +34,7 @@ from processor.state.store import (
     META_TIME,
     META_UPSTREAM,
 )
+from processor.state.table import TableStore
 from processor.timeutil.timestamps import iso_to_ms
 from processor.timeutil.watermark import (
     NO_WATERMARK,
@@ -62,8 +63,22 @@ class Task:
         self.partition = partition
         self.id = f"{sub.id}_{partition}"
         self.clock = Clock()
-        ctx = dataclasses.replace(ctx, clock=self.clock, source_topic=src.topic)
+        # per-task tables: partition p of each table a join reads (runtime/tables.py fills them)
+        self.tables: dict[str, TableStore] = {
+            t.name: TableStore(state_dir / topology / f"table-{t.name}" / str(partition))
+            for t in sub.tables}
+        self.table_topics = {t.name: t.topic for t in sub.tables}
+        global_table = ctx.table_for
+        ctx = dataclasses.replace(
+            ctx, clock=self.clock, source_topic=src.topic,
+            table_for=lambda t: self.tables[t.name] if t.kind == "table" else global_table(t))  # type: ignore[misc]
         self.chains, self.policies = sub.build_chains(ctx)
+        # branch cases: chain -> child chains by case; chain -> the chains above it
+        self._children: dict[int, dict[int, int]] = {}
+        for child, (parent, case) in sub.parents.items():
+            self._children.setdefault(parent, {})[case] = child
+        self._ancestors = {ci: _ancestors(ci, sub.parents) for ci in range(len(self.chains))}
+        self._roots = [ci for ci in range(len(self.chains)) if ci not in sub.parents]
         # where each chain's first stateful operator sits: failures up to it are failures of
         # one input record (dead-lettered with its bytes); after it, of derived results
         self._first_stateful = [next((i for i, op in enumerate(chain) if getattr(op, "stateful", False)),
@@ -98,8 +113,8 @@ class Task:
                                            vser.decode if vser else None)
         # event time: this partition's watermark, or the minimum over the upstream partitions
         self.watermark: PartitionWatermark | UpstreamWatermarks = (
-            UpstreamWatermarks(ctx.partitions_of(src.upstream_topic))
-            if src.internal and ctx.partitions_of and src.upstream_topic
+            UpstreamWatermarks(sum(ctx.partitions_of(t) for t in src.upstream_topics))
+            if src.internal and ctx.partitions_of and src.upstream_topics
             else PartitionWatermark(src.max_out_of_orderness_ms))
         self._forwarders = [ctx.watermark_emitter_for(end, partition) for end in sub.sinks
                             if end.internal and ctx.watermark_emitter_for]
@@ -118,7 +133,7 @@ class Task:
         self.position: int | None = None  # next input offset to process
         self.committed_position: int | None = None
         self.pending: dict[str, dict[bytes, bytes]] = {}
-        self.state = TaskState.RESTORING if self.stores else TaskState.RUNNING
+        self.state = TaskState.RESTORING if self.stores or self.tables else TaskState.RUNNING
 
     # -- restore ---------------------------------------------------------------------------
 
@@ -173,8 +188,9 @@ class Task:
         return self._decode_fast(messages)
 
     def _decode_envelopes(self, messages: list[Any]) -> Batch:
-        """Repartition records are `[upstream partition, source offset, seq, value]`;
-        watermark reports `[upstream partition, watermark | null]`."""
+        """Repartition records are `[upstream slot, source offset, seq, value]` (plus the side
+        for a join's input); watermark reports `[upstream slot, watermark | null]`. A slot is
+        a feeder's partition, numbered after the partitions of the feeders before it."""
         kdec, marks, loads = self._kdec, self.upstream, orjson.loads
         wm = self.watermark
         out: Batch = []
@@ -187,7 +203,9 @@ class Task:
                 if len(envelope) == 2:
                     int(envelope[0])
                 else:
-                    part, off, seq, value = envelope
+                    part, off, seq, value = envelope[:4]
+                    if len(envelope) == 5:  # a join input: (side, value)
+                        value = (envelope[4], value)
                     key = kdec(m.key())
             except Exception as exc:  # not written by a processor task
                 self._fail_message(m, exc)
@@ -236,7 +254,7 @@ class Task:
             if replays:
                 self._run_with_replays(batch, replays)
             else:
-                self._run(batch, 0, range(len(self.chains)), from_input=True)
+                self._run(batch, 0, self._roots, from_input=True)
         finally:
             self._messages = []
             self._dead_letters.clear()
@@ -336,7 +354,7 @@ class Task:
         """A batch holding dead letters put back by `processor dlq replay`: such a record goes
         only down the chain of the step that failed on it, and writes nothing to the sinks
         before that step — the other pipelines and earlier sinks had it the first time."""
-        everything = range(len(self.chains))
+        everything = self._roots
         run: Batch = []
         for record in batch:
             step = replays.get(record[3])
@@ -348,7 +366,8 @@ class Task:
                 self._run(run, 0, everything, from_input=True)
                 run = []
             ci, at = target
-            self._run_chain(ci, 0, [record], True, mute_sinks_before=at)
+            root = self._ancestors[ci][-1] if self._ancestors[ci] else ci
+            self._run_chain(root, 0, [record], True, mute=(ci, at))
         if run:
             self._run(run, 0, everything, from_input=True)
 
@@ -360,15 +379,22 @@ class Task:
         return None  # the topology changed since: treat it as a new record
 
     def _run_chain(self, ci: int, start: int, batch: Batch, from_input: bool,
-                   mute_sinks_before: int = 0) -> None:
+                   mute: tuple[int, int] | None = None) -> None:
         """Records through chain `ci` from operator `start`. A record a step fails on goes to
         that step's policy; the step then resumes with the records after it (StepFailed's
-        contract), its outputs so far going on first, so order is kept."""
+        contract), its outputs so far going on first, so order is kept. A chain ending in a
+        branch then runs each case's records down that case's chain.
+
+        `mute` = (chain, index) of the step a replayed dead letter failed at: sinks before it
+        in that chain, and every sink in the chains above it, already had the record."""
         chain = self.chains[ci]
+        mute_before = 0 if mute is None else (
+            mute[1] if mute[0] == ci else len(chain) if ci in self._ancestors[mute[0]] else 0)
+        children = self._children.get(ci)
         out = batch
         for i in range(start, len(chain)):
             op, pending = chain[i], out
-            if i < mute_sinks_before and isinstance(op, Sink):
+            if i < mute_before and isinstance(op, Sink):
                 continue
             while True:
                 try:
@@ -379,12 +405,27 @@ class Task:
                         raise self._fatal(exc) from exc.cause
                     self._fail(exc, from_input and i <= self._first_stateful[ci], ci)
                     if exc.partial:
-                        self._run_chain(ci, i + 1, exc.partial, from_input, mute_sinks_before)
+                        self._run_chain(ci, i + 1, exc.partial, from_input, mute)
+                    if children is not None and i == len(chain) - 1:
+                        self._route(ci, op.routed, from_input, mute)  # type: ignore[attr-defined]
                     pending = pending[exc.index + 1:]
                     if not pending:
                         return
+            if children is not None and i == len(chain) - 1:
+                self._route(ci, op.routed, from_input, mute)  # type: ignore[attr-defined]
+                return
             if not out:
                 return
+
+    def _route(self, ci: int, routed: list[Batch], from_input: bool,
+               mute: tuple[int, int] | None) -> None:
+        """A branch's cases: each batch down its case's chain (records of a stateful step
+        before the branch are derived results, not input records)."""
+        from_input = from_input and self._first_stateful[ci] >= len(self.chains[ci])
+        children = self._children[ci]
+        for case, records in enumerate(routed):
+            if records and case in children:
+                self._run_chain(children[case], 0, records, from_input, mute)
 
     # -- failures ------------------------------------------------------------------------------
 
@@ -489,13 +530,22 @@ class Task:
             for _, _, op in self.stateful:
                 op.discard()
             self.pending = {}
-        for store in self.stores.values():
+        for store in [*self.stores.values(), *self.tables.values()]:
             store.close()
         self.state = TaskState.CLOSED
         log.info("task closed", extra={"task": self.id, "topic": self.topic,
                                        "partition": self.partition, "dirty": dirty,
                                        "offset": self.position,
                                        "duplicates_dropped": self.duplicates_dropped})
+
+
+def _ancestors(ci: int, parents: dict[int, tuple[int, int]]) -> list[int]:
+    """The chains above a branch case's chain, nearest first (the root last)."""
+    out = []
+    while ci in parents:
+        ci = parents[ci][0]
+        out.append(ci)
+    return out
 
 
 def _decode_problem(exc: Exception, ts_field: str | None) -> str:

@@ -41,8 +41,7 @@ def ensure_topics(admin: AdminClient, topology: Topology, *, create: bool,
     deadline = time.monotonic() + wait_for_sources_s
     while True:
         counts = partition_counts(admin)
-        missing = [s.source.topic for s in topology.subtopologies
-                   if not s.source.internal and s.source.topic not in counts]
+        missing = [t for t in topology.input_topics if t not in counts]
         if not missing:
             break
         if time.monotonic() > deadline:
@@ -56,8 +55,12 @@ def ensure_topics(admin: AdminClient, topology: Topology, *, create: bool,
         # is always seen before the sub-topology reading it
         n = counts.get(sub.source.topic) or wanted.get(sub.source.topic, (0, {}))[0]
         for sink in sub.sinks:
-            if sink.internal:
-                wanted[sink.topic] = (n, {"cleanup.policy": "delete"})
+            if sink.internal and sink.partitions_like is not None:
+                # feeds a per-task table join: partition p must meet table partition p
+                wanted[sink.topic] = (counts[sink.partitions_like], {"cleanup.policy": "delete"})
+            elif sink.internal:  # several feeders (a merge, a join): the widest one's count
+                wider = max(n, wanted.get(sink.topic, (0, {}))[0])
+                wanted[sink.topic] = (wider, {"cleanup.policy": "delete"})
             elif sink.topic not in counts and sink.partitions:
                 wanted[sink.topic] = (sink.partitions, {})
             elif sink.topic not in counts:
@@ -91,7 +94,19 @@ def ensure_topics(admin: AdminClient, topology: Topology, *, create: bool,
                 if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                     raise TopicError(f"cannot create topic {topic!r}: {exc.args[0].str()}") from None
         counts = partition_counts(admin)
+    check_copartitioning(topology, counts)
     return counts
+
+
+def check_copartitioning(topology: Topology, counts: dict[str, int]) -> None:
+    """Per-task table joins read partition p of the stream and of the table in one task."""
+    for stream, table, where in topology.copartitioned:
+        if counts.get(stream) != counts.get(table):
+            raise TopicError(
+                f"{where} needs co-partitioned topics: {stream!r} has {counts.get(stream)} "
+                f"partitions, {table!r} has {counts.get(table)}. Repartition explicitly (a key_by "
+                f"before the join writes the stream to a topic with {counts.get(table)} "
+                "partitions) or declare the table `kind: global_table`")
 
 
 def read_to_end(consumer: Consumer, topic: str, *, from_committed: bool = False,

@@ -9,6 +9,7 @@ start restoring with their input partitions paused until their stores have caugh
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 import socket
@@ -26,10 +27,12 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 
+from processor.expressions import BROADCAST
 from processor.graph import BuildContext, Topology
 from processor.observability.http import HttpServer
 from processor.observability.metrics import Metrics
 from processor.observability.progress import ProgressBar
+from processor.operators.broadcast import BroadcastState
 from processor.runtime import faults
 from processor.runtime.checkpoint import Checkpointer, CheckpointFailed, is_fatal, kafka_error
 from processor.runtime.clients import (
@@ -45,8 +48,10 @@ from processor.runtime.directory import WorkerDirectory, directory_topic
 from processor.runtime.queries import StateQueries
 from processor.runtime.restore import Restorer
 from processor.runtime.serdes import Serdes
+from processor.runtime.tables import TableFollower
 from processor.runtime.task import Task, TaskState
 from processor.runtime.topics import ensure_topics
+from processor.state.table import TableStore
 from processor.timeutil.watermark import NO_WATERMARK
 
 log = logging.getLogger("processor.worker")
@@ -83,6 +88,10 @@ class Worker:
         self._lag_labels: set[tuple[str, str]] = set()  # partitions with a lag series
         self._last_activity = time.monotonic()  # input or (re)assignment, for bounded runs
         self._progress_mark = (time.monotonic(), 0)
+        # restoring tasks: what each still waits for ("stores", "table <name>")
+        self._waiting: dict[str, set[str]] = {}
+        self.global_stores: dict[str, TableStore] = {}  # global tables and broadcasts by name
+        self.broadcast = BroadcastState()
 
     # -- clients -----------------------------------------------------------------------------
 
@@ -120,8 +129,7 @@ class Worker:
             if task is None:
                 continue
             if task.state is TaskState.RESTORING:
-                self.restorer.remove(task)
-                task.close(dirty=False)
+                self._close_task(task, dirty=False)
             else:
                 self.suspended[tp] = task
         log.info("partitions revoked", extra={"partitions": _fmt(partitions)})
@@ -138,7 +146,7 @@ class Worker:
         wanted = {(p.topic, p.partition) for p in partitions}
         for tp in list(self.suspended):
             if tp not in wanted:
-                self.suspended.pop(tp).close(dirty=False)
+                self._close_task(self.suspended.pop(tp), dirty=False)
         fresh: list[Task] = []
         for topic, partition in sorted(wanted):
             task = self.suspended.pop((topic, partition), None)
@@ -148,7 +156,8 @@ class Worker:
                                    late_emitter_for=c.late_emitter_for,
                                    watermark_emitter_for=c.watermark_emitter_for,
                                    partitions_of=c.partitions.__getitem__,
-                                   serde_for=self.serdes, dead_letter=self.dead_letters)
+                                   serde_for=self.serdes, dead_letter=self.dead_letters,
+                                   table_for=lambda t: self.global_stores[t.name])
                 sub = self.topology.subtopology_for(topic)
                 task = Task(self.topology.name, sub, partition, ctx, self.state_dir)
                 fresh.append(task)
@@ -164,7 +173,37 @@ class Worker:
         self._publish_assignment()
         for task in fresh:
             if task.state is TaskState.RESTORING:
-                self.restorer.add(task)
+                self._restore(task)
+
+    def _restore(self, task: Task) -> None:
+        """Stores catch up from their changelogs, per-task tables from their topics (read to
+        the end before the first record is joined, then followed); the task starts when all
+        are done."""
+        waiting = self._waiting[task.id] = set()
+        if task.stores:
+            waiting.add("stores")
+            self.restorer.add(task)
+        for name, store in task.tables.items():
+            waiting.add(f"table {name}")
+            self.tables.add(f"{task.id}/{name}", task.table_topics[name], [task.partition], store,
+                            on_ready=lambda task=task, name=name: self._ready(task, f"table {name}"))
+
+    def _ready(self, task: Task, part: str) -> None:
+        waiting = self._waiting.get(task.id)
+        if waiting is None or task.state is not TaskState.RESTORING:
+            return
+        waiting.discard(part)
+        if not waiting:
+            del self._waiting[task.id]
+            self._on_restored(task)
+
+    def _close_task(self, task: Task, *, dirty: bool) -> None:
+        if task.state is TaskState.RESTORING:
+            self.restorer.remove(task)
+            self._waiting.pop(task.id, None)
+        for name in task.tables:
+            self.tables.remove(f"{task.id}/{name}")
+        task.close(dirty=dirty)
 
     def _on_restored(self, task: Task) -> None:
         """Stores caught up: start the input at the first offset the state does not hold."""
@@ -197,9 +236,7 @@ class Worker:
 
     def _close_all(self, *, dirty: bool) -> None:
         for task in list(self.tasks.values()) + list(self.suspended.values()):
-            if task.state is TaskState.RESTORING:
-                self.restorer.remove(task)
-            task.close(dirty=dirty)
+            self._close_task(task, dirty=dirty)
         self.tasks.clear()
         self.suspended.clear()
 
@@ -219,6 +256,8 @@ class Worker:
         self.restorer.hooks.append(lambda n: n and self.metrics.restore_records.inc(n))
         self.restorer.hooks.append(lambda n: n and faults.point("restore.chunk"))
         self.restorer.on_progress = self._restore_progress
+        self.tables = TableFollower(Consumer(restore_consumer_config(cfg)))
+        self._start_global_tables()
         self.checkpointer = Checkpointer(self.producer, self.consumer,
                                          exactly_once=cfg.exactly_once, metrics=self.metrics,
                                          delivery_errors=self.delivery_errors)
@@ -229,6 +268,34 @@ class Worker:
             "topology": self.topology.name, "worker_id": self.worker_id,
             "guarantee": cfg.processing_guarantee, "topics": self.topology.source_topics,
             "config": cfg.masked()})
+
+    def _start_global_tables(self) -> None:
+        """Global tables and broadcast sources: every partition on this worker, read to the end
+        before the first record is processed (resuming from the local store's offsets), then
+        followed as the loop turns."""
+        topology = self.topology
+        if not topology.global_tables and not topology.broadcasts:
+            return
+        for t in [*topology.global_tables, *topology.broadcasts]:
+            store = self.global_stores[t.name] = TableStore(
+                self.state_dir / topology.name / f"global-{t.name}")
+            on_update = None
+            if t.kind == "broadcast":
+                self.broadcast.declare(t.name, self.serdes(t.end, True).decode,
+                                       self.serdes(t.end, False).decode)
+                self.broadcast.update(t.name, list(store.items()))  # what the last run read
+                on_update = functools.partial(self._broadcast_update, t.name)
+            partitions = list(range(self.collector.partitions[t.topic]))
+            self.tables.add(f"global:{t.name}", t.topic, partitions, store, on_ready=lambda: None,
+                            on_update=on_update)
+        BROADCAST.install(self.broadcast)
+        self.tables.bootstrap(self.config.table_bootstrap_timeout_ms / 1000)
+
+    def _broadcast_update(self, name: str, pairs: list[tuple[bytes, bytes | None]]) -> None:
+        self.broadcast.update(name, pairs)
+        log.info("broadcast state updated", extra={
+            "source": name, "records": len(pairs), "version": self.broadcast.version[name],
+            "keys": len(self.broadcast[name])})
 
     # -- HTTP: metrics, health, readiness, queryable state ------------------------------------
 
@@ -328,7 +395,9 @@ class Worker:
                 self.heartbeat = time.monotonic()
                 if self.restorer.busy:
                     self.restorer.step(cfg.restore_batch_size, 0.05)
-                msgs = self.consumer.consume(cfg.batch_size, 0 if self.restorer.busy else poll_timeout)
+                self.tables.step(cfg.restore_batch_size, 0)  # table and broadcast updates
+                restoring = self.restorer.busy or self.tables.busy
+                msgs = self.consumer.consume(cfg.batch_size, 0 if restoring else poll_timeout)
                 if msgs:
                     started = time.perf_counter()
                     try:
@@ -478,6 +547,9 @@ class Worker:
             log.warning("consumer close failed", extra={"error": exc.args[0].str()})
         self._close_all(dirty=False)
         self.restorer.consumer.close()
+        self.tables.close()
+        for store in self.global_stores.values():
+            store.close()
         try:
             self.producer.flush(30)
         except Exception as exc:

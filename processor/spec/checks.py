@@ -10,11 +10,22 @@ reported like any other spec error: file, line of the offending step, field path
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from processor.errors import SpecError
-from processor.spec.models import AggregateStep, ProcessStep, SinkSpec, ToStep, WindowStep
+from processor.spec.models import (
+    AggregateStep,
+    BranchCase,
+    BranchStep,
+    IntervalJoinStep,
+    ProcessStep,
+    ReconcileStep,
+    SinkSpec,
+    ToStep,
+    WindowStep,
+)
 
 if TYPE_CHECKING:
     from processor.spec.loader import LoadedSpec, PathT
@@ -30,26 +41,45 @@ class _Write:
     what: str
 
 
+def walk_steps(steps: list[Any], base: PathT) -> Iterator[tuple[PathT, Any, Any]]:
+    """(path, step, previous step) of every step, the steps of branch cases included."""
+    previous = None
+    for j, step in enumerate(steps):
+        path: PathT = (*base, j)
+        yield path, step, previous
+        previous = step
+        if isinstance(step, BranchStep):
+            for c, case in enumerate(step.branch):
+                if isinstance(case, BranchCase):
+                    yield from walk_steps(case.steps, (*path, "branch", c, "steps"))
+                else:
+                    yield from walk_steps(case.default, (*path, "branch", c, "default"))
+
+
 def _writes(loaded: LoadedSpec) -> list[_Write]:
-    """Every topic each pipeline writes (`to` steps and windows' late topics), in spec order.
+    """Every topic each pipeline writes (`to` steps and windows' late topics), in spec order,
+    once per source its records may come from (its own, and the streams a join brings in).
 
     References that do not resolve (unknown source or sink) are skipped: the graph builder
     reports them with their own message."""
     spec = loaded.spec
     out: list[_Write] = []
     for i, pipeline in enumerate(spec.pipelines):
-        source = spec.sources.get(pipeline.from_)
-        if source is None:
-            continue
-        for j, step in enumerate(pipeline.steps):
-            path: PathT = ("pipelines", i, "steps", j)
+        topics = [spec.sources[n].topic for n in pipeline.sources if n in spec.sources]
+        for path, step, _ in walk_steps(pipeline.steps, ("pipelines", i, "steps")):
+            written: list[tuple[str, PathT, str]] = []
             if isinstance(step, ToStep):
                 sink = spec.sinks.get(step.to) if isinstance(step.to, str) else step.to
                 if sink is not None:
-                    out.append(_Write(source.topic, sink.topic, (*path, "to"), "writes to"))
+                    written.append((sink.topic, (*path, "to"), "writes to"))
             elif isinstance(step, WindowStep) and isinstance(step.window.late, SinkSpec):
-                out.append(_Write(source.topic, step.window.late.topic,
-                                  (*path, "window", "late"), "sends late records to"))
+                written.append((step.window.late.topic, (*path, "window", "late"),
+                                "sends late records to"))
+            elif isinstance(step, IntervalJoinStep | ReconcileStep):
+                others = ([step.interval_join.with_] if isinstance(step, IntervalJoinStep)
+                          else step.reconcile.with_)
+                topics = [*topics, *(spec.sources[n].topic for n in others if n in spec.sources)]
+            out.extend(_Write(t, topic, where, what) for t in topics for topic, where, what in written)
     return out
 
 
@@ -87,7 +117,7 @@ def _cycles(loaded: LoadedSpec) -> list[SpecError]:
 def _uses_dead_letters(loaded: LoadedSpec) -> bool:
     spec = loaded.spec
     return spec.on_error == "dlq" or any(s.on_error == "dlq" for s in spec.sources.values()) or any(
-        step.on_error == "dlq" for p in spec.pipelines for step in p.steps)
+        step.on_error == "dlq" for p in spec.pipelines for _, step, _ in walk_steps(p.steps, ()))
 
 
 def _dead_letters_read_back(loaded: LoadedSpec) -> list[SpecError]:
@@ -117,6 +147,10 @@ def _store_key(step: Any, previous: Any) -> tuple[str, tuple[str, str]] | None:
         return step.aggregate.store, ("aggregate", "store")
     if isinstance(step, ProcessStep) and step.process.store:
         return step.process.store, ("process", "store")
+    if isinstance(step, IntervalJoinStep) and step.interval_join.store:
+        return step.interval_join.store, ("interval_join", "store")
+    if isinstance(step, ReconcileStep) and step.reconcile.store:
+        return step.reconcile.store, ("reconcile", "store")
     return None
 
 
@@ -125,12 +159,10 @@ def _named_stores(loaded: LoadedSpec) -> list[tuple[str, PathT]]:
     names (`aggregate-0-2`) are the graph builder's to check."""
     out: list[tuple[str, PathT]] = []
     for i, pipeline in enumerate(loaded.spec.pipelines):
-        previous = None
-        for j, step in enumerate(pipeline.steps):
+        for path, step, previous in walk_steps(pipeline.steps, ("pipelines", i, "steps")):
             found = _store_key(step, previous)
             if found is not None:
-                out.append((found[0], ("pipelines", i, "steps", j, *found[1])))
-            previous = step
+                out.append((found[0], (*path, *found[1])))
     return out
 
 

@@ -84,10 +84,11 @@ def _data_path(loc: tuple[Any, ...], data: Any) -> PathT:
     node = data
     tag_next = False  # pydantic puts a step's kind (its union tag) right after the step index
     for part in loc:
-        if tag_next and part in STEP_KINDS:
+        if tag_next and part in (*STEP_KINDS, "when", "default"):
             tag_next = False
             continue
-        tag_next = isinstance(part, int) and path[-1:] == ["steps"]
+        # a step (in `steps` or a branch's `default`) or a branch case: a union member
+        tag_next = isinstance(part, int) and path[-1:] in (["steps"], ["default"], ["branch"])
         in_dict = isinstance(node, dict) and part in node
         in_list = isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
         if in_dict or in_list:

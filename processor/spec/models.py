@@ -21,7 +21,7 @@ from processor.timeutil import parse_duration_ms
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
 STEP_KINDS = ("filter", "map", "flat_map", "key_by", "window", "aggregate", "process", "python",
-              "to")
+              "join", "interval_join", "reconcile", "branch", "to")
 REF_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
 OnError = Literal["dlq", "skip", "fail"]
 """What happens to a record that fails: dead-letter topic, drop (counted), or stop the worker."""
@@ -97,8 +97,20 @@ class WatermarkSpec(_Strict):
         return v
 
 
+SourceKind = Literal["stream", "table", "global_table", "broadcast"]
+"""stream: records to process. table: the latest value per key of a (compacted) topic, held per
+task (partition p of the table next to partition p of the stream joining it). global_table: the
+whole topic on every worker. broadcast: the whole topic in memory on every worker, readable by
+expressions as `broadcast['<name>']` and by process functions as `ctx.broadcast['<name>']`."""
+
+
 class SourceSpec(_Strict):
     topic: str
+    kind: SourceKind = "stream"
+    partitions: int | None = Field(
+        default=None, ge=1,
+        description="the topic's partition count, if known: validate checks co-partitioning with "
+                    "it; the worker checks it against the broker at start")
     key: SerdeSpec = SerdeSpec(format="string")
     value: SerdeSpec = SerdeSpec(format="json")
     timestamp: TimestampSpec | None = None
@@ -281,6 +293,107 @@ class ToStep(_StepSpec):
     to: str | SinkSpec
 
 
+class TableJoinSpec(_Strict):
+    """Enrich each record from a table: `value` becomes `{**value, <as>: table value}`."""
+
+    table: str
+    key: str | None = None  # lookup key expression; default the record key (global tables only)
+    type: Literal["inner", "left"] = "inner"
+    as_: str | None = Field(default=None, alias="as")  # default: the table's source name
+
+
+class JoinStep(_StepSpec):
+    join: TableJoinSpec
+
+
+class IntervalJoinSpec(_Strict):
+    """Records of the other stream with `ts - before <= their ts <= ts + after` join this one."""
+
+    with_: str = Field(alias="with")
+    before: DurationMs
+    after: DurationMs
+    type: Literal["inner", "left", "outer"] = "inner"
+    key: str | None = None  # the other side's key expression; default its record key
+    store: str | None = None
+
+    @model_validator(mode="after")
+    def _non_negative(self) -> IntervalJoinSpec:
+        if self.before < 0 or self.after < 0:
+            raise ValueError("before and after must not be negative")
+        return self
+
+
+class IntervalJoinStep(_StepSpec):
+    interval_join: IntervalJoinSpec
+
+
+class ReconcileSpec(_Strict):
+    """Match records of this stream and `with` streams by business id (the record key here,
+    `keys[name]` on the others) within `timeout` of event time from the group's first record."""
+
+    with_: list[str] = Field(alias="with", min_length=1)
+    keys: dict[str, str] = Field(default_factory=dict)
+    timeout: DurationMs
+    mismatch: str | None = None
+    store: str | None = None
+
+    @field_validator("with_", mode="before")
+    @classmethod
+    def _one(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _keys_known(self) -> ReconcileSpec:
+        if self.timeout <= 0:
+            raise ValueError("timeout must be positive")
+        unknown = set(self.keys) - set(self.with_)
+        if unknown:
+            raise ValueError(f"keys given for {', '.join(sorted(unknown))}, which are not in `with`")
+        return self
+
+
+class ReconcileStep(_StepSpec):
+    reconcile: ReconcileSpec
+
+
+class BranchCase(_Strict):
+    when: str
+    steps: list[Step] = Field(min_length=1)
+
+
+class DefaultCase(_Strict):
+    default: list[Step] = Field(min_length=1)
+
+
+def _case_kind(value: Any) -> str | None:
+    if isinstance(value, dict):
+        return "default" if "default" in value else "when" if "when" in value else None
+    return "default" if isinstance(value, DefaultCase) else "when"
+
+
+Case = Annotated[
+    Annotated[BranchCase, Tag("when")] | Annotated[DefaultCase, Tag("default")],
+    Discriminator(_case_kind, custom_error_type="unknown_case",
+                  custom_error_message="a branch case is {when: <expression>, steps: [...]} "
+                                       "or {default: [...steps]}"),
+]
+
+
+class BranchStep(_StepSpec):
+    """Each record goes down the first case whose `when` holds, else down `default` (if any)."""
+
+    branch: list[Case] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _default_last(self) -> BranchStep:
+        defaults = [i for i, c in enumerate(self.branch) if isinstance(c, DefaultCase)]
+        if len(defaults) > 1:
+            raise ValueError("a branch has at most one default case")
+        if defaults and defaults[0] != len(self.branch) - 1:
+            raise ValueError("the default case must come last (cases are tried in order)")
+        return self
+
+
 def _step_kind(value: Any) -> str | None:
     if isinstance(value, dict):
         kinds = [k for k in value if k != "on_error"]
@@ -299,6 +412,10 @@ Step = Annotated[
     | Annotated[AggregateStep, Tag("aggregate")]
     | Annotated[ProcessStep, Tag("process")]
     | Annotated[PythonStep, Tag("python")]
+    | Annotated[JoinStep, Tag("join")]
+    | Annotated[IntervalJoinStep, Tag("interval_join")]
+    | Annotated[ReconcileStep, Tag("reconcile")]
+    | Annotated[BranchStep, Tag("branch")]
     | Annotated[ToStep, Tag("to")],
     Discriminator(
         _step_kind,
@@ -312,9 +429,20 @@ Step = Annotated[
 
 
 class PipelineSpec(_Strict):
-    from_: str = Field(alias="from")
+    from_: str | list[str] = Field(alias="from")  # several sources: their union (merge)
     name: str | None = None
     steps: list[Step] = Field(min_length=1)
+
+    @field_validator("from_")
+    @classmethod
+    def _distinct(cls, v: str | list[str]) -> str | list[str]:
+        if isinstance(v, list) and (not v or len(set(v)) != len(v)):
+            raise ValueError("`from` lists each source once (and at least one)")
+        return v
+
+    @property
+    def sources(self) -> list[str]:
+        return [self.from_] if isinstance(self.from_, str) else list(self.from_)
 
 
 class DeadLetterSpec(_Strict):
@@ -345,3 +473,7 @@ class TopologySpec(_Strict):
                 "'.', '_' or '-' (it becomes the consumer group id and topic prefix)"
             )
         return v
+
+
+for _model in (BranchCase, DefaultCase, BranchStep):
+    _model.model_rebuild()

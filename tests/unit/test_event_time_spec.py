@@ -67,7 +67,7 @@ def test_window_after_key_change_repartitions_and_names_its_feeder():
         "- aggregate: {n: count()}", "- to: {topic: out, partitions: 1}")))
     first, second = topo.subtopologies
     assert first.sinks[0].topic == "t-per-second-repartition"
-    assert second.source.internal and second.source.upstream_topic == "clicks"
+    assert second.source.internal and second.source.upstream_topics == ("clicks",)
     assert second.stores[0].name == "per-second"
 
 

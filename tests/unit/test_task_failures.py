@@ -192,3 +192,52 @@ pipelines:
     assert queries.get("per10", elsewhere, False)[0] == 503  # not here, and no directory
     for store in task.stores.values():
         store.close()
+
+
+BRANCHED = """
+name: shop
+sources:
+  orders: {topic: orders}
+pipelines:
+  - from: orders
+    steps:
+      - map: "dict(value, amount=value['amount'] * 1)"
+      - to: {topic: all}
+      - branch:
+          - when: "value['amount'] > 100"
+            steps:
+              - to: {topic: big}
+          - when: "10 // value['amount'] > 1"
+            steps:
+              - map: "dict(value, small=True)"
+              - to: {topic: small}
+          - default:
+              - to: {topic: other}
+"""
+
+
+def test_branch_routes_each_record_to_the_first_matching_case_or_default(tmp_path):
+    task, out, letters = make_task(tmp_path, BRANCHED)
+    task.process([Msg(i, orjson.dumps({"amount": a})) for i, a in enumerate([500, 2, 7, 50, 0, 1])])
+    assert [v["amount"] for _, v, _, _ in out["big"]] == [500]
+    assert [(v["amount"], v["small"]) for _, v, _, _ in out["small"]] == [(2, True), (1, True)]
+    assert [v["amount"] for _, v, _, _ in out["other"]] == [7, 50]
+    assert len(out["all"]) == 6  # the sink before the branch saw every record
+    # amount 0: the second case's predicate divides by zero -> a dead letter naming the branch
+    (letter,) = letters
+    assert letter.offset == 4 and letter.step == "pipelines[0].steps[2]"
+    assert letter.payload == "source"
+
+
+def test_replayed_letter_of_a_branch_case_step_skips_sinks_above_it(tmp_path):
+    task, out, letters = make_task(tmp_path, BRANCHED.replace(
+        "map: \"dict(value, small=True)\"", "map: \"dict(value, small=value['flag'])\""))
+    task.process([Msg(0, orjson.dumps({"amount": 2}))])  # no flag: fails in the small case
+    (letter,) = letters
+    assert letter.step == "pipelines[0].steps[2].branch[1].steps[0]"
+    before = {topic: len(records) for topic, records in out.items()}
+    task.process([Msg(1, orjson.dumps({"amount": 2, "flag": "x"}),
+                      headers=[(REPLAY_STEP, letter.step.encode())])])
+    new = {topic: records[before.get(topic, 0):] for topic, records in out.items()}
+    assert {t: r for t, r in new.items() if r} == {
+        "small": [("k", {"amount": 2, "flag": "x", "small": "x"}, 1000, 1)]}
