@@ -108,7 +108,7 @@ def cmd_dev_broker(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from processor.runtime.demo import run_demo
 
-    return run_demo(seconds=args.seconds, rate=args.rate)
+    return run_demo(seconds=args.seconds, rate=args.rate, example=args.example)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,9 +162,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--port", type=int, default=9092)
     b.set_defaults(fn=cmd_dev_broker)
 
-    m = sub.add_parser("demo", help="broker + generator + revenue topology, printing results")
+    m = sub.add_parser("demo", help="broker + generator + an example topology, printing results")
+    m.add_argument("--example", choices=["revenue", "reconciliation", "fraud"], default="revenue",
+                   help="revenue: per-user totals; reconciliation: orders vs payments; fraud: "
+                        "model scoring + live rules (trains the model on first use)")
     m.add_argument("--seconds", type=float, default=20)
-    m.add_argument("--rate", type=float, default=2000, help="orders per second")
+    m.add_argument("--rate", type=float, default=None,
+                   help="input records per second (default: 2000 revenue, 500 reconciliation, "
+                        "200 fraud)")
     m.set_defaults(fn=cmd_demo)
     return p
 

@@ -30,7 +30,7 @@ def produce_json(bootstrap: str, topic: str, records: Iterable[tuple[Any, ...]],
     n = 0
     started = time.monotonic()
     for key, value, *partition in records:
-        where = {"partition": partition[0]} if partition else {}
+        where = {"partition": partition[0]} if partition and partition[0] is not None else {}
         if stamp_now:
             value["ts"] = int(time.time() * 1000)
         data = orjson.dumps(value)

@@ -63,9 +63,10 @@ class Task:
         self.partition = partition
         self.id = f"{sub.id}_{partition}"
         self.clock = Clock()
-        # per-task tables: partition p of each table a join reads (runtime/tables.py fills them)
+        # per-task tables: partition p of each table a join reads (runtime/tables.py fills them);
+        # one directory per task, as two sub-topologies may join the same table
         self.tables: dict[str, TableStore] = {
-            t.name: TableStore(state_dir / topology / f"table-{t.name}" / str(partition))
+            t.name: TableStore(state_dir / topology / f"table-{t.name}" / self.id)
             for t in sub.tables}
         self.table_topics = {t.name: t.topic for t in sub.tables}
         global_table = ctx.table_for
