@@ -50,6 +50,8 @@ from processor.operators.process import ProcessFunction, wall_clock_ms
 from processor.operators.reconcile import RESERVED_SIDE_NAMES, Reconcile, side_value
 from processor.timeutil.watermark import Clock
 
+_MISS: Any = object()
+
 __all__ = ["INTERVAL_KINDS", "RESERVED_SIDE_NAMES", "IntervalJoin", "Reconcile", "TableJoin"]
 
 INTERVAL_KINDS = ("inner", "left", "outer")
@@ -152,8 +154,12 @@ class TableJoin(Stateless):
         self.kind, self.field = kind, field
 
     def _batch(self, batch: Batch) -> Batch:
-        get, enc, dec, key_fn, field = (self.table.get, self.key_encode, self.value_decode,
+        table = self.table
+        get, enc, dec, key_fn, field = (table.get, self.key_encode, self.value_decode,
                                         self.key_fn, self.field)
+        cache: dict[bytes, bytes | None] = getattr(table, "cache", {})  # see TableStore.cache
+        if len(cache) > getattr(table, "cache_max_entries", 0):
+            cache.clear()
         inner = self.kind == "inner"
         out: Batch = []
         append = out.append
@@ -162,7 +168,13 @@ class TableJoin(Stateless):
                 raise TypeError(f"join adds field {field!r} to the value, which must be a mapping "
                                 f"(got {type(v).__name__})")
             lk = k if key_fn is None else key_fn(k, v, t)
-            raw = None if lk is None else get(enc(lk))
+            if lk is None:
+                raw = None
+            else:
+                kb = enc(lk)
+                raw = cache.get(kb, _MISS)
+                if raw is _MISS:
+                    raw = cache[kb] = get(kb)
             if raw is None:
                 if not inner:
                     append((k, {**v, field: None}, t, o))

@@ -52,6 +52,11 @@ class TableStore:
         self._meta_cf: Any = self._db.get_column_family_handle(_META_CF)
         # the hot path: the C-level lookup itself, shadowing the method below
         self.get = self._db.get  # type: ignore[method-assign]
+        # raw values (None = no row) of recently joined keys: a dict hit costs ~0.05 µs
+        # against ~2 µs for a RocksDB hit. `apply` drops the keys it writes, so the cache is
+        # never staler than the store; readers clear it when it passes `cache_max_entries`.
+        self.cache: dict[bytes, bytes | None] = {}
+        self.cache_max_entries = 200_000
 
     def get(self, key: bytes) -> bytes | None:  # replaced per instance by Rdict.get
         """The latest value of `key`, None when absent or tombstoned."""
@@ -60,7 +65,9 @@ class TableStore:
     def apply(self, writes: dict[bytes, bytes | None], offsets: dict[int, int]) -> None:
         """Write data (None = tombstone: delete) and the partitions' next offsets atomically."""
         batch = WriteBatch(raw_mode=True)
+        cache = self.cache
         for key, value in writes.items():
+            cache.pop(key, None)
             if value is None:
                 batch.delete(key)
             else:
