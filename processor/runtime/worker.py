@@ -28,6 +28,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 
+from processor.errors import ProcessorError
 from processor.expressions import BROADCAST
 from processor.graph import BuildContext, Topology
 from processor.observability.http import HttpServer
@@ -251,13 +252,20 @@ class Worker:
             admin, self.topology, create=cfg.create_topics,
             replication_factor=cfg.replication_factor,
             directory=directory_topic(self.topology.name) if cfg.metrics_port is not None else None))
-        self.producer = self._new_producer()
-        self.consumer = Consumer(consumer_config(cfg, self.topology.name))
-        self.restorer = Restorer(Consumer(restore_consumer_config(cfg)), self._on_restored)
+        try:
+            self.producer = self._new_producer()
+            self.consumer = Consumer(consumer_config(cfg, self.topology.name))
+            restore_consumer, table_consumer = (Consumer(restore_consumer_config(cfg)),
+                                                Consumer(restore_consumer_config(cfg)))
+        except KafkaException as exc:  # e.g. a bad `kafka:` passthrough property: exit 2
+            raise ProcessorError(f"cannot create the Kafka clients: {exc.args[0].str()} (check the "
+                                 "`kafka:` / PROCESSOR_CONSUMER / PROCESSOR_PRODUCER properties and "
+                                 "that the broker is reachable)") from None
+        self.restorer = Restorer(restore_consumer, self._on_restored)
         self.restorer.hooks.append(lambda n: n and self.metrics.restore_records.inc(n))
         self.restorer.hooks.append(lambda n: n and faults.point("restore.chunk"))
         self.restorer.on_progress = self._restore_progress
-        self.tables = TableFollower(Consumer(restore_consumer_config(cfg)))
+        self.tables = TableFollower(table_consumer)
         self._start_global_tables()
         self.checkpointer = Checkpointer(self.producer, self.consumer,
                                          exactly_once=cfg.exactly_once, metrics=self.metrics,
