@@ -21,7 +21,8 @@ from processor.operators.base import StepFailed
 from processor.operators.joins import RESERVED_SIDE_NAMES, IntervalJoin, Reconcile, TableJoin
 from processor.serde import serde_for
 from processor.state import RocksStore
-from processor.timeutil.watermark import Clock, PartitionWatermark
+from processor.timeutil.watermark import Clock
+from tests.unit.test_process import Driver as ProcessDriver
 
 KEYS = serde_for("json")
 STEP = "pipelines[0].steps[1]"
@@ -45,44 +46,13 @@ def interval(kind: str = "inner", before: int = 10, after: int = 20, cache: int 
     return make
 
 
-class Driver:
-    """A task in miniature: one input partition's watermark, the operator, checkpoints."""
+class Driver(ProcessDriver):
+    """test_process's task in miniature, around a join operator; checkpoints without a result."""
 
     def __init__(self, store: RocksStore, make: Make, *, delay_ms: int = DELAY_MS, skip_below: int = -1,
                  watermark_state: dict[str, Any] | None = None) -> None:
-        self.store = store
-        self.clock = Clock()
-        self.wm = PartitionWatermark(delay_ms)
-        if watermark_state is not None:
-            self.wm.restore(watermark_state)
-            self.clock.advance(self.wm.current)
-        self.op = make(self.clock)
-        self.op.bind(store, skip_below)
-        self.pending: dict[bytes, bytes | None] = {}
-        self.last_offset = -1
-
-    def feed(self, batch: list[Record]) -> list[Record]:
-        before = self.wm.observe([r[2] for r in batch])
-        self.clock.set_batch([r[3] for r in batch], before, self.wm.current)
-        out = self.op.process(batch)
-        self.last_offset = batch[-1][3]
-        return out + self.op.on_watermark(self.wm.current, self.last_offset)
-
-    def advance(self, watermark: int) -> list[Record]:
-        """An idle advance of the watermark, without records."""
-        self.clock.advance(watermark)
-        return self.op.on_watermark(self.clock.current, self.last_offset)
-
-    def flush(self) -> None:
-        emits, writes = self.op.flush()
-        assert emits == []
-        self.pending.update(writes)
-
-    def checkpoint(self) -> None:
-        self.flush()
-        self.store.apply(self.pending, {})
-        self.pending = {}
-        self.op.committed()
+        super().__init__(store, None, delay_ms=delay_ms, skip_below=skip_below,
+                         watermark_state=watermark_state, make=make)
 
 
 def run(path: Path, make: Make, records: list[Record], plan: list[tuple[int, str]] | None = None,

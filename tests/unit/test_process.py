@@ -47,9 +47,12 @@ def rec(key: Any, value: Any, ts: int = 0, offset: int = 0) -> tuple[Any, Any, i
 class Driver:
     """A task in miniature: one source partition's watermark, the operator, checkpoints."""
 
-    def __init__(self, store: RocksStore, fn: Callable[..., Any], on_timer: Callable[..., Any] | None = None,
-                 *, delay_ms: int = 0, now: list[int] | None = None, skip_below: int = -1,
-                 watermark_state: dict[str, Any] | None = None, cache_max_entries: int = 100_000) -> None:
+    def __init__(self, store: RocksStore, fn: Callable[..., Any] | None,
+                 on_timer: Callable[..., Any] | None = None, *, delay_ms: int = 0,
+                 now: list[int] | None = None, skip_below: int = -1,
+                 watermark_state: dict[str, Any] | None = None, cache_max_entries: int = 100_000,
+                 make: Callable[[Clock], Any] | None = None) -> None:
+        """`make(clock)` builds another ProcessFunction (a join) instead of one around `fn`."""
         self.store = store
         self.clock = Clock()
         self.wm = PartitionWatermark(delay_ms)
@@ -57,8 +60,9 @@ class Driver:
             self.wm.restore(watermark_state)
             self.clock.advance(self.wm.current)
         self.now = now if now is not None else [0]
-        self.op = ProcessFunction(STEP, "st", fn, on_timer, KEYS.encode, KEYS.decode, self.clock,
-                                  cache_max_entries=cache_max_entries, now_ms=lambda: self.now[0])
+        self.op = make(self.clock) if make is not None else ProcessFunction(
+            STEP, "st", fn, on_timer, KEYS.encode, KEYS.decode, self.clock,
+            cache_max_entries=cache_max_entries, now_ms=lambda: self.now[0])
         self.op.bind(store, skip_below)
         self.pending: dict[bytes, bytes | None] = {}
         self.last_offset = -1
