@@ -1,7 +1,8 @@
 """The worker: one consumer-group member running tasks for its assigned partitions.
 
-Main loop: restore a chunk (if any task is restoring) -> consume a batch -> hand each
-partition's records to its task -> checkpoint every `commit_interval_ms`. Rebalances are
+Main loop: restore a chunk (if any task is restoring) -> apply table and broadcast updates
+(runtime/tables.py) -> consume a batch -> hand each partition's records to its task ->
+checkpoint every `commit_interval_ms`. Rebalances are
 eager (range assignor): on revoke every task is checkpointed and suspended; on assign the
 suspended tasks that came back are resumed as they are, the rest are closed, and new tasks
 start restoring with their input partitions paused until their stores have caught up.
