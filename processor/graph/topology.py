@@ -397,20 +397,20 @@ class _Builder:
                 if one is None:
                     return
                 streams = [one]
+            # built once (errors reported once); several streams only share stateless steps
+            first = streams[0]
+            if isinstance(step, WindowStep):
+                skip_next = True
+                node = self.window(path, step, following, first.key_format, first.sub.id)
+            else:
+                node = self.step(path, step, first.key_format, first.sub)
+            if node is None:
+                continue
+            node.on_error = self.policy(step, following if isinstance(step, WindowStep) else None)
             for stream in streams:
-                if isinstance(step, WindowStep):
-                    skip_next = True
-                    node = self.window(path, step, following, stream.key_format, stream.sub.id)
-                else:
-                    node = self.step(path, step, stream.key_format, stream.sub)
-                if node is None:
-                    break
-                node.on_error = self.policy(step, following if isinstance(step, WindowStep) else None)
                 stream.append(node)
                 if isinstance(step, KeyByStep | PythonStepSpec):
                     stream.key_changed = True
-                if isinstance(step, STATEFUL_STEPS) and len(streams) > 1:
-                    raise AssertionError("a stateful step runs on one stream")
 
     def repartition(self, path: PathT, streams: list[_Stream], label: str, policy: str, *,
                     sides: list[int | None] | None = None,

@@ -175,3 +175,19 @@ pipelines:
 """)
     names = sorted(s.name for s in topo.stores)
     assert names == ["aggregate-0-0-0-0", "aggregate-0-0-1-0"]
+
+
+def test_a_bad_step_after_a_merge_is_reported_once():
+    with pytest.raises(SpecErrors) as info:
+        build("""\
+name: m
+sources:
+  eu: {topic: orders-eu}
+  us: {topic: orders-us}
+pipelines:
+  - from: [eu, us]
+    steps:
+      - filter: "value['amount'] >"
+      - to: {topic: all-orders, partitions: 1}
+""")
+    assert len(info.value.errors) == 1
