@@ -44,7 +44,7 @@ from confluent_kafka import version as ck_version
 
 from processor.graph import build_topology
 from processor.runtime.broker import EmbeddedBroker
-from processor.runtime.generator import create_topic, produce_json
+from processor.runtime.generator import create_topic, produce_json_to
 from processor.samples import sample_orders
 from processor.spec import load_spec
 
@@ -478,57 +478,26 @@ def generate_multi(kind: str, n: int, inputs: list[str], *,
 
 def produce(label: str, bootstrap: str, topic: str, records: Iterator[tuple[str, Any]], total: int,
             *, rate: float | None = None, stamp_now: bool = False) -> tuple[int, float]:
+    return produce_multi(label, bootstrap, ((topic, *rec) for rec in records), total, rate=rate,
+                         stamp_now=stamp_now, where=f"to {topic}")
+
+
+def produce_multi(label: str, bootstrap: str, records: Iterator[tuple[Any, ...]], total: int, *,
+                  rate: float | None = None, stamp_now: bool = False,
+                  where: str = "to several topics") -> tuple[int, float]:
+    """Produce (topic, key, value) records through one producer, with progress lines."""
     every = max(1, total // 4)
     what = f"at {rate:,.0f}/s " if rate else ""
-    progress(f"{label}: producing {total:,} records {what}to {topic}")
+    progress(f"{label}: producing {total:,} records {what}{where}")
 
-    def counted() -> Iterator[tuple[str, Any]]:
+    def counted() -> Iterator[tuple[Any, ...]]:
         for i, rec in enumerate(records, 1):
             yield rec
             if i % every == 0 and i < total:
                 progress(f"{label}: produced {i:,}/{total:,}")
 
     t0 = time.monotonic()
-    n = produce_json(bootstrap, topic, counted(), rate_per_s=rate, stamp_now=stamp_now)
-    dt = time.monotonic() - t0
-    progress(f"{label}: produced {n:,} records in {dt:.1f}s ({n / dt:,.0f}/s)")
-    return n, dt
-
-
-def produce_multi(label: str, bootstrap: str, records: Iterator[tuple[str, str, dict[str, Any]]],
-                  total: int, *, rate: float | None = None,
-                  stamp_now: bool = False) -> tuple[int, float]:
-    """`produce` for (topic, key, value) records (several input topics, one producer); the
-    same producer settings as `processor.runtime.generator.produce_json`."""
-    import orjson
-    from confluent_kafka import Producer
-
-    every = max(1, total // 4)
-    what = f"at {rate:,.0f}/s " if rate else ""
-    progress(f"{label}: producing {total:,} records {what}to several topics")
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5,
-                         "partitioner": "murmur2_random", "queue.buffering.max.messages": 500_000})
-    n = 0
-    t0 = started = time.monotonic()
-    for topic, key, value in records:
-        if stamp_now:
-            value["ts"] = int(time.time() * 1000)
-        data = orjson.dumps(value)
-        while True:
-            try:
-                producer.produce(topic, data, key.encode())
-                break
-            except BufferError:
-                producer.poll(0.05)
-        n += 1
-        if rate and n % 100 == 0:
-            ahead = n / rate - (time.monotonic() - started)
-            if ahead > 0:
-                time.sleep(ahead)
-            producer.poll(0)
-        if n % every == 0 and n < total:
-            progress(f"{label}: produced {n:,}/{total:,}")
-    producer.flush(60)
+    n = produce_json_to(bootstrap, counted(), rate_per_s=rate, stamp_now=stamp_now)
     dt = time.monotonic() - t0
     progress(f"{label}: produced {n:,} records in {dt:.1f}s ({n / dt:,.0f}/s)")
     return n, dt

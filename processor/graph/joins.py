@@ -17,14 +17,13 @@ from processor.operators import KeyBy
 from processor.operators.base import Operator
 from processor.serde import serde_for
 from processor.spec.loader import PathT, format_path
-from processor.spec.models import IntervalJoinStep, JoinStep, ReconcileStep, SourceSpec
+from processor.spec.models import IntervalJoinStep, JoinStep, ReconcileStep
 
 if TYPE_CHECKING:
     from processor.graph.topology import _Builder, _Stream
 
 
-def table_join_node(b: _Builder, path: PathT, step: JoinStep, table: TableDef,
-                    source: SourceSpec) -> StepNode | None:
+def table_join_node(b: _Builder, path: PathT, step: JoinStep, table: TableDef) -> StepNode | None:
     spec = step.join
     key_fn = None
     if spec.key is not None:

@@ -382,7 +382,7 @@ class _Builder:
                     if one is None:
                         return
                     streams = [one]
-                node = joins.table_join_node(self, path, step, table, self.spec.sources[table.name])
+                node = joins.table_join_node(self, path, step, table)
                 if node is None:
                     continue
                 node.on_error = self.policy(step)

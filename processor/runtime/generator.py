@@ -25,11 +25,19 @@ def produce_json(bootstrap: str, topic: str, records: Iterable[tuple[Any, ...]],
                  rate_per_s: float | None = None, stamp_now: bool = False) -> int:
     """Produce records `(key, json value)` or `(key, json value, partition)`; optional rate
     limit; returns the count."""
+    return produce_json_to(bootstrap, ((topic, *rec) for rec in records), rate_per_s=rate_per_s,
+                           stamp_now=stamp_now)
+
+
+def produce_json_to(bootstrap: str, records: Iterable[tuple[Any, ...]], *,
+                    rate_per_s: float | None = None, stamp_now: bool = False) -> int:
+    """Produce records `(topic, key, json value)` or `(topic, key, json value, partition)`
+    through one producer (several input topics in one order); returns the count."""
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5,
                          "partitioner": "murmur2_random", "queue.buffering.max.messages": 500_000})
     n = 0
     started = time.monotonic()
-    for key, value, *partition in records:
+    for topic, key, value, *partition in records:
         where = {"partition": partition[0]} if partition and partition[0] is not None else {}
         if stamp_now:
             value["ts"] = int(time.time() * 1000)
