@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 
 from processor.errors import ProcessorError, RecordError, SpecErrors
 
@@ -93,15 +94,27 @@ def cmd_dlq(args: argparse.Namespace) -> int:
 def cmd_dev_broker(args: argparse.Namespace) -> int:
     import signal
 
-    from processor.runtime.broker import EmbeddedBroker
+    # block before the broker starts: a SIGTERM arriving at any point is then taken by sigwait,
+    # and the `finally` stops the broker child instead of the default action killing only us
+    stop_signals = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+    if args.kafka == "apache":
+        from processor.runtime.apache_kafka import KAFKA_VERSION, ApacheKafkaBroker
 
-    broker = EmbeddedBroker(port=args.port).start()
-    print(f"Kafka-compatible broker (Tansu, in-memory) listening on {broker.bootstrap}; Ctrl-C stops it",
-          flush=True)
+        data_dir = Path(args.data_dir) if args.data_dir else None
+        broker = ApacheKafkaBroker(port=args.port, data_dir=data_dir, install=True)
+        what = f"Apache Kafka {KAFKA_VERSION} (KRaft, single node, data in {broker.data_dir})"
+    else:
+        from processor.runtime.broker import EmbeddedBroker
+
+        broker = EmbeddedBroker(port=args.port)
+        what = "Kafka-compatible broker (Tansu, in-memory)"
     try:
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        broker.start()
+        print(f"{what} listening on {broker.bootstrap}; Ctrl-C stops it", flush=True)
+        signal.sigwait(stop_signals)
     finally:
-        broker.stop()
+        broker.close()
     return 0
 
 
@@ -158,8 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--bootstrap-servers", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))
         sp.set_defaults(fn=cmd_dlq)
 
-    b = sub.add_parser("dev-broker", help="run the embedded Kafka-compatible broker")
+    b = sub.add_parser("dev-broker", help="run a local broker: Tansu (default) or Apache Kafka")
     b.add_argument("--port", type=int, default=9092)
+    b.add_argument("--kafka", choices=["tansu", "apache"], default="tansu",
+                   help="tansu: embedded, in-memory, no JVM; apache: Apache Kafka in KRaft mode "
+                        "(Java >= 17; installed on first use by scripts/install-kafka.sh)")
+    b.add_argument("--data-dir", help="apache: keep the broker's storage here across restarts "
+                                      "(default: a temporary directory removed on stop)")
     b.set_defaults(fn=cmd_dev_broker)
 
     m = sub.add_parser("demo", help="broker + generator + an example topology, printing results")

@@ -41,6 +41,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def port_in_use(port: int) -> bool:
+    """Something listens on 127.0.0.1:<port> (a broker started there would die or, worse, a
+    readiness check would find the other process and report success)."""
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 class EmbeddedBroker:
     """A Tansu process on 127.0.0.1:<port>; use as a context manager."""
 
@@ -49,11 +57,15 @@ class EmbeddedBroker:
         self.log_file = log_file
         self.proc: subprocess.Popen[bytes] | None = None
 
+    kind = "embedded-tansu"
+
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 20.0) -> EmbeddedBroker:
+        if port_in_use(self.port):
+            raise BrokerError(f"port {self.port} on 127.0.0.1 is already in use")
         url = f"tcp://127.0.0.1:{self.port}"
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
         self.proc = subprocess.Popen(
@@ -66,7 +78,9 @@ class EmbeddedBroker:
                 raise BrokerError(f"broker exited with code {self.proc.returncode} on start")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return self
+                    time.sleep(0.1)  # a broker that lost the port race exits right away
+                    if self.proc.poll() is None:
+                        return self
             except OSError:
                 time.sleep(0.05)
         self.stop()
@@ -81,6 +95,15 @@ class EmbeddedBroker:
                 self.proc.kill()
                 self.proc.wait(5)
         self.proc = None
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.proc = None
+
+    def close(self) -> None:
+        self.stop()
 
     def __enter__(self) -> EmbeddedBroker:
         return self.start()

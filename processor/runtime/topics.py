@@ -93,9 +93,25 @@ def ensure_topics(admin: AdminClient, topology: Topology, *, create: bool,
             except KafkaException as exc:
                 if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                     raise TopicError(f"cannot create topic {topic!r}: {exc.args[0].str()}") from None
-        counts = partition_counts(admin)
+        counts = _await_topics(admin, [t.topic for t in to_create])
     check_copartitioning(topology, counts)
     return counts
+
+
+def _await_topics(admin: AdminClient, topics: list[str], timeout: float = 30.0) -> dict[str, int]:
+    """Partition counts once the broker's metadata shows every topic just created: a created
+    topic reaches the metadata cache asynchronously (Apache Kafka answers CreateTopics from
+    the controller before its broker has applied the new record)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        counts = partition_counts(admin)
+        missing = [t for t in topics if t not in counts]
+        if not missing:
+            return counts
+        if time.monotonic() > deadline:
+            raise TopicError(f"created topic(s) {', '.join(missing)} are not in the cluster "
+                             f"metadata after {timeout:.0f}s")
+        time.sleep(0.1)
 
 
 def check_copartitioning(topology: Topology, counts: dict[str, int]) -> None:
