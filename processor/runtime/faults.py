@@ -5,7 +5,8 @@ reaches `<point>` (no cleanup, exactly like kill -9). `PROCESSOR_STALL_AT=<point
 blocks the loop there once, for that long (a hung call: liveness and readiness tests).
 
 Points: batch.processed, checkpoint.after_flush, checkpoint.after_changelog,
-checkpoint.before_commit, checkpoint.after_commit, restore.chunk.
+checkpoint.before_commit, checkpoint.after_commit, restore.chunk, repartition.purged (a
+DeleteRecords answer read, runtime/purge.py).
 Unset (the normal case), `point()` is a dict lookup that finds nothing.
 """
 

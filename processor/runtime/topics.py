@@ -16,6 +16,11 @@ from processor.state.changelog import CHANGELOG_CONFIGS
 
 log = logging.getLogger("processor.topics")
 
+# Repartition records carry their input's event time: with time retention, records of old
+# data (a backfill, a lagging worker) would be deleted before the task behind them read them.
+# Kafka Streams keeps them forever too; committed records are deleted instead (runtime/purge.py).
+REPARTITION_CONFIGS = {"cleanup.policy": "delete", "retention.ms": "-1"}
+
 
 class TopicError(ProcessorError):
     """A topic the topology needs is missing or has the wrong shape."""
@@ -32,11 +37,14 @@ def partition_counts(admin: AdminClient, timeout: float = 10.0) -> dict[str, int
 
 def ensure_topics(admin: AdminClient, topology: Topology, *, create: bool,
                   replication_factor: int = -1, wait_for_sources_s: float = 30.0,
-                  directory: str | None = None) -> dict[str, int]:
+                  directory: str | None = None,
+                  changelog_configs: dict[str, str] | None = None) -> dict[str, int]:
     """Make sure every internal and sink topic exists; returns partition counts by topic.
 
     Internal topics get as many partitions as the topic feeding them, so partition N of the
     input, its repartition topic and its changelog all belong to the same task number.
+    `changelog_configs` (the worker's `changelog_topic_configs`) override the changelog
+    defaults of topics created here; existing topics keep theirs.
     """
     deadline = time.monotonic() + wait_for_sources_s
     while True:
@@ -57,17 +65,17 @@ def ensure_topics(admin: AdminClient, topology: Topology, *, create: bool,
         for sink in sub.sinks:
             if sink.internal and sink.partitions_like is not None:
                 # feeds a per-task table join: partition p must meet table partition p
-                wanted[sink.topic] = (counts[sink.partitions_like], {"cleanup.policy": "delete"})
+                wanted[sink.topic] = (counts[sink.partitions_like], dict(REPARTITION_CONFIGS))
             elif sink.internal:  # several feeders (a merge, a join): the widest one's count
                 wider = max(n, wanted.get(sink.topic, (0, {}))[0])
-                wanted[sink.topic] = (wider, {"cleanup.policy": "delete"})
+                wanted[sink.topic] = (wider, dict(REPARTITION_CONFIGS))
             elif sink.topic not in counts and sink.partitions:
                 wanted[sink.topic] = (sink.partitions, {})
             elif sink.topic not in counts:
                 raise TopicError(f"sink topic {sink.topic!r} does not exist; create it or set "
                                  "`partitions:` on the sink so the worker creates it")
         for store in sub.stores:
-            wanted[store.changelog_topic] = (n, dict(CHANGELOG_CONFIGS))
+            wanted[store.changelog_topic] = (n, CHANGELOG_CONFIGS | (changelog_configs or {}))
 
     if topology.uses_dlq and topology.dlq_topic not in counts:
         wanted[topology.dlq_topic] = (topology.dlq_partitions, {})

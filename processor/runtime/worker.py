@@ -2,10 +2,12 @@
 
 Main loop: restore a chunk (if any task is restoring) -> apply table and broadcast updates
 (runtime/tables.py) -> consume a batch -> hand each partition's records to its task ->
-checkpoint every `commit_interval_ms`. Rebalances are
-eager (range assignor): on revoke every task is checkpointed and suspended; on assign the
-suspended tasks that came back are resumed as they are, the rest are closed, and new tasks
-start restoring with their input partitions paused until their stores have caught up.
+checkpoint every `commit_interval_ms`. Rebalances are incremental (cooperative-sticky): a
+rebalance names only the partitions that move, so the other tasks keep processing through it.
+On revoke all tasks are checkpointed (one transaction) and the revoked ones closed clean; on
+assign the new tasks start restoring with their input partitions paused until their stores
+have caught up. Nothing needs partition N of two topics on one member: a per-task table is
+followed by the task itself (runtime/tables.py), not through the group.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from processor.runtime.collector import RecordCollector
 from processor.runtime.config import WorkerConfig
 from processor.runtime.deadletter import DeadLetterWriter
 from processor.runtime.directory import WorkerDirectory, directory_topic
+from processor.runtime.purge import RepartitionPurger
 from processor.runtime.queries import StateQueries
 from processor.runtime.restore import Restorer
 from processor.runtime.serdes import Serdes
@@ -72,7 +75,6 @@ class Worker:
         self.worker_id = config.resolved_worker_id()
         self.state_dir = config.state_dir
         self.tasks: dict[TP, Task] = {}
-        self.suspended: dict[TP, Task] = {}
         self.delivery_errors: list[KafkaError] = []
         self._stopping = False
         secret = getattr(config, "schema_registry_password", None)
@@ -91,6 +93,7 @@ class Worker:
         self._lag_labels: set[tuple[str, str]] = set()  # partitions with a lag series
         self._last_activity = time.monotonic()  # input or (re)assignment, for bounded runs
         self._progress_mark = (time.monotonic(), 0)
+        self._started_at = time.monotonic()
         # restoring tasks: what each still waits for ("stores", "table <name>")
         self._waiting: dict[str, set[str]] = {}
         self.global_stores: dict[str, TableStore] = {}  # global tables and broadcasts by name
@@ -125,58 +128,73 @@ class Worker:
             self.checkpointer.checkpoint(list(self.tasks.values()))
         except CheckpointFailed as exc:
             log.error("checkpoint on revoke failed; closing tasks dirty", extra={"error": str(exc)})
-            self._discard_uncommitted(fatal=exc.fatal)
+            self._reset_tasks(consumer, gone=partitions, fatal=exc.fatal)
             return
         for tp in [(p.topic, p.partition) for p in partitions]:
             task = self.tasks.pop(tp, None)
-            if task is None:
-                continue
-            if task.state is TaskState.RESTORING:
+            if task is not None:
                 self._close_task(task, dirty=False)
-            else:
-                self.suspended[tp] = task
-        log.info("partitions revoked", extra={"partitions": _fmt(partitions)})
+        consumer.incremental_unassign(partitions)
+        log.info("partitions revoked", extra={"partitions": _fmt(partitions),
+                                              "kept": len(self.tasks)})
         self._publish_assignment()
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.metrics.rebalances.labels("lost").inc()
         log.warning("partitions lost; closing tasks dirty", extra={"partitions": _fmt(partitions)})
-        self._discard_uncommitted(fatal=False)
+        self._reset_tasks(consumer, gone=partitions, fatal=False)
+
+    def _reset_tasks(self, consumer: Consumer, *, gone: list[TopicPartition], fatal: bool) -> None:
+        """Uncommitted work is lost (an aborted transaction spans every task): close all tasks
+        dirty, let the `gone` partitions go, and reopen the partitions this member keeps —
+        they restore their changelog tail and resume at the committed offsets."""
+        moved = {(p.topic, p.partition) for p in gone}
+        kept = [TopicPartition(t, p) for t, p in self.tasks if (t, p) not in moved]
+        self._discard_uncommitted(fatal=fatal)
+        if gone:
+            consumer.incremental_unassign(gone)
+        if kept:
+            for task in self._open_tasks(consumer, kept, msg="tasks reopened"):
+                if task.state is TaskState.RUNNING:  # stateless: rewind to the commit now
+                    self._start_input(task)
+        self._publish_assignment()
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.metrics.rebalances.labels("assign").inc()
         self._last_activity = time.monotonic()
-        wanted = {(p.topic, p.partition) for p in partitions}
-        for tp in list(self.suspended):
-            if tp not in wanted:
-                self._close_task(self.suspended.pop(tp), dirty=False)
+        consumer.incremental_assign(partitions)
+        self._open_tasks(consumer, partitions)
+        self._assigned_once = True
+        self._publish_assignment()
+
+    def _open_tasks(self, consumer: Consumer, partitions: list[TopicPartition], *,
+                    msg: str = "partitions assigned") -> list[Task]:
+        """A task per newly owned partition, its input paused while it restores."""
         fresh: list[Task] = []
-        for topic, partition in sorted(wanted):
-            task = self.suspended.pop((topic, partition), None)
-            if task is None:
-                c = self.collector
-                ctx = BuildContext(c.emitter_for, partition, self.config.cache_max_entries,
-                                   late_emitter_for=c.late_emitter_for,
-                                   watermark_emitter_for=c.watermark_emitter_for,
-                                   partitions_of=c.partitions.__getitem__,
-                                   serde_for=self.serdes, dead_letter=self.dead_letters,
-                                   table_for=lambda t: self.global_stores[t.name])
-                sub = self.topology.subtopology_for(topic)
-                task = Task(self.topology.name, sub, partition, ctx, self.state_dir)
-                fresh.append(task)
+        for topic, partition in sorted((p.topic, p.partition) for p in partitions):
+            if (topic, partition) in self.tasks:
+                continue
+            c = self.collector
+            ctx = BuildContext(c.emitter_for, partition, self.config.cache_max_entries,
+                               late_emitter_for=c.late_emitter_for,
+                               watermark_emitter_for=c.watermark_emitter_for,
+                               partitions_of=c.partitions.__getitem__,
+                               serde_for=self.serdes, dead_letter=self.dead_letters,
+                               table_for=lambda t: self.global_stores[t.name])
+            sub = self.topology.subtopology_for(topic)
+            task = Task(self.topology.name, sub, partition, ctx, self.state_dir)
             self.tasks[(topic, partition)] = task
-        consumer.assign(partitions)
+            fresh.append(task)
         restoring = [TopicPartition(t.topic, t.partition) for t in fresh
                      if t.state is TaskState.RESTORING]
         if restoring:
             consumer.pause(restoring)
-        log.info("partitions assigned", extra={"partitions": _fmt(partitions),
-                                               "restoring": _fmt(restoring)})
-        self._assigned_once = True
-        self._publish_assignment()
+        log.info(msg, extra={"partitions": _fmt(partitions), "restoring": _fmt(restoring),
+                             "protocol": self.config.group_protocol})
         for task in fresh:
             if task.state is TaskState.RESTORING:
                 self._restore(task)
+        return fresh
 
     def _restore(self, task: Task) -> None:
         """Stores catch up from their changelogs, per-task tables from their topics (read to
@@ -216,6 +234,13 @@ class Worker:
         if self.progress_bar is not None and not self.restorer.busy:
             self.progress_bar.finish("restore complete")
         self._last_activity = time.monotonic()
+        target = self._start_input(task)
+        log.info("task running", extra={"task": task.id, "topic": task.topic,
+                                        "partition": task.partition,
+                                        "offset": target if target >= 0 else None})
+
+    def _start_input(self, task: Task) -> int:
+        """Seek the task's input to the first offset its state does not hold and resume it."""
         tp = TopicPartition(task.topic, task.partition)
         start = task.start_position()
         committed = self.consumer.committed([tp], timeout=30)[0].offset
@@ -231,17 +256,14 @@ class Worker:
         # always seek: the paused partition must start exactly here, whatever was prefetched
         self.consumer.seek(TopicPartition(task.topic, task.partition, target))
         self.consumer.resume([tp])
-        log.info("task running", extra={"task": task.id, "topic": task.topic,
-                                        "partition": task.partition,
-                                        "offset": target if target >= 0 else None})
+        return target
 
     # -- lifecycle ----------------------------------------------------------------------------
 
     def _close_all(self, *, dirty: bool) -> None:
-        for task in list(self.tasks.values()) + list(self.suspended.values()):
+        for task in list(self.tasks.values()):
             self._close_task(task, dirty=dirty)
         self.tasks.clear()
-        self.suspended.clear()
 
     def stop(self, *_: Any) -> None:
         self._stopping = True
@@ -252,7 +274,8 @@ class Worker:
         self.collector.partitions.update(ensure_topics(
             admin, self.topology, create=cfg.create_topics,
             replication_factor=cfg.replication_factor,
-            directory=directory_topic(self.topology.name) if cfg.metrics_port is not None else None))
+            directory=directory_topic(self.topology.name) if cfg.metrics_port is not None else None,
+            changelog_configs=cfg.changelog_topic_configs))
         try:
             self.producer = self._new_producer()
             self.consumer = Consumer(consumer_config(cfg, self.topology.name))
@@ -271,6 +294,8 @@ class Worker:
         self.checkpointer = Checkpointer(self.producer, self.consumer,
                                          exactly_once=cfg.exactly_once, metrics=self.metrics,
                                          delivery_errors=self.delivery_errors)
+        self.checkpointer.on_committed = RepartitionPurger.for_topology(
+            admin, self.topology, cfg.repartition_purge_interval_ms).committed_offsets
         self._subscribe()
         if cfg.metrics_port is not None:
             self._start_http(cfg.metrics_port)
@@ -379,12 +404,14 @@ class Worker:
             self.delivery_errors.clear()
 
     def _recover(self, exc: CheckpointFailed) -> None:
-        """A failed or fenced transaction: drop uncommitted work and rejoin, as Kafka Streams does."""
-        log.error("checkpoint failed; closing tasks dirty and rejoining the group",
+        """A failed or fenced transaction (a rebalance bumped the group generation, another
+        producer took the transactional id, the member was kicked out while stopped): drop the
+        uncommitted work of every task and reopen them at the committed offsets. The group
+        membership stays: if this member lost its partitions, the consumer's lost callback
+        follows and the group hands them out afresh."""
+        log.error("checkpoint failed; closing tasks dirty and reopening them",
                   extra={"error": str(exc), "fatal": exc.fatal})
-        self._discard_uncommitted(fatal=exc.fatal)
-        self.consumer.unsubscribe()
-        self._subscribe()
+        self._reset_tasks(self.consumer, gone=[], fatal=exc.fatal)
 
     def _subscribe(self) -> None:
         self.consumer.subscribe(self.topology.source_topics, on_assign=self._on_assign,
@@ -438,6 +465,14 @@ class Worker:
         last_t, last_n = self._progress_mark
         if now - last_t < every_s:
             return
+        if not self._assigned_once:
+            hint = ("a broker without KIP-848 (Apache Kafka < 4.0, Tansu: dev-broker's default) "
+                    "never answers group_protocol consumer: set group_protocol: classic "
+                    "(PROCESSOR_GROUP_PROTOCOL=classic)" if self.config.group_protocol == "consumer"
+                    else "is another member still holding the partitions?")
+            log.warning("waiting for an assignment", extra={
+                "waited_s": round(now - self._started_at), "group_protocol":
+                self.config.group_protocol, "hint": hint})
         self._progress_mark = (now, self.records_processed)
         log.info("progress", extra={
             "records": self.records_processed,
