@@ -1,5 +1,8 @@
-"""Shared fixtures. The broker: KAFKA_BOOTSTRAP_SERVERS if set; else a testcontainers Kafka
-when PROCESSOR_TEST_KAFKA=testcontainers and Docker is reachable; else the embedded broker."""
+"""Shared fixtures. The broker under test, by `PROCESSOR_TEST_KAFKA`:
+`apache` (default: the reference, a single-node Apache Kafka the suite starts itself, installed
+by scripts/install-kafka.sh), `tansu` (the embedded zero-JVM broker) or `testcontainers`
+(Kafka in Docker, where an engine is reachable). `KAFKA_BOOTSTRAP_SERVERS` (an existing
+cluster) wins over all three."""
 
 from __future__ import annotations
 
@@ -11,6 +14,8 @@ import pytest
 
 from tests.integration.kafka import BrokerUnderTest, WorkerProcess, probe_aborted_isolation
 
+BROKER_KINDS = ("apache", "tansu", "testcontainers")
+
 
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerUnderTest]:
@@ -18,7 +23,10 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerUnderTest
     if external:
         yield BrokerUnderTest(external, "external", probe_aborted_isolation(external))
         return
-    if os.environ.get("PROCESSOR_TEST_KAFKA") == "testcontainers":
+    kind = os.environ.get("PROCESSOR_TEST_KAFKA", "apache")
+    if kind not in BROKER_KINDS:
+        raise pytest.UsageError(f"PROCESSOR_TEST_KAFKA={kind!r}: expected one of {BROKER_KINDS}")
+    if kind == "testcontainers":
         from testcontainers.kafka import KafkaContainer
 
         with KafkaContainer() as kafka:
@@ -26,12 +34,23 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerUnderTest
             yield BrokerUnderTest(bootstrap, "testcontainers-kafka",
                                   probe_aborted_isolation(bootstrap))
         return
-    from processor.runtime.broker import EmbeddedBroker
+    if kind == "tansu":
+        from processor.runtime.broker import EmbeddedBroker
 
-    log_file = tmp_path_factory.mktemp("broker") / "tansu.log"
-    with EmbeddedBroker(log_file=log_file) as embedded:
-        yield BrokerUnderTest(embedded.bootstrap, "embedded-tansu",
-                              probe_aborted_isolation(embedded.bootstrap))
+        # Tansu has no KIP-848 groups: workers (subprocesses inherit this) use the classic protocol
+        os.environ["PROCESSOR_GROUP_PROTOCOL"] = "classic"
+        log_file = tmp_path_factory.mktemp("broker") / "tansu.log"
+        with EmbeddedBroker(log_file=log_file) as embedded:
+            yield BrokerUnderTest(embedded.bootstrap, "embedded-tansu",
+                                  probe_aborted_isolation(embedded.bootstrap))
+        return
+    from processor.runtime.apache_kafka import ApacheKafkaBroker
+
+    with ApacheKafkaBroker(data_dir=tmp_path_factory.mktemp("kafka"), install=True) as kafka:
+        isolates = probe_aborted_isolation(kafka.bootstrap)
+        if not isolates:  # the reference broker must: fail the session rather than skip
+            raise RuntimeError("Apache Kafka showed an aborted record to read_committed")
+        yield BrokerUnderTest(kafka.bootstrap, "apache-kafka", isolates, server=kafka)
 
 
 @pytest.fixture

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from processor.runtime.generator import create_topic, produce_json
 from processor.samples import revenue_oracle, sample_orders
@@ -49,6 +52,16 @@ class RevenueScenario:
 
     def outputs(self) -> list[tuple[bytes | None, bytes | None, int]]:
         return read_all(self.bootstrap, self.output)
+
+    def assert_no_repeated_outputs(self) -> None:
+        """Each emission of a user carries its running order count: under exactly-once the
+        counts of a key strictly increase (a repeat or a step back is a duplicate emission)."""
+        seen: dict[bytes | None, list[int]] = {}
+        for key, value, _ in self.outputs():
+            seen.setdefault(key, []).append(orjson.loads(value)["orders"])
+        repeats = {k: v for k, v in seen.items() if any(b <= a for a, b in pairwise(v))}
+        assert not repeats, (f"outputs repeated for {len(repeats)} keys: "
+                             f"{list(repeats.items())[:3]}")
 
     def assert_final_state_matches_oracle(self) -> None:
         assert_revenue_matches(latest_json_by_key(self.outputs()), revenue_oracle(self.produced))

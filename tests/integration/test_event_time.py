@@ -120,9 +120,12 @@ def test_kill_mid_window_then_restart_equals_uncrashed(broker, tmp_path, unique,
     assert crashed.wait(120) == -9, f"not killed at {point}:\n{crashed.log_text()}"
     done = sc.worker(env=env)
     assert done.wait(180) == 0, done.log_text()
-    got, _ = sc.results()
+    got, repeats = sc.results()
     # the oracle is what the uncrashed run emits (test above); re-emitted windows must agree
     _assert_matches(got, gmv_oracle(sc.orders))
+    if guarantee == "exactly_once":
+        broker.require_aborted_isolation("that no window is emitted twice after kill -9")
+        assert repeats == 0, f"{repeats} windows were emitted again after the kill under EOS"
 
 
 IDLE_TOPOLOGY = """

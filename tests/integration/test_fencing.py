@@ -28,7 +28,7 @@ def test_fenced_worker_recovers_and_state_equals_oracle(broker, tmp_path, unique
     feeder.join()
     assert w.wait(180) == 0, w.log_text()
     failures = [r for r in w.logs()
-                if r.get("msg") == "checkpoint failed; closing tasks dirty and rejoining the group"]
+                if r.get("msg") == "checkpoint failed; closing tasks dirty and reopening them"]
     assert failures, f"the worker never noticed it was fenced:\n{w.log_text()}"
     # librdkafka reports the fence as fatal or as a produce in an erroneous state, depending
     # on timing; either way the worker must have replaced its producer

@@ -38,3 +38,25 @@ def test_worker_joins_and_leaves_mid_stream(broker, tmp_path, unique, guarantee)
     assert moved_back, f"first worker restored none of {second_tasks}:\n{first.log_text()}"
     assert sum(r["records"] for r in moved_back) > 0
     sc.assert_final_state_matches_oracle()
+    _assert_incremental(first, second)
+
+
+def _assert_incremental(first, second) -> None:
+    """The join and the leave moved only the partitions that changed owner: the first worker
+    kept tasks through every revocation. Under KIP-848's range assignor the joiner got
+    partition N of both topics (its source task and the stateful task behind it)."""
+    revocations = [r for r in first.logs() if r.get("msg") == "partitions revoked"]
+    assert revocations, "the second worker joined without the first giving anything up"
+    assert all(r["kept"] > 0 for r in revocations[:-1]), revocations  # the last: its shutdown
+    lost = [r for r in first.logs() + second.logs()
+            if r.get("msg") in ("partitions lost; closing tasks dirty",
+                                "checkpoint failed; closing tasks dirty and reopening them")]
+    assert not lost, f"a rebalance cost uncommitted work: {lost}"
+    assigned = [r for r in second.logs() if r.get("msg") == "partitions assigned"]
+    if assigned and assigned[0].get("protocol") == "consumer":
+        owned: dict[str, set[str]] = {}
+        for r in assigned:
+            for tp in r["partitions"]:
+                topic, part = tp[:-1].rsplit("[", 1)
+                owned.setdefault(part, set()).add(topic)
+        assert owned and all(len(topics) == 2 for topics in owned.values()), owned

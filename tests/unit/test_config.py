@@ -252,3 +252,35 @@ def test_unknown_security_protocol(tmp_path):
     (err,) = config_errors(write(tmp_path, "security_protocol: tls\n"))
     assert (err.line, err.path) == (1, "security_protocol")
     assert "'SASL_SSL'" in err.message
+
+
+def test_changelog_topic_configs_and_purge_interval(tmp_path, monkeypatch):
+    cfg = load_config(write(tmp_path, "changelog_topic_configs: {segment.ms: 60000}\n"
+                                      "repartition_purge_interval_ms: 1m\n"))
+    assert cfg.changelog_topic_configs == {"segment.ms": "60000"}  # topic configs are text
+    assert cfg.repartition_purge_interval_ms == 60_000
+    assert load_config().repartition_purge_interval_ms == 30_000  # Kafka Streams' default
+    monkeypatch.setenv("PROCESSOR_CHANGELOG_TOPIC_CONFIGS", '{"min.cleanable.dirty.ratio": "0.1"}')
+    assert load_config().changelog_topic_configs == {"min.cleanable.dirty.ratio": "0.1"}
+
+
+def test_changelog_topic_configs_cannot_stop_compaction(tmp_path):
+    [err] = config_errors(write(tmp_path, "changelog_topic_configs: {cleanup.policy: delete}\n"))
+    assert err.path == "changelog_topic_configs" and "compact" in err.message
+    ok = load_config(write(tmp_path, "changelog_topic_configs: {cleanup.policy: 'compact,delete'}\n"))
+    assert ok.changelog_topic_configs["cleanup.policy"] == "compact,delete"
+
+
+def test_group_protocol_selects_incremental_assignment_either_way():
+    from processor.runtime.clients import consumer_config
+
+    kip848 = consumer_config(load_config(), "g")
+    assert kip848["group.protocol"] == "consumer"
+    assert kip848["group.remote.assignor"] == "range"  # partition N of every input together
+    # librdkafka refuses the classic-only properties under KIP-848: the broker owns them
+    assert not {"session.timeout.ms", "heartbeat.interval.ms",
+                "partition.assignment.strategy"} & kip848.keys()
+    classic = consumer_config(load_config(group_protocol="classic", session_timeout_ms="6s"), "g")
+    assert classic["partition.assignment.strategy"] == "cooperative-sticky"
+    assert classic["session.timeout.ms"] == 6000
+    assert classic["heartbeat.interval.ms"] == 1500
