@@ -154,8 +154,9 @@ class ApacheKafkaBroker:
         if (self.log_dir / "meta.properties").exists():
             return
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        done = subprocess.run(self._java_cmd("kafka.tools.StorageTool", "format", "-t", cluster_id,
-                                             "-c", str(props)),
+        done = subprocess.run(self._java_cmd("kafka.tools.StorageTool", "format",
+                                             # `=`: an id may start with "-"
+                                             f"--cluster-id={cluster_id}", "-c", str(props)),
                               capture_output=True, text=True)
         if done.returncode != 0:
             raise BrokerError(f"formatting Kafka storage in {self.log_dir} failed: "

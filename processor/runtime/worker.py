@@ -50,6 +50,7 @@ from processor.runtime.collector import RecordCollector
 from processor.runtime.config import WorkerConfig
 from processor.runtime.deadletter import DeadLetterWriter
 from processor.runtime.directory import WorkerDirectory, directory_topic
+from processor.runtime.drain import undrained
 from processor.runtime.purge import RepartitionPurger
 from processor.runtime.queries import StateQueries
 from processor.runtime.restore import Restorer
@@ -72,6 +73,7 @@ class Worker:
         self.config = config
         self.metrics = metrics or Metrics()
         self.stop_when_idle_ms = stop_when_idle_ms
+        self._drain_probe: Consumer | None = None  # bounded runs: reads the group's leftovers
         self.worker_id = config.resolved_worker_id()
         self.state_dir = config.state_dir
         self.tasks: dict[TP, Task] = {}
@@ -285,7 +287,10 @@ class Worker:
             raise ProcessorError(f"cannot create the Kafka clients: {exc.args[0].str()} (check the "
                                  "`kafka:` / PROCESSOR_CONSUMER / PROCESSOR_PRODUCER properties and "
                                  "that the broker is reachable)") from None
-        self.restorer = Restorer(restore_consumer, self._on_restored)
+        # a zombie's transaction on a changelog ends by its timeout (aborted by the broker)
+        txn_timeout_ms = int(producer_config(cfg, "-").get("transaction.timeout.ms", 60_000))
+        self.restorer = Restorer(restore_consumer, self._on_restored,
+                                 open_txn_wait_s=txn_timeout_ms / 1000 + 30)
         self.restorer.hooks.append(lambda n: n and self.metrics.restore_records.inc(n))
         self.restorer.hooks.append(lambda n: n and faults.point("restore.chunk"))
         self.restorer.on_progress = self._restore_progress
@@ -453,8 +458,11 @@ class Worker:
                     next_checkpoint = now + interval
                     self._maybe_log_progress(now)
                 if self.stop_when_idle_ms is not None and self._idle(now - self._last_activity):
-                    log.info("idle: stopping bounded run", extra={"records": self.records_processed})
-                    break
+                    if self._group_drained():
+                        log.info("idle: stopping bounded run",
+                                 extra={"records": self.records_processed})
+                        break
+                    self._last_activity = now  # look again after another idle period
             self._checkpoint()
         finally:
             self._shutdown()
@@ -486,6 +494,18 @@ class Worker:
         assert self.stop_when_idle_ms is not None
         return (bool(self.tasks) and not self.restorer.busy
                 and idle_s * 1000 >= self.stop_when_idle_ms)
+
+    def _group_drained(self) -> bool:
+        """Every input partition of the group is processed, including those still held by a
+        crashed member whose session has not expired (runtime/drain.py)."""
+        if self._drain_probe is None:
+            self._drain_probe = Consumer(restore_consumer_config(self.config))
+        left = undrained(self.consumer, self._drain_probe, self.topology.source_topics,
+                         earliest=self.config.auto_offset_reset == "earliest")
+        if left:
+            log.info("idle, but the group has input left (another member owns it, or owned it "
+                     "and crashed): not stopping yet", extra={"partitions": left})
+        return not left
 
     def _dispatch(self, msgs: list[Any], consumed: Any) -> None:
         by_tp: dict[TP, list[Any]] = {}
@@ -588,11 +608,13 @@ class Worker:
     def _shutdown(self) -> None:
         log.info("worker stopping", extra={"records": self.records_processed})
         try:
-            self.consumer.close()  # leaves the group; on_revoke checkpoints and suspends tasks
+            self.consumer.close()  # leaves the group; on_revoke checkpoints and closes tasks
         except KafkaException as exc:
             log.warning("consumer close failed", extra={"error": exc.args[0].str()})
         self._close_all(dirty=False)
         self.restorer.consumer.close()
+        if self._drain_probe is not None:
+            self._drain_probe.close()
         self.tables.close()
         for store in self.global_stores.values():
             store.close()

@@ -94,3 +94,23 @@ def test_dev_broker_stops_its_broker_on_sigterm_and_refuses_a_busy_port(kind, tm
     while port_in_use(port) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not port_in_use(port), "dev-broker exited but its broker still listens"
+
+
+def test_a_worker_on_a_broker_without_kip848_groups_says_what_to_change(tmp_path):
+    """Tansu never answers a KIP-848 heartbeat: the worker must say so instead of waiting
+    silently (the default group_protocol is `consumer`)."""
+    from processor.runtime.broker import EmbeddedBroker
+    from tests.integration.kafka import WorkerProcess, topology_file
+
+    with EmbeddedBroker(log_file=tmp_path / "tansu.log") as tansu:
+        create_topic(tansu.bootstrap, "orders", 2)
+        topology = topology_file(tmp_path, "revenue_per_user.yaml", "no-kip848", {})
+        worker = WorkerProcess(topology, tansu.bootstrap, tmp_path / "state", tmp_path,
+                               idle=None, env={"PROCESSOR_GROUP_PROTOCOL": "consumer"})
+        try:
+            worker.wait_for_log("waiting for an assignment", timeout=40)
+        finally:
+            worker.kill()
+    warning = next(r for r in worker.logs() if r.get("msg") == "waiting for an assignment")
+    assert warning["level"] == "warning" and warning["group_protocol"] == "consumer"
+    assert "group_protocol: classic" in warning["hint"]

@@ -115,12 +115,12 @@ def test_kill_mid_join_restart_then_another_machine_give_the_oracle(broker, tmp_
         return WorkerProcess(topology, broker.bootstrap, tmp_path / state, tmp_path,
                              worker_id=worker_id, **kwargs)
 
-    # ~24 checkpoints of 150 ms happen while the input arrives for 3.6 s: the 6th comes early
+    # ~24 checkpoints of 150 ms happen while the input arrives for 3.6 s: the 12th comes early enough
     # (a worker that never gets there goes idle and exits 0, failing the test); killed just
     # before its commit, with ~150 ms of outputs sent (no linger) in the transaction to abort
     first = worker("state-a", idle="5s", commit_interval="150ms",
                    env={"PROCESSOR_BATCH_SIZE": "300", "PROCESSOR_PRODUCER": '{"linger.ms": 0}',
-                        "PROCESSOR_CRASH_AT": "checkpoint.before_commit:6"})
+                        "PROCESSOR_CRASH_AT": "checkpoint.before_commit:12"})
     first.wait_for_log("partitions assigned")
     js.produce_interleaved(broker.bootstrap, topics, data, rate_per_s=7_000)
     assert first.wait(120) == -9, f"not killed mid-transaction:\n{first.log_text()}"
