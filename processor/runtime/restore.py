@@ -5,6 +5,16 @@ from the offset recorded in each local store to the end (partition EOF), in chun
 main loop keeps polling the group and running the tasks that are already live. Each chunk is
 written in one RocksDB batch together with the next changelog offset: a crash during restore
 resumes where it stopped.
+
+Under read_committed, EOF comes at the last stable offset (LSO). An open transaction on a
+changelog partition (only a zombie's: the task's previous owner, kicked out of the group while
+stopped or cut off, whose transaction is not over) hides its own writes *and every committed
+write behind it* — e.g. the next owner's, if the task moved on again meanwhile. Stopping there
+and then starting the input at the group's committed offset would skip input whose state
+changes were never restored (records lost; found by the fault campaign). So a store is restored
+only once its EOF reaches the high watermark: the transaction committed (its writes are read)
+or aborted, which the broker does at the latest at the transaction timeout; past
+`open_txn_wait_s` the restore gives up waiting and says so.
 """
 
 from __future__ import annotations
@@ -43,6 +53,9 @@ class Restorer:
     # called after every chunk with (store, partition, restored, total or None) per store
     # partition still restoring: the worker's gauges and the CLI's progress bar
     on_progress: Callable[[list[tuple[str, int, int, int | None]]], None] | None = None
+    open_txn_wait_s: float = 120.0
+    # store partitions at EOF behind an open transaction: (waiting since, EOF offset)
+    blocked: dict[tuple[str, int], tuple[float, int]] = field(default_factory=dict)
 
     def add(self, task: Task) -> None:
         """Start restoring all stores of a task.
@@ -70,6 +83,7 @@ class Restorer:
             self.consumer.incremental_unassign([TopicPartition(t, p) for t, p in gone])
         for k in gone:
             del self.active[k]
+            self.blocked.pop(k, None)
         self.waiting.pop(task.id, None)
 
     @property
@@ -99,8 +113,9 @@ class Restorer:
                 applied += self._apply(prog, chunk)
         for key, end in finished:
             prog = self.active.get(key)
-            if prog is not None:
+            if prog is not None and not self._behind_open_transaction(key, end):
                 self._finish(key, prog, end)
+        self._give_up_waiting()
         for hook in self.hooks:
             hook(applied)
         progress = self.progress()
@@ -108,6 +123,33 @@ class Restorer:
             self.on_progress(progress)
         self._maybe_log(progress)
         return applied
+
+    def _behind_open_transaction(self, key: tuple[str, int], end: int) -> bool:
+        """EOF below the high watermark of the same fetch: a transaction is open (see the
+        module docstring). The partition stays assigned; its next EOF comes when it is over."""
+        _, high = self.consumer.get_watermark_offsets(TopicPartition(*key), cached=True)
+        if high is None or high <= end:
+            self.blocked.pop(key, None)
+            return False
+        if key not in self.blocked:
+            log.warning("restore waits for an open transaction on the changelog", extra={
+                "topic": key[0], "partition": key[1], "last_stable_offset": end,
+                "high_watermark": high})
+        self.blocked[key] = (self.blocked.get(key, (time.monotonic(), end))[0], end)
+        return True
+
+    def _give_up_waiting(self) -> None:
+        now = time.monotonic()
+        for key, (since, end) in list(self.blocked.items()):
+            prog = self.active.get(key)
+            if prog is None:
+                del self.blocked[key]
+            elif now - since > self.open_txn_wait_s:
+                del self.blocked[key]
+                log.error("restore stops at the last stable offset: a transaction on the "
+                          "changelog stayed open past the transaction timeout", extra={
+                              "topic": key[0], "partition": key[1], "offset": end})
+                self._finish(key, prog, end)
 
     def progress(self) -> list[tuple[str, int, int, int | None]]:
         """(store, partition, restored, total) of each store partition still restoring; the

@@ -98,6 +98,9 @@ class Worker:
         self._started_at = time.monotonic()
         # restoring tasks: what each still waits for ("stores", "table <name>")
         self._waiting: dict[str, set[str]] = {}
+        self._failed_start: CheckpointFailed | None = None  # see _on_restored
+        self._unstable: list[Task] = []  # new tasks waiting for stable offsets to restore
+        self._unstable_logged = 0.0
         self.global_stores: dict[str, TableStore] = {}  # global tables and broadcasts by name
         self.broadcast = BroadcastState()
 
@@ -194,9 +197,40 @@ class Worker:
         log.info(msg, extra={"partitions": _fmt(partitions), "restoring": _fmt(restoring),
                              "protocol": self.config.group_protocol})
         for task in fresh:
-            if task.state is TaskState.RESTORING:
+            if task.state is not TaskState.RESTORING:
+                continue
+            if self.config.exactly_once:
+                self._unstable.append(task)  # restored once its offsets are stable (below)
+            else:
                 self._restore(task)
         return fresh
+
+    def _restore_when_stable(self, timeout: float = 0.5) -> None:
+        """Start restoring the new tasks once the group's committed offsets of their partitions
+        are stable: no transaction of a previous owner holds offsets for them. A member kicked
+        out while stopped can still commit a transaction whose offsets the coordinator took
+        before the rebalance; its changelog writes may reach the broker only after our restore
+        ended, yet `committed()` (which waits for stable offsets) would return its offsets:
+        input skipped, records lost (found by the fault campaign). The fetch waits that
+        transaction out (it commits or aborts, at the latest at its timeout), a turn of the
+        loop at a time."""
+        tasks = [t for t in self._unstable if t.state is TaskState.RESTORING]  # not revoked
+        self._unstable = []
+        if not tasks:
+            return
+        try:
+            self.consumer.committed([TopicPartition(t.topic, t.partition) for t in tasks],
+                                    timeout=timeout)
+        except KafkaException as exc:  # unstable (timed out), or no coordinator yet: retry
+            self._unstable = tasks
+            now = time.monotonic()
+            if now - self._unstable_logged > 10:
+                self._unstable_logged = now
+                log.warning("waiting for stable committed offsets before restoring", extra={
+                    "tasks": [t.id for t in tasks], "error": exc.args[0].str()})
+            return
+        for task in tasks:
+            self._restore(task)
 
     def _restore(self, task: Task) -> None:
         """Stores catch up from their changelogs, per-task tables from their topics (read to
@@ -236,7 +270,17 @@ class Worker:
         if self.progress_bar is not None and not self.restorer.busy:
             self.progress_bar.finish("restore complete")
         self._last_activity = time.monotonic()
-        target = self._start_input(task)
+        try:
+            target = self._start_input(task)
+        except KafkaException as exc:
+            # found by the fault campaign, each killing the worker: after a broker restart
+            # committed() can fail (NOT_COORDINATOR); when a revocation races the end of the
+            # restore, the partition's fetcher has stopped and seek() fails (_STATE). Start
+            # over from the committed state, as after a failed checkpoint (the loop does it at
+            # a safe point); a revoked task then goes with its callback.
+            self._failed_start = CheckpointFailed(
+                f"cannot start task {task.id}: {exc.args[0].str()}", fatal=False)
+            return
         log.info("task running", extra={"task": task.id, "topic": task.topic,
                                         "partition": task.partition,
                                         "offset": target if target >= 0 else None})
@@ -439,6 +483,11 @@ class Worker:
                 if self.restorer.busy:
                     self.restorer.step(cfg.restore_batch_size, 0.05)
                 self.tables.step(cfg.restore_batch_size, 0)  # table and broadcast updates
+                if self._failed_start is not None:
+                    failed, self._failed_start = self._failed_start, None
+                    self._recover(failed)
+                if self._unstable:
+                    self._restore_when_stable()
                 restoring = self.restorer.busy or self.tables.busy
                 msgs = self.consumer.consume(cfg.batch_size, 0 if restoring else poll_timeout)
                 if msgs:
@@ -492,7 +541,7 @@ class Worker:
 
     def _idle(self, idle_s: float) -> bool:
         assert self.stop_when_idle_ms is not None
-        return (bool(self.tasks) and not self.restorer.busy
+        return (bool(self.tasks) and not self.restorer.busy and not self._unstable
                 and idle_s * 1000 >= self.stop_when_idle_ms)
 
     def _group_drained(self) -> bool:
