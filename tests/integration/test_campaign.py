@@ -18,7 +18,7 @@ import pytest
 
 from tests.integration.campaign import KINDS, CampaignConfig, run_campaign
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.campaign]
 
 CASES = {
     "exactly_once": CampaignConfig(faults=10, seed=11, guarantee="exactly_once"),
