@@ -2,8 +2,9 @@
 
 Main loop: restore a chunk (if any task is restoring) -> apply table and broadcast updates
 (runtime/tables.py) -> consume a batch -> hand each partition's records to its task ->
-checkpoint every `commit_interval_ms`. Rebalances are incremental (cooperative-sticky): a
-rebalance names only the partitions that move, so the other tasks keep processing through it.
+checkpoint every `commit_interval_ms`. Rebalances are incremental (KIP-848 with the broker's
+`range` assignor, or `cooperative-sticky` under `group_protocol: classic`): a rebalance names
+only the partitions that move, so the other tasks keep processing through it.
 On revoke all tasks are checkpointed (one transaction) and the revoked ones closed clean; on
 assign the new tasks start restoring with their input partitions paused until their stores
 have caught up. Nothing needs partition N of two topics on one member: a per-task table is
