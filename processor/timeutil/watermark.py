@@ -88,8 +88,9 @@ class UpstreamWatermarks:
     """Watermark of a task fed by `upstream` partitions through a repartition topic.
 
     Each upstream partition reports its watermark, or that it is idle (no input for its source's
-    `idle_timeout`). The task's watermark is the minimum over the reporting, non-idle partitions;
-    an upstream partition never heard from holds it back, because its records may still come.
+    `idle_timeout`). The task's watermark is the minimum over the reporting, non-idle partitions
+    (the maximum reported once all are idle, so the order in which they went idle does not
+    matter); an upstream partition never heard from holds it back: its records may still come.
     """
 
     def __init__(self, upstream: int) -> None:
@@ -110,6 +111,11 @@ class UpstreamWatermarks:
                   if p not in self.idle]
         if active:
             self.current = max(self.current, min(active))
+        elif self.marks:
+            # every upstream partition idle: none holds the others back any more, whichever
+            # went idle last (as Flink's watermark valve does); a silent partition that wakes
+            # up behind this point sends late records, as under any idle_timeout
+            self.current = max(self.current, max(self.marks.values()))
         return self.current
 
     @property

@@ -167,7 +167,8 @@ def test_idle_partition_stops_holding_back_windows_after_idle_timeout(
            for v in (orjson.loads(r[1]) for r in read_all(broker.bootstrap, out))}
     want = Counter((o["country"], o["ts"] // 1000 * 1000) for _, o, _ in orders)
     if idle_timeout:
-        assert got == dict(want), "after idle_timeout the silent partitions must not hold back"
+        assert got == dict(want), ("after idle_timeout the silent partitions must not hold "
+                                   f"back:\n{w.log_text()}")
         assert sum(r.get("msg") == "input partition idle" for r in w.logs()) >= 2
     else:
         assert got == {}, ("without idle_timeout the silent partitions hold the watermark: "

@@ -69,7 +69,23 @@ def test_idle_upstream_partition_stops_holding_back_and_rejoins_when_active():
     assert up.report(1, 2500) == 2500
     up.report(0, None)
     up.report(1, None)
-    assert up.all_idle and up.current == 2500
+    assert up.all_idle and up.current == 3000  # nothing holds partition 0's 3000 back now
+
+
+def test_the_order_in_which_upstream_partitions_go_idle_does_not_matter():
+    """Found in CI: two partitions with data and two silent ones went idle in one tick, the
+    busy ones first; the downstream watermark stayed at NO_WATERMARK and no window closed."""
+    for order in ([0, 1, 2, 3], [2, 3, 0, 1], [0, 2, 1, 3], [3, 1, 2, 0]):
+        up = UpstreamWatermarks(4)
+        up.report(0, 5000)
+        up.report(1, 7000)
+        for p in order:
+            up.report(p, None)
+        assert up.all_idle and up.current == 7000, order
+    never = UpstreamWatermarks(2)
+    never.report(0, None)
+    never.report(1, None)
+    assert never.current == NO_WATERMARK  # nobody ever reported a time
 
 
 def test_upstream_state_roundtrip():
