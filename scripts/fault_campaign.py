@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -61,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="fault-campaign-"))
     workdir.mkdir(parents=True, exist_ok=True)
+    # SIGTERM unwinds like Ctrl-C: the campaign's finally stops its workers and its broker
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     cfg = CampaignConfig(faults=args.faults, seed=args.seed, guarantee=args.guarantee,
                          rate=args.rate, gap=tuple(args.gap), kinds=tuple(args.kinds))
     try:

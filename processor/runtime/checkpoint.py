@@ -65,6 +65,9 @@ class Checkpointer:
         # called after every checkpoint with the offsets it committed (empty when it had
         # nothing to commit), only once the commit returned: the repartition purge
         self.on_committed: Callable[[list[TopicPartition]], None] | None = None
+        # at-least-once only, before the changelog writes: a reason to doubt this member still
+        # owns its partitions (the worker's _membership_doubt), or None
+        self.membership_doubt: Callable[[], str | None] | None = None
 
     def _changelog_delivered(self, err: KafkaError | None, msg: Any) -> None:
         if err is not None:
@@ -137,6 +140,9 @@ class Checkpointer:
         faults.point("checkpoint.after_flush")
         if not self.exactly_once:
             self._flush("outputs")
+            doubt = self.membership_doubt() if self.membership_doubt is not None else None
+            if doubt:  # nothing fences these writes: better replay (outputs may repeat)
+                raise CheckpointFailed(doubt, fatal=False)
         for task in tasks:
             self._write_changelogs(task)
         faults.point("checkpoint.after_changelog")

@@ -162,7 +162,12 @@ class Worker:
         if kept:
             for task in self._open_tasks(consumer, kept, msg="tasks reopened"):
                 if task.state is TaskState.RUNNING:  # stateless: rewind to the commit now
-                    self._start_input(task)
+                    try:
+                        self._start_input(task)
+                    except KafkaException as exc:  # e.g. NOT_COORDINATOR: see _on_restored
+                        self._failed_start = CheckpointFailed(
+                            f"cannot start task {task.id}: {exc.args[0].str()}", fatal=False)
+                        break
         self._publish_assignment()
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -344,6 +349,7 @@ class Worker:
         self.checkpointer = Checkpointer(self.producer, self.consumer,
                                          exactly_once=cfg.exactly_once, metrics=self.metrics,
                                          delivery_errors=self.delivery_errors)
+        self.checkpointer.membership_doubt = self._membership_doubt
         self.checkpointer.on_committed = RepartitionPurger.for_topology(
             admin, self.topology, cfg.repartition_purge_interval_ms).committed_offsets
         self._subscribe()
@@ -462,6 +468,19 @@ class Worker:
         log.error("checkpoint failed; closing tasks dirty and reopening them",
                   extra={"error": str(exc), "fatal": exc.fatal})
         self._reset_tasks(self.consumer, gone=[], fatal=exc.fatal)
+
+    def _membership_doubt(self) -> str | None:
+        """At-least-once writes changelogs without a transaction to fence them: a member the
+        group dropped while its loop stood still (past max.poll.interval, e.g. in a flush
+        during a broker restart, or stopped past the session timeout) would write stale state
+        after the next owner restored it — records lost, found by the fault campaign. Asked
+        right before the changelog writes; the loop's last turn precedes its last poll."""
+        stalled = time.monotonic() - self.heartbeat
+        limit = 0.8 * min(self.config.max_poll_interval_ms, self.config.session_timeout_ms) / 1000
+        if stalled <= limit:
+            return None
+        return (f"the loop stood still {stalled:.1f}s (limit {limit:.1f}s): the group may have "
+                "moved this member's partitions; changelogs not written")
 
     def _subscribe(self) -> None:
         self.consumer.subscribe(self.topology.source_topics, on_assign=self._on_assign,

@@ -1,10 +1,14 @@
-"""Under exactly_once a new task restores only once the group's committed offsets of its
-partition are stable: a previous owner's transaction holding offsets for it is over, so its
-changelog writes are all on the broker before the restore looks for the end."""
+"""Guards the fault campaign called for. Under exactly_once a new task restores only
+once the group's committed offsets of its partition are stable: a previous owner's transaction
+holding offsets for it is over, so its changelog writes are all on the broker before the
+restore looks for the end. Under at_least_once a checkpoint after the loop stood still longer
+than the group tolerates writes no changelog (nothing would fence a member the group dropped)."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
@@ -63,3 +67,12 @@ def test_a_task_revoked_while_waiting_is_dropped():
     a.state = TaskState.CLOSED
     w._restore_when_stable()
     assert restored == ["1_1"] and [p.partition for p in consumer.calls[-1]] == [1]
+
+
+def test_membership_is_doubted_after_the_loop_stood_still():
+    w = Worker.__new__(Worker)
+    w.config = SimpleNamespace(max_poll_interval_ms=6000, session_timeout_ms=45_000)  # type: ignore[assignment]
+    w.heartbeat = time.monotonic() - 1.0
+    assert w._membership_doubt() is None
+    w.heartbeat = time.monotonic() - 5.0  # 0.8 x the 6 s max.poll.interval is 4.8 s
+    assert "stood still" in (w._membership_doubt() or "")
