@@ -29,8 +29,7 @@ run_pytest() {
 lane="${PROCESSOR_TEST_KAFKA:-apache}"
 echo "== pytest: the whole suite on ${KAFKA_BOOTSTRAP_SERVERS:-$lane}"
 rc=0
-# the short fault campaign (-m campaign) still fails on open findings: README, Fault campaign
-PROCESSOR_TEST_KAFKA="$lane" run_pytest -q -m "not campaign" "$@" || rc=$?
+PROCESSOR_TEST_KAFKA="$lane" run_pytest -q "$@" || rc=$?
 if [[ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" && "$lane" != "tansu" ]]; then
     echo "== pytest: Tansu lane (embedded broker, classic group protocol)"
     PROCESSOR_TEST_KAFKA=tansu run_pytest -q tests/integration/test_end_to_end.py || rc=$?
