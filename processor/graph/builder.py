@@ -45,7 +45,7 @@ class _Walk:
                         spec.dlq_topic, spec.dlq.partitions,
                         global_tables=[t for t in tables if t.kind == "global_table"],
                         broadcasts=[t for t in tables if t.kind == "broadcast"],
-                        copartitioned=scope.copartitioned)
+                        copartitioned=scope.copartitioned, broadcast=scope.broadcast)
 
     def steps(self, base: PathT, steps: list[Any], streams: list[Stream], own: str | None) -> None:
         """Place `steps` on every stream (several until a merge meets a step that needs one

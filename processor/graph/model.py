@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from processor.expressions import BroadcastStates
 from processor.graph.describe import describe_step, describe_topology
 from processor.operators import Operator
 from processor.operators.fusion import fuse
@@ -157,6 +158,9 @@ class Topology:
     broadcasts: list[TableDef] = field(default_factory=list)
     # (stream topic, table topic, what joins them): must have equal partition counts
     copartitioned: list[tuple[str, str, str]] = field(default_factory=list)
+    # what this topology's expressions and process functions read as `broadcast`: the worker
+    # running it installs its broadcast state here (one per topology, never shared)
+    broadcast: BroadcastStates = field(default_factory=BroadcastStates)
 
     @property
     def stores(self) -> list[StoreDef]:

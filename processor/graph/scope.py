@@ -17,7 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from processor.errors import ExpressionError, SpecError
-from processor.expressions import compile_expression, compile_tree, load_callable, parse_expression
+from processor.expressions import (
+    BroadcastStates,
+    compile_expression,
+    compile_tree,
+    load_callable,
+    parse_expression,
+)
 from processor.graph.model import BuildContext, StepNode, StoreDef, SubTopology, TableDef, TopicEnd
 from processor.operators import Operator, Sink, parse_field
 from processor.spec.loader import LoadedSpec, PathT, format_path
@@ -94,6 +100,7 @@ class Scope:
         self.subs: dict[str, SubTopology] = {}
         self.store_names: dict[str, PathT] = {}
         self.copartitioned: list[tuple[str, str, str]] = []
+        self.broadcast = BroadcastStates()  # the topology's: every expression compiled here reads it
 
     # -- errors and code ---------------------------------------------------------------------
 
@@ -102,7 +109,7 @@ class Scope:
 
     def compile(self, path: PathT, source: str) -> Callable[..., Any] | None:
         try:
-            return compile_expression(source)
+            return compile_expression(source, self.broadcast)
         except ExpressionError as exc:
             self.error(path, f"invalid expression {source!r}: {exc}")
             return None
@@ -133,7 +140,8 @@ class Scope:
                 self.error((*path, "fields", name), f"invalid expression {source!r}: {exc}")
         if len(values) != len(proj.fields):
             return None
-        return compile_tree(ast.Dict(keys=keys, values=values), repr(dict(proj.fields)))
+        return compile_tree(ast.Dict(keys=keys, values=values), repr(dict(proj.fields)),
+                            self.broadcast)
 
     def aggregation(self, apath: PathT, fields_spec: dict[str, Any]) -> list[Any] | None:
         """Parse every aggregate field, reporting each bad one at its own line."""

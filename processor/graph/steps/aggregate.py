@@ -34,7 +34,7 @@ def _aggregate_node(scope: Scope, at: StepAt, stream: Stream) -> StepNode | None
     if store is None or fields is None:
         return None
     store_name = store.name
-    agg = compile_aggregation(fields)
+    agg = compile_aggregation(fields, scope.broadcast)
     encode = serde_for(stream.key_format).encode
 
     def build(ctx: BuildContext) -> Operator:

@@ -88,7 +88,7 @@ def _window_node(scope: Scope, path: PathT, step: WindowStep, following: Aggrega
     late = None if wspec.late == "drop" else scope.sink_end((*wpath, "late"), wspec.late)
     if store is None or fields is None or not ok or (wspec.late != "drop" and late is None):
         return None
-    agg = compile_aggregation(fields)
+    agg = compile_aggregation(fields, scope.broadcast)
     serde = serde_for(stream.key_format)
     step_name = format_path(path)
     try:
@@ -127,11 +127,13 @@ def _process_node(scope: Scope, at: StepAt, stream: Stream) -> StepNode | None:
     if store is None or fn is None or (spec.on_timer and on_timer is None):
         return None
     serde = serde_for(stream.key_format)
-    step_name, store_name = at.name, store.name
+    step_name, store_name, broadcast = at.name, store.name, scope.broadcast
 
     def build(ctx: BuildContext) -> Operator:
-        return ProcessFunction(step_name, store_name, fn, on_timer, serde.encode, serde.decode,
-                               ctx.clock, ctx.cache_max_entries)
+        op = ProcessFunction(step_name, store_name, fn, on_timer, serde.encode, serde.decode,
+                             ctx.clock, ctx.cache_max_entries)
+        op.ctx.broadcast = broadcast
+        return op
 
     label = spec.python + (f" (timers: {spec.on_timer})" if spec.on_timer else "")
     return StepNode(path, "process", label, build, store=store)
