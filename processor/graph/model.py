@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from processor.expressions import BroadcastStates
-from processor.graph.describe import describe_step, describe_topology
+from processor.graph.describe import describe_topology
 from processor.operators import Operator
 from processor.operators.fusion import fuse
 from processor.operators.sink import Emitter
@@ -100,9 +100,6 @@ class StepNode:
     late: TopicEnd | None = None  # where a window's late records go
     on_error: str = "dlq"  # dlq | skip | fail for records this step fails on
     table: TableDef | None = None  # the table a join step reads
-
-    def describe(self) -> str:
-        return describe_step(self)
 
 
 @dataclass

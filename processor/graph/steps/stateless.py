@@ -18,8 +18,9 @@ def _place(scope: Scope, at: StepAt, streams: list[Stream], node: StepNode | Non
     if node is None:
         return streams
     append_node(streams, node, scope.policy(at.step))
-    for stream in streams:
-        stream.key_changed = stream.key_changed or rekeys
+    if rekeys:  # a stateful step after this one repartitions first
+        for stream in streams:
+            stream.key_changed = True
     return streams
 
 
