@@ -23,7 +23,9 @@ RECORD_NAMES = ("key", "value", "timestamp")
 class BroadcastStates:
     """`broadcast` in expressions (and `ctx.broadcast` in process functions): the broadcast
     sources' current {key: value} maps. Expressions are compiled once per topology, before any
-    worker exists, so they hold this stable proxy and the worker installs its state into it."""
+    worker exists, so they hold this stable proxy; the graph builder makes one per topology
+    (`Topology.broadcast`) and the worker installs its state into it. Expressions compiled
+    without one get an empty one: no broadcast source is declared for them."""
 
     def __init__(self) -> None:
         self.state: Any = None
@@ -37,17 +39,16 @@ class BroadcastStates:
         return self.state[name]
 
 
-BROADCAST = BroadcastStates()
-
 SAFE_BUILTINS: dict[str, Any] = {
     "abs": abs, "all": all, "any": any, "bool": bool, "dict": dict, "float": float,
     "int": int, "len": len, "list": list, "max": max, "min": min, "round": round,
     "set": set, "sorted": sorted, "str": str, "sum": sum, "tuple": tuple, "isinstance": None,
     "enumerate": enumerate, "range": guards.bounded_range, "zip": zip, "reversed": reversed,
     "True": True, "False": False, "None": None, "math": guards.bounded_math(),
-    "broadcast": BROADCAST,
 }
 del SAFE_BUILTINS["isinstance"]
+TOPOLOGY_NAMES = ("broadcast",)
+"""Names bound per topology (see `builtins_for`) that every expression may read."""
 # Operators compiled as calls. The names start with "__", which no expression may write.
 _GUARDED_OPS: dict[type[ast.operator], str] = {
     ast.Pow: "__processor_pow", ast.LShift: "__processor_lshift", ast.Mult: "__processor_mul"}
@@ -81,7 +82,7 @@ def _check(tree: ast.AST, source: str, extra_names: frozenset[str]) -> None:
             for target in ast.walk(node.target):
                 if isinstance(target, ast.Name):
                     bound.add(target.id)
-    allowed_names = set(RECORD_NAMES) | set(SAFE_BUILTINS) | bound | extra_names
+    allowed_names = set(RECORD_NAMES) | set(SAFE_BUILTINS) | set(TOPOLOGY_NAMES) | bound | extra_names
     for node in ast.walk(tree):
         if not isinstance(node, _ALLOWED_NODES):
             raise ExpressionError(f"{type(node).__name__} is not allowed in an expression")
@@ -97,7 +98,7 @@ def _check(tree: ast.AST, source: str, extra_names: frozenset[str]) -> None:
             if node.id not in allowed_names:
                 raise ExpressionError(
                     f"unknown name {node.id!r} (available: key, value, timestamp and builtins "
-                    f"{', '.join(sorted(n for n in SAFE_BUILTINS if n[0].islower()))})"
+                    f"{', '.join(sorted(n for n in (*SAFE_BUILTINS, *TOPOLOGY_NAMES) if n[0].islower()))})"
                 )
 
 
@@ -137,10 +138,23 @@ def parse_expression(source: str, extra_names: frozenset[str] = frozenset()) -> 
     return tree
 
 
-def compile_expression(source: str) -> Callable[[Any, Any, int], Any]:
-    """Compile `source` into `f(key, value, timestamp)`."""
+def builtins_for(broadcast: BroadcastStates | None) -> dict[str, Any]:
+    """The builtins code compiled for one topology runs with: the safe ones and its broadcast
+    states (code generators that inline expressions, as aggregates do, need the same)."""
+    return {**SAFE_BUILTINS, "broadcast": BroadcastStates() if broadcast is None else broadcast}
+
+
+def expression_builtins(fn: Callable[..., Any]) -> dict[str, Any]:
+    """The builtins a compiled expression runs with, for code that inlines its source (fusion)."""
+    builtins: dict[str, Any] = fn.__globals__["__builtins__"]
+    return builtins
+
+
+def compile_expression(source: str, broadcast: BroadcastStates | None = None
+                       ) -> Callable[[Any, Any, int], Any]:
+    """Compile `source` into `f(key, value, timestamp)`; `broadcast` is its topology's."""
     tree = parse_expression(source)
-    return compile_tree(tree.body, source)
+    return compile_tree(tree.body, source, broadcast)
 
 
 def guarded_source(source: str) -> str:
@@ -150,20 +164,21 @@ def guarded_source(source: str) -> str:
     return ast.unparse(_Guard().visit(parse_expression(source).body))
 
 
-def compile_tree(body: ast.expr, source: str) -> Callable[[Any, Any, int], Any]:
+def compile_tree(body: ast.expr, source: str, broadcast: BroadcastStates | None = None
+                 ) -> Callable[[Any, Any, int], Any]:
     """Wrap a checked expression body in a lambda, with guarded operators, and compile it once.
 
     CPython's compiler raises SyntaxError for some trees the parser accepts (`*value` alone),
     and RecursionError for very deep ones: both are an invalid expression."""
     try:
-        return _compile(_Guard().visit(copy.deepcopy(body)), source)
+        return _compile(_Guard().visit(copy.deepcopy(body)), source, builtins_for(broadcast))
     except SyntaxError as exc:
         raise ExpressionError(f"syntax error: {exc.msg}") from None
     except (ValueError, MemoryError, RecursionError):
         raise ExpressionError("expression is too deeply nested to compile") from None
 
 
-def _compile(body: ast.expr, source: str) -> Callable[[Any, Any, int], Any]:
+def _compile(body: ast.expr, source: str, builtins: dict[str, Any]) -> Callable[[Any, Any, int], Any]:
     lam = ast.Expression(
         body=ast.Lambda(
             args=ast.arguments(
@@ -175,7 +190,7 @@ def _compile(body: ast.expr, source: str) -> Callable[[Any, Any, int], Any]:
     )
     ast.fix_missing_locations(lam)
     code = compile(lam, f"<expression: {source}>", "eval")
-    fn = eval(code, {"__builtins__": SAFE_BUILTINS})  # checked AST, restricted builtins
+    fn = eval(code, {"__builtins__": builtins})  # checked AST, restricted builtins
     fn.expr_source = ast.unparse(body)  # checked source, for fusing steps (operators/fusion.py)
     return fn
 

@@ -16,7 +16,13 @@ from typing import Any, Protocol
 import orjson
 
 from processor.errors import ExpressionError
-from processor.expressions import SAFE_BUILTINS, guarded_source, load_callable, parse_expression
+from processor.expressions import (
+    BroadcastStates,
+    builtins_for,
+    guarded_source,
+    load_callable,
+    parse_expression,
+)
 from processor.operators.base import Batch, Record, failed_at
 
 AGG_FUNCS = ("count", "sum", "min", "max", "avg", "first", "last")
@@ -154,15 +160,17 @@ class CompiledAggregation:
         return copy.deepcopy(self.initial)
 
 
-def compile_aggregation(fields: list[FieldAgg]) -> CompiledAggregation:
-    """Generate one update function and one result function for all fields."""
+def compile_aggregation(fields: list[FieldAgg], broadcast: BroadcastStates | None = None
+                        ) -> CompiledAggregation:
+    """Generate one update function and one result function for all fields; their
+    expressions read `broadcast` as the topology's."""
     update_lines = ["def _update(s, key, value, timestamp):"]
     result_items: list[str] = []
     merge_items: list[str] = []
     no_merge: list[str] = []
     initial: list[Any] = []
     assigned: list[int] = []
-    env: dict[str, Any] = {"__builtins__": SAFE_BUILTINS, "_copy": copy.deepcopy}
+    env: dict[str, Any] = {"__builtins__": builtins_for(broadcast), "_copy": copy.deepcopy}
     slot = 0
     for r, f in enumerate(fields):
         if f.func == "python":

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from processor.expressions import BROADCAST
+from processor.expressions import BroadcastStates
 
 if TYPE_CHECKING:
     from processor.operators.process import ProcessFunction
@@ -230,7 +230,8 @@ class Context:
         self.time_domain: str | None = None
         self.state = KeyedState(op)
         self.timers = TimerService(op)
-        self.broadcast = BROADCAST  # the broadcast sources' {key: value}, read-only
+        # the broadcast sources' {key: value}, read-only: the graph builder sets its topology's
+        self.broadcast = BroadcastStates()
 
     def emit(self, value: Any, key: Any = _CURRENT, timestamp: int | None = None) -> None:
         """Send (key, value, timestamp) downstream; defaults: the current key and timestamp."""

@@ -11,17 +11,21 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from processor.expressions import SAFE_BUILTINS
+from processor.expressions import expression_builtins
 from processor.operators.base import Batch, Operator, Stateless, StepFailed
 from processor.operators.stateless import Filter, KeyBy, MapValue
 
 
-def _source(op: Operator) -> str | None:
+def _expression(op: Operator) -> Any:
     if isinstance(op, Filter):
-        return getattr(op.predicate, "expr_source", None)
+        return op.predicate
     if isinstance(op, MapValue | KeyBy):
-        return getattr(op.fn, "expr_source", None)
+        return op.fn
     return None
+
+
+def _source(op: Operator) -> str | None:
+    return getattr(_expression(op), "expr_source", None)
 
 
 def _line(op: Operator, source: str) -> str:
@@ -48,7 +52,8 @@ class Fused(Stateless):
             "        append((key, value, timestamp, _offset))\n"
             "    return out\n"
         )
-        env: dict[str, Any] = {"__builtins__": SAFE_BUILTINS}
+        # the expressions' own builtins: `broadcast` is their topology's
+        env: dict[str, Any] = {"__builtins__": expression_builtins(_expression(ops[0]))}
         exec(compile(code, f"<fused {self.name}>", "exec"), env)
         self._fused: Callable[[Batch], Batch] = env["_fused"]
 

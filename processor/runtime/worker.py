@@ -33,7 +33,6 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 
 from processor.errors import ProcessorError
-from processor.expressions import BROADCAST
 from processor.graph import BuildContext, Topology
 from processor.observability.http import HttpServer
 from processor.observability.metrics import Metrics
@@ -379,7 +378,7 @@ class Worker:
             partitions = list(range(self.collector.partitions[t.topic]))
             self.tables.add(f"global:{t.name}", t.topic, partitions, store, on_ready=lambda: None,
                             on_update=on_update)
-        BROADCAST.install(self.broadcast)
+        topology.broadcast.install(self.broadcast)
         self.tables.bootstrap(self.config.table_bootstrap_timeout_ms / 1000)
 
     def _broadcast_update(self, name: str, pairs: list[tuple[bytes, bytes | None]]) -> None:

@@ -9,10 +9,7 @@ from typing import Any
 import orjson
 
 from processor.serde.errors import SchemaError
-
-FORMATS = ("json", "string", "bytes", "avro", "avro_registry")
-SCHEMALESS_FORMATS = ("json", "string", "bytes")
-"""What `serde_for` and the inline codegen handle; the others need a schema (`build_serde`)."""
+from processor.spec.formats import FORMATS, SCHEMALESS_FORMATS
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,17 +15,17 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from processor.errors import SpecError
-from processor.spec.models import (
+from processor.spec.steps import (
     AggregateStep,
     BranchCase,
     BranchStep,
     IntervalJoinStep,
     ProcessStep,
     ReconcileStep,
-    SinkSpec,
     ToStep,
     WindowStep,
 )
+from processor.spec.topics import SinkSpec
 
 if TYPE_CHECKING:
     from processor.spec.loader import LoadedSpec, PathT

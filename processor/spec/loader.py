@@ -15,8 +15,10 @@ import yaml
 from pydantic import ValidationError
 
 from processor.errors import SpecError, SpecErrors
+from processor.spec.base import REF_PATTERN
 from processor.spec.checks import check_spec
-from processor.spec.models import REF_PATTERN, STEP_KINDS, TopologySpec
+from processor.spec.models import TopologySpec
+from processor.spec.steps import STEP_KINDS
 
 PathT = tuple[str | int, ...]
 

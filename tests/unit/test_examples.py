@@ -17,7 +17,7 @@ import pytest
 
 from processor.examples import fraud, reconciliation
 from processor.examples.reconciliation import AmbiguousInput, expected
-from processor.expressions import BROADCAST, compile_expression
+from processor.expressions import BroadcastStates, compile_expression
 from processor.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -237,6 +237,10 @@ def fraud_scoring(model_file, monkeypatch):
     fraud_scoring.reset()
 
 
+# the fraud topology's broadcast states, as its graph builder would make them
+BROADCAST = BroadcastStates()
+
+
 @pytest.fixture
 def rules_state():
     """Install a broadcast state {"rules": ...} for compiled expressions; restore afterwards."""
@@ -318,8 +322,9 @@ def test_fraud_yaml_expressions_agree_with_the_oracle(rules, model_file, fraud_s
     join, score_step, project, flag, branch = spec.pipelines[0].steps
     assert join.join.type == "left" and join.join.as_ == "customer"
     assert score_step.map.python == "fraud_scoring:score"
-    fields = {name: compile_expression(e) for name, e in project.map.fields.items()}
-    flagged, is_alert = compile_expression(flag.map), compile_expression(branch.branch[0].when)
+    fields = {name: compile_expression(e, BROADCAST) for name, e in project.map.fields.items()}
+    flagged = compile_expression(flag.map, BROADCAST)
+    is_alert = compile_expression(branch.branch[0].when, BROADCAST)
     s = fraud.generate(3000, n_customers=300, seed=13)
     oracle = fraud.expected(s.transactions, s.customers, rules, load_model(model_file[0]))
     rules_state(rules)

@@ -25,7 +25,7 @@ from processor.operators import (
 from processor.samples import revenue_oracle, sample_orders
 from processor.serde import serde_for
 from processor.spec import load_spec
-from processor.spec.models import PythonReducer
+from processor.spec.steps import PythonReducer
 from processor.state import RocksStore
 
 MODULE = "tests.unit.test_operators"

@@ -10,7 +10,7 @@ from processor.cli import main
 from processor.errors import SpecError, SpecErrors
 from processor.graph import build_topology
 from processor.spec import load_spec, load_spec_text
-from processor.spec.models import AggregateStep, FilterStep, MapStep, ToStep
+from processor.spec.steps import AggregateStep, FilterStep, MapStep, ToStep
 
 TOPOLOGIES = sorted((Path(__file__).resolve().parents[2] / "topologies").glob("*.yaml"))
 

@@ -16,7 +16,7 @@ from processor.errors import ExpressionError
 from processor.operators import StepFailed, compile_aggregation, parse_field
 from processor.operators.windows import build_window_operator
 from processor.serde import serde_for
-from processor.spec.models import PythonReducer, WindowSpec
+from processor.spec.steps import PythonReducer, WindowSpec
 from processor.state import RocksStore
 from processor.timeutil.watermark import NO_WATERMARK, Clock, PartitionWatermark
 from tests.unit.window_oracle import run_oracle
