@@ -235,25 +235,38 @@ class SchemaRegistry:
         schema = self._call("GET", path, self._client.get_schema, schema_id)
         document = self._avro_document(schema, f"schema {schema_id}", path)
         named: dict[str, Any] = {}
-        self._resolve_references(schema, named, set())
+        self._resolve_references(schema, f"schema {schema_id}", named, set())
         return parse_avro_schema(document, f"registry schema id {schema_id}", named)
 
-    def _resolve_references(self, schema: Any, named: dict[str, Any],
+    def _resolve_references(self, schema: Any, label: str, named: dict[str, Any],
                             seen: set[tuple[str, int]]) -> None:
-        """Parse the schemas `schema` references into `named`, theirs first (depth first)."""
+        """Parse the schemas `schema` references into `named`, theirs first (depth first). A
+        reference the registry does not give makes the referencing schema unusable (status
+        200: the registry answered), not unknown."""
         for ref in schema.references or ():
             if (ref.subject, ref.version) in seen:
                 continue
             seen.add((ref.subject, ref.version))
-            label = f"schema {ref.subject} version {ref.version}"
+            target = f"schema {ref.subject} version {ref.version}"
             path = f"/subjects/{urllib.parse.quote(str(ref.subject), safe='')}/versions/{ref.version}"
-            if not isinstance(ref.subject, str) or not isinstance(ref.version, int):
-                raise RegistryError(f"{self._where('GET', path)}: malformed reference {ref.name!r}",
-                                    status=200)
-            registered = self._call("GET", path, self._client.get_version, ref.subject, ref.version)
-            self._resolve_references(registered.schema, named, seen)
-            parse_avro_schema(self._avro_document(registered.schema, label, path),
-                              f"registry {label}", named)
+            try:
+                if not isinstance(ref.subject, str) or not isinstance(ref.version, int):
+                    raise RegistryError(f"{self._where('GET', path)}: malformed reference",
+                                        status=200)
+                registered = self._call("GET", path, self._client.get_version, ref.subject,
+                                        ref.version)
+            except RegistryError as exc:
+                if exc.transient:
+                    raise
+                failure = RegistryError(f"{label} references {ref.name!r} ({target}): {exc}",
+                                        status=200)
+            else:
+                failure = None
+            if failure is not None:
+                raise failure
+            self._resolve_references(registered.schema, target, named, seen)
+            parse_avro_schema(self._avro_document(registered.schema, target, path),
+                              f"registry {target}", named)
 
     def _avro_document(self, schema: Any, label: str, path: str) -> Any:
         """The JSON of a fetched schema, which must be Avro."""
