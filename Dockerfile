@@ -68,9 +68,11 @@ WORKDIR /var/lib/processor
 
 USER ${APP_UID}:${APP_GID}
 
-# Smoke test at build time: the native wheels load on this base image and the default
-# topology parses (writes nothing: bytecode writing is off).
-RUN processor validate /app/topologies/revenue_per_user.yaml
+# Smoke test at build time: the native wheels load on this base image, the default topology
+# parses and the schema registry client (imported only by workers that use a registry) has its
+# dependencies, confluent-kafka's `schemaregistry` extra (writes nothing: bytecode writing is off).
+RUN processor validate /app/topologies/revenue_per_user.yaml \
+    && python -c "import confluent_kafka.schema_registry"
 
 VOLUME ["/var/lib/processor/state"]
 

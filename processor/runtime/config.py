@@ -27,6 +27,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from processor import secrets
 from processor.errors import SpecError, SpecErrors
+from processor.serde.registry import RegistryBearer, RegistryRetries, RegistryTls, SchemaRegistry
 from processor.timeutil import parse_duration_ms
 
 ENV_PREFIX = "PROCESSOR_"
@@ -110,9 +111,36 @@ class WorkerConfig(BaseSettings):
     kafka: dict[str, str] = Field(
         default_factory=dict,
         description="librdkafka properties of every client (consumers, producer, admin)")
-    schema_registry_url: str | None = None
+    schema_registry_url: str | None = Field(
+        default=None, description="http(s)://host:port; a comma-separated list fails over")
     schema_registry_username: str | None = None
     schema_registry_password: SecretStr | None = None
+    # declared in this order: each validator below compares against the settings before it
+    # (every validator runs, defaults too: pydantic-settings validates defaults)
+    schema_registry_ssl_ca_location: str | None = Field(
+        default=None, description="CA file or directory verifying the registry's certificate "
+                                  "(default: the system's trust store)")
+    schema_registry_ssl_certificate_location: str | None = Field(
+        default=None, description="client certificate (PEM) for mutual TLS")
+    schema_registry_ssl_key_location: str | None = None
+    schema_registry_ssl_key_password: SecretStr | None = None
+    schema_registry_bearer_token: SecretStr | None = Field(
+        default=None, description="a static bearer token (instead of basic auth)")
+    schema_registry_oauth_client_id: str | None = None
+    schema_registry_oauth_client_secret: SecretStr | None = None
+    schema_registry_oauth_scope: str | None = None
+    schema_registry_oauth_issuer_endpoint_url: str | None = Field(
+        default=None,
+        description="OAuth client credentials: tokens for the registry come from this endpoint")
+    schema_registry_logical_cluster: str | None = Field(
+        default=None, description="Confluent Cloud's registry id (lsrc-...), for bearer auth")
+    schema_registry_identity_pool_id: str | None = None
+    schema_registry_timeout_ms: int = Field(default=10_000, ge=1)
+    schema_registry_max_retries: int = Field(
+        default=0, ge=0, description="retries of a request without answer or with HTTP "
+                                     "408/429/5xx; 0: the worker stops and its restart retries")
+    schema_registry_retry_backoff_ms: int = Field(default=1000, ge=0)
+    schema_registry_retry_backoff_max_ms: int = Field(default=20_000, ge=0)
     changelog_topic_configs: dict[str, str] = Field(
         default_factory=dict,
         description="topic configs of the changelog topics the worker creates, over its "
@@ -123,7 +151,9 @@ class WorkerConfig(BaseSettings):
 
     @field_validator("commit_interval_ms", "poll_timeout_ms", "session_timeout_ms",
                      "max_poll_interval_ms", "liveness_timeout_ms",
-                     "repartition_purge_interval_ms", mode="before")
+                     "repartition_purge_interval_ms", "schema_registry_timeout_ms",
+                     "schema_registry_retry_backoff_ms", "schema_registry_retry_backoff_max_ms",
+                     mode="before")
     @classmethod
     def _duration(cls, v: Any) -> Any:
         return parse_duration_ms(v) if isinstance(v, str) else v
@@ -161,6 +191,85 @@ class WorkerConfig(BaseSettings):
                 raise ValueError(f"{prop} is also set as {name}; set it in one place")
         return v
 
+    @field_validator("schema_registry_ssl_ca_location", "schema_registry_ssl_certificate_location",
+                     "schema_registry_ssl_key_location", "schema_registry_ssl_key_password")
+    @classmethod
+    def _registry_tls(cls, v: Any, info: ValidationInfo) -> Any:
+        if v is None:
+            return v
+        url = info.data.get("schema_registry_url")
+        if url and not all(u.strip().lower().startswith("https://") for u in url.split(",")):
+            raise ValueError("TLS settings need an https:// schema_registry_url")
+        if info.field_name in ("schema_registry_ssl_key_location", "schema_registry_ssl_key_password") \
+                and not info.data.get("schema_registry_ssl_certificate_location"):
+            raise ValueError("a client key needs schema_registry_ssl_certificate_location too")
+        return v
+
+    @field_validator("schema_registry_bearer_token")
+    @classmethod
+    def _registry_bearer(cls, v: Any, info: ValidationInfo) -> Any:
+        if v is not None and _registry_basic_auth(info.data):
+            raise ValueError("bearer auth and basic auth (schema_registry_username/password or "
+                             "credentials in schema_registry_url) exclude each other; set one")
+        return v
+
+    @field_validator("schema_registry_oauth_issuer_endpoint_url")
+    @classmethod
+    def _registry_oauth(cls, v: str | None, info: ValidationInfo) -> str | None:
+        """The OAuth settings go together, and replace both other kinds of auth."""
+        given = {name: info.data.get(name) for name in ("schema_registry_oauth_client_id",
+                                                       "schema_registry_oauth_client_secret")}
+        given["schema_registry_oauth_issuer_endpoint_url"] = v
+        if not any(given.values()) and not info.data.get("schema_registry_oauth_scope"):
+            return v
+        missing = [name for name, value in given.items() if not value]
+        if missing:
+            raise ValueError(f"OAuth for the schema registry also needs {', '.join(missing)}")
+        if not (v or "").lower().startswith(("http://", "https://")):
+            raise ValueError("must be an http(s):// URL")
+        if info.data.get("schema_registry_bearer_token") is not None:
+            raise ValueError("OAuth and schema_registry_bearer_token exclude each other; set one")
+        if _registry_basic_auth(info.data):
+            raise ValueError("OAuth and basic auth (schema_registry_username/password or "
+                             "credentials in schema_registry_url) exclude each other; set one")
+        return v
+
+    @field_validator("schema_registry_logical_cluster", "schema_registry_identity_pool_id")
+    @classmethod
+    def _registry_bearer_only(cls, v: Any, info: ValidationInfo) -> Any:
+        if v is not None and info.data.get("schema_registry_bearer_token") is None and \
+                not info.data.get("schema_registry_oauth_issuer_endpoint_url"):
+            raise ValueError("only used with bearer auth (schema_registry_bearer_token or the "
+                             "schema_registry_oauth_* settings)")
+        return v
+
+    def schema_registry(self) -> SchemaRegistry | None:
+        """A client of the configured schema registry; None without schema_registry_url."""
+        if not self.schema_registry_url:
+            return None
+        tls = RegistryTls(self.schema_registry_ssl_ca_location,
+                          self.schema_registry_ssl_certificate_location,
+                          self.schema_registry_ssl_key_location,
+                          _revealed(self.schema_registry_ssl_key_password))
+        bearer = None
+        if self.schema_registry_bearer_token or self.schema_registry_oauth_issuer_endpoint_url:
+            bearer = RegistryBearer(
+                token=_revealed(self.schema_registry_bearer_token),
+                client_id=self.schema_registry_oauth_client_id,
+                client_secret=_revealed(self.schema_registry_oauth_client_secret),
+                issuer_endpoint_url=self.schema_registry_oauth_issuer_endpoint_url,
+                scope=self.schema_registry_oauth_scope or "",
+                logical_cluster=self.schema_registry_logical_cluster or "",
+                identity_pool_id=self.schema_registry_identity_pool_id)
+        return SchemaRegistry(
+            self.schema_registry_url, username=self.schema_registry_username,
+            password=_revealed(self.schema_registry_password),
+            timeout_s=self.schema_registry_timeout_ms / 1000,
+            tls=tls if tls != RegistryTls() else None, bearer=bearer,
+            retries=RegistryRetries(self.schema_registry_max_retries,
+                                    self.schema_registry_retry_backoff_ms,
+                                    self.schema_registry_retry_backoff_max_ms))
+
     def client_properties(self) -> dict[str, str]:
         """The librdkafka properties every client gets: security settings, then `kafka:`."""
         props = {}
@@ -189,6 +298,18 @@ class WorkerConfig(BaseSettings):
             return self.worker_id
         seed = f"{socket.gethostname()}:{self.state_dir.resolve()}"
         return f"{socket.gethostname()}-{hashlib.sha1(seed.encode()).hexdigest()[:8]}"
+
+
+def _revealed(secret: SecretStr | None) -> str | None:
+    return secret.get_secret_value() if secret is not None else None
+
+
+def _registry_basic_auth(settings: dict[str, Any]) -> bool:
+    """Whether the registry settings so far ask for basic auth (a URL with `user@`, too)."""
+    urls = (settings.get("schema_registry_url") or "").split(",")
+    userinfo = any("@" in u.strip().split("//", 1)[-1].split("/", 1)[0] for u in urls)
+    return bool(settings.get("schema_registry_username") or settings.get("schema_registry_password")
+                or userinfo)
 
 
 def _env_names(setting: str) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,19 +15,19 @@ class Serdes:
     """`serdes(end, is_key)`: the Serde of one side of a topic end. Schema formats are built
     once per (topic, side) and share one registry client, so schemas are fetched once."""
 
-    def __init__(self, registry_url: str | None = None, username: str | None = None,
-                 password: str | None = None) -> None:
-        self._registry_args = (registry_url, username, password)
+    def __init__(self, connect: Callable[[], SchemaRegistry | None] | None = None) -> None:
+        """`connect` makes the registry client (WorkerConfig.schema_registry), once the first
+        avro_registry end asks for it; it gives None when no registry is configured."""
+        self._connect = connect
         self._registry: SchemaRegistry | None = None
         self._built: dict[tuple[str, bool, Any], Serde] = {}
 
     def registry(self) -> SchemaRegistry:
-        url, username, password = self._registry_args
-        if not url:
+        if self._registry is None and self._connect is not None:
+            self._registry = self._connect()
+        if self._registry is None:
             raise ProcessorError("the topology uses format avro_registry but schema_registry_url "
                                  "is not set (config file or PROCESSOR_SCHEMA_REGISTRY_URL)")
-        if self._registry is None:
-            self._registry = SchemaRegistry(url, username=username, password=password)
         return self._registry
 
     def __call__(self, end: TopicEnd, is_key: bool) -> Serde:

@@ -79,10 +79,7 @@ class Worker:
         self.tasks: dict[TP, Task] = {}
         self.delivery_errors: list[KafkaError] = []
         self._stopping = False
-        secret = getattr(config, "schema_registry_password", None)
-        self.serdes = Serdes(getattr(config, "schema_registry_url", None),
-                             getattr(config, "schema_registry_username", None),
-                             secret.get_secret_value() if secret is not None else None)
+        self.serdes = Serdes(config.schema_registry)
         self.collector = RecordCollector(lambda: self.producer, {}, self.serdes)
         self.dead_letters = DeadLetterWriter(lambda: self.producer, topology.dlq_topic, topology.name)
         self.records_processed = 0

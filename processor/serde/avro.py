@@ -150,7 +150,7 @@ def avro_registry_serde(registry: SchemaRegistry, *, schema: str | PathLike[str]
 
     def writer_for(schema_id: int) -> AvroSchema:
         try:
-            raw = registry.schema_by_id(schema_id)
+            parsed = registry.schema_by_id(schema_id)
         except RegistryError as exc:
             if exc.transient:
                 raise RegistryUnavailable(f"avro_registry: cannot fetch schema id {schema_id}: "
@@ -160,8 +160,6 @@ def avro_registry_serde(registry: SchemaRegistry, *, schema: str | PathLike[str]
                                            f"(registry {registry.url}: HTTP 404)") from None
             raise DeserializationError(f"avro_registry: cannot use schema id {schema_id}: "
                                        f"{exc}") from None
-        try:
-            parsed = parse_avro_schema(raw, f"registry schema id {schema_id}")
         except SchemaError as exc:
             raise DeserializationError(f"avro_registry: {exc}") from None
         writers[schema_id] = parsed

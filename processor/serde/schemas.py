@@ -36,10 +36,13 @@ def read_json_file(path: str | PathLike[str]) -> Any:
                           f"column {exc.colno} ({exc.msg})") from None
 
 
-def parse_avro_schema(schema: Any, source: str) -> AvroSchema:
-    """Parse an Avro schema given as JSON data; `source` names it in the error message."""
+def parse_avro_schema(schema: Any, source: str,
+                      named_schemas: dict[str, Any] | None = None) -> AvroSchema:
+    """Parse an Avro schema given as JSON data; `source` names it in the error message.
+    `named_schemas` holds named types defined elsewhere (registry references) and gets this
+    schema's own."""
     try:
-        return fastavro.parse_schema(schema)
+        return fastavro.parse_schema(schema, named_schemas=named_schemas)
     except Exception as exc:  # fastavro raises SchemaParseException, UnknownType, TypeError, ...
         detail = str(exc) or type(exc).__name__
         if type(exc).__name__ == "UnknownType":
