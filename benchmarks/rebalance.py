@@ -29,9 +29,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from processor.runtime.broker import EmbeddedBroker, free_port
-from processor.runtime.generator import create_topic, produce_json
-from processor.samples import sample_orders
+from processor.examples.revenue import sample_orders
+from processor.tools.broker import EmbeddedBroker, free_port
+from processor.tools.generator import create_topic, produce_json
 
 ROOT = Path(__file__).resolve().parents[1]
 TOPOLOGY = ROOT / "topologies" / "revenue_per_user.yaml"
@@ -126,7 +126,7 @@ def parse_ts(ts: str) -> float:
 def run(broker_kind: str, guarantee: str, rate: float, seconds: int, join_after: int) -> dict:
     work = Path(tempfile.mkdtemp(prefix="rebalance-bench-"))
     if broker_kind == "apache":
-        from processor.runtime.apache_kafka import ApacheKafkaBroker
+        from processor.tools.apache_kafka import ApacheKafkaBroker
         broker: Any = ApacheKafkaBroker(data_dir=work / "kafka", install=True)
     else:
         broker = EmbeddedBroker(log_file=work / "tansu.log")

@@ -42,12 +42,12 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartiti
 from confluent_kafka import libversion as rdkafka_version
 from confluent_kafka import version as ck_version
 
+from processor.examples.revenue import sample_orders
 from processor.graph import build_topology
-from processor.runtime.apache_kafka import KAFKA_VERSION, ApacheKafkaBroker
-from processor.runtime.broker import EmbeddedBroker
-from processor.runtime.generator import create_topic, produce_json_to
-from processor.samples import sample_orders
 from processor.spec import load_spec
+from processor.tools.apache_kafka import KAFKA_VERSION, ApacheKafkaBroker
+from processor.tools.broker import EmbeddedBroker
+from processor.tools.generator import create_topic, produce_json_to
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmarks"

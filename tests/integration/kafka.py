@@ -39,7 +39,7 @@ class BrokerUnderTest:
 def probe_aborted_isolation(bootstrap: str) -> bool:
     """Does a read_committed consumer hide records of an aborted transaction?"""
     topic = f"probe-isolation-{uuid.uuid4().hex[:8]}"
-    from processor.runtime.generator import create_topic
+    from processor.tools.generator import create_topic
 
     create_topic(bootstrap, topic, 1)
     p = Producer({"bootstrap.servers": bootstrap, "transactional.id": f"probe-{uuid.uuid4().hex}"})
