@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import tempfile
 import threading
 import time
+from pathlib import Path
 
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
@@ -23,6 +23,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from processor.tools.broker import EmbeddedBroker
 from processor.tools.demo_views import DEFAULT_RATES, DemoView, make_view
 from processor.tools.generator import create_topic
+from processor.tools.worker_process import worker_command
 
 
 def run_demo(seconds: float = 20, rate: float | None = None, example: str = "revenue") -> int:
@@ -37,10 +38,10 @@ def run_demo(seconds: float = 20, rate: float | None = None, example: str = "rev
         for topic, partitions in view.topics.items():
             create_topic(bootstrap, topic, partitions)
         view.prepare(bootstrap)
+        # its warnings go to the terminal, between the view's summaries
         worker = subprocess.Popen(
-            [sys.executable, "-m", "processor", "run", str(view.topology), "--bootstrap-servers",
-             bootstrap, "--state-dir", state_dir, "--log-format", "text", "--commit-interval",
-             "500ms"],
+            worker_command(view.topology, bootstrap, Path(state_dir), log_format="text",
+                           commit_interval="500ms"),
             env={"PROCESSOR_MAX_POLL_INTERVAL_MS": "6000",
                  # Tansu has no KIP-848 groups; a cluster of the user's may (Kafka >= 4.0)
                  **({} if external else {"PROCESSOR_GROUP_PROTOCOL": "classic"}),
