@@ -18,7 +18,6 @@ import argparse
 import itertools
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -29,9 +28,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from processor.runtime.broker import EmbeddedBroker, free_port
-from processor.runtime.generator import create_topic, produce_json
-from processor.samples import sample_orders
+from processor.examples.revenue import sample_orders
+from processor.tools.broker import EmbeddedBroker, free_port
+from processor.tools.generator import create_topic, produce_json
+from processor.tools.worker_process import WorkerProcess, worker_command
 
 ROOT = Path(__file__).resolve().parents[1]
 TOPOLOGY = ROOT / "topologies" / "revenue_per_user.yaml"
@@ -49,40 +49,26 @@ def consumed(port: int) -> float | None:
                if line.startswith("processor_records_consumed_total"))
 
 
-class Worker:
+class Worker(WorkerProcess):
+    """One worker of the run, its /metrics on a free port, its log in the work dir."""
+
     def __init__(self, label: str, bootstrap: str, work: Path, guarantee: str,
                  broker_kind: str) -> None:
         self.label, self.port = label, free_port()
-        self.log_path = work / f"{label}.log"
         env = {**os.environ, "PROCESSOR_MAX_POLL_INTERVAL_MS": "6000",
                "PROCESSOR_SESSION_TIMEOUT_MS": "6000", "PYTHONUNBUFFERED": "1"}
         if broker_kind == "tansu":  # no KIP-848 groups there
             env["PROCESSOR_GROUP_PROTOCOL"] = "classic"
-        cmd = [sys.executable, "-m", "processor", "run", str(TOPOLOGY), "--bootstrap-servers",
-               bootstrap, "--state-dir", str(work / f"state-{label}"), "--guarantee", guarantee,
-               "--worker-id", label, "--metrics-port", str(self.port), "--log-format", "json",
-               "--commit-interval", "100ms"]
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=log,
-                                         start_new_session=True)
+        cmd = worker_command(TOPOLOGY, bootstrap, work / f"state-{label}", guarantee=guarantee,
+                             worker_id=label, metrics_port=self.port, commit_interval="100ms")
+        super().__init__(cmd, work / f"{label}.log", env, new_session=True)
         self.samples: list[tuple[float, float]] = []
 
-    def events(self, msg: str) -> list[dict[str, Any]]:
-        out = []
-        for line in self.log_path.read_bytes().splitlines():
-            if line.startswith(b"{"):
-                ev = json.loads(line)
-                if ev.get("msg") == msg:
-                    out.append(ev)
-        return out
-
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        try:
+            self.terminate(60)
+        except subprocess.TimeoutExpired:
+            self.kill()
 
 
 def sample(workers: list[Worker], combined: list[tuple[float, float]],
@@ -126,7 +112,7 @@ def parse_ts(ts: str) -> float:
 def run(broker_kind: str, guarantee: str, rate: float, seconds: int, join_after: int) -> dict:
     work = Path(tempfile.mkdtemp(prefix="rebalance-bench-"))
     if broker_kind == "apache":
-        from processor.runtime.apache_kafka import ApacheKafkaBroker
+        from processor.tools.apache_kafka import ApacheKafkaBroker
         broker: Any = ApacheKafkaBroker(data_dir=work / "kafka", install=True)
     else:
         broker = EmbeddedBroker(log_file=work / "tansu.log")
@@ -138,7 +124,7 @@ def run(broker_kind: str, guarantee: str, rate: float, seconds: int, join_after:
         combined: list[tuple[float, float]] = []
         sampler = threading.Thread(target=sample, args=([first], combined, stop), daemon=True)
         sampler.start()
-        while not first.events("task running"):
+        while not first.find("task running"):
             time.sleep(0.2)
         t0 = time.monotonic()
         orders = sample_orders(int(rate * seconds), users=2000)
@@ -164,12 +150,12 @@ def run(broker_kind: str, guarantee: str, rate: float, seconds: int, join_after:
     total = per_second(combined, t0, seconds)
     steady = total[2:join_after]
     after = total[join_after:join_after + WINDOW_S]
-    revoked = [len(e["partitions"]) for e in first.events("partitions revoked")
+    revoked = [len(e["partitions"]) for e in first.find("partitions revoked")
                if parse_ts(e["ts"]) < t_end]
     return {
         "broker": broker_kind, "guarantee": guarantee, "rate_per_s": rate,
         "join_after_s": join_after, "seconds": seconds,
-        "assignment": first.events("partitions assigned")[0].get("protocol", "eager (range)"),
+        "assignment": first.find("partitions assigned")[0].get("protocol", "eager (range)"),
         "steady_records_per_s": round(sum(steady) / len(steady)),
         "slowest_second_after_join": round(min(after)),
         "dip_percent": round(100 * (1 - min(after) / (sum(steady) / len(steady))), 1),
@@ -178,7 +164,7 @@ def run(broker_kind: str, guarantee: str, rate: float, seconds: int, join_after:
         "both_longest_pause_s": round(longest_stall(combined, t_join, t_join + WINDOW_S), 2),
         "partitions_revoked_from_first": sum(revoked),
         "revocations": len(revoked),
-        "tasks_restored_by_second": len(second.events("store restored")),
+        "tasks_restored_by_second": len(second.find("store restored")),
         "records_per_second": [round(x) for x in total],
         "work_dir": str(work),
     }

@@ -73,18 +73,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_dlq(args: argparse.Namespace) -> int:
     from processor.observability.logging import setup_logging
-    from processor.runtime import dlqtool
     from processor.runtime.config import load_config
+    from processor.tools import dlq
 
     topology = _load_topology(args.topology)
     config = load_config(args.config, bootstrap_servers=args.bootstrap_servers)
     setup_logging("WARNING", "text")
     if args.dlq_command == "inspect":
-        dlqtool.inspect(topology, config, limit=args.limit, error_class=args.error_class,
-                        as_json=args.json)
+        dlq.inspect(topology, config, limit=args.limit, error_class=args.error_class,
+                    as_json=args.json)
         return 0
-    report = dlqtool.replay(topology, config, error_class=args.error_class, to=args.to,
-                            from_beginning=args.from_beginning, dry_run=args.dry_run)
+    report = dlq.replay(topology, config, error_class=args.error_class, to=args.to,
+                        from_beginning=args.from_beginning, dry_run=args.dry_run)
     verb = "would replay" if args.dry_run else "replayed"
     targets = ", ".join(f"{n} to {t}" for t, n in sorted(report.replayed.items())) or "none"
     print(f"{verb}: {targets}; examined {report.examined}, other error classes "
@@ -100,13 +100,13 @@ def cmd_dev_broker(args: argparse.Namespace) -> int:
     stop_signals = {signal.SIGINT, signal.SIGTERM}
     signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     if args.kafka == "apache":
-        from processor.runtime.apache_kafka import KAFKA_VERSION, ApacheKafkaBroker
+        from processor.tools.apache_kafka import KAFKA_VERSION, ApacheKafkaBroker
 
         data_dir = Path(args.data_dir) if args.data_dir else None
         broker = ApacheKafkaBroker(port=args.port, data_dir=data_dir, install=True)
         what = f"Apache Kafka {KAFKA_VERSION} (KRaft, single node, data in {broker.data_dir})"
     else:
-        from processor.runtime.broker import EmbeddedBroker
+        from processor.tools.broker import EmbeddedBroker
 
         broker = EmbeddedBroker(port=args.port)
         what = ("Kafka-compatible broker (Tansu, in-memory; run workers with "
@@ -121,7 +121,7 @@ def cmd_dev_broker(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from processor.runtime.demo import run_demo
+    from processor.tools.demo import run_demo
 
     return run_demo(seconds=args.seconds, rate=args.rate, example=args.example)
 

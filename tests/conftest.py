@@ -35,7 +35,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerUnderTest
                                   probe_aborted_isolation(bootstrap))
         return
     if kind == "tansu":
-        from processor.runtime.broker import EmbeddedBroker
+        from processor.tools.broker import EmbeddedBroker
 
         # Tansu has no KIP-848 groups: workers (subprocesses inherit this) use the classic protocol
         os.environ["PROCESSOR_GROUP_PROTOCOL"] = "classic"
@@ -44,7 +44,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerUnderTest
             yield BrokerUnderTest(embedded.bootstrap, "embedded-tansu",
                                   probe_aborted_isolation(embedded.bootstrap))
         return
-    from processor.runtime.apache_kafka import ApacheKafkaBroker
+    from processor.tools.apache_kafka import ApacheKafkaBroker
 
     with ApacheKafkaBroker(data_dir=tmp_path_factory.mktemp("kafka"), install=True) as kafka:
         isolates = probe_aborted_isolation(kafka.bootstrap)

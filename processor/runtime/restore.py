@@ -23,9 +23,11 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
+from processor.runtime.batch import by_partition
 from processor.runtime.task import Task
 from processor.state import POSITION_KEY, RocksStore, decode_position
 from processor.state.store import META_CHANGELOG_OFFSET
@@ -95,17 +97,15 @@ class Restorer:
         if not self.active:
             return 0
         msgs = self.consumer.consume(max_records, timeout)
-        chunks: dict[tuple[str, int], list] = {}
         finished: list[tuple[tuple[str, int], int]] = []
-        for m in msgs:
+
+        def on_error(m: Any, err: KafkaError) -> None:
             key = (m.topic(), m.partition())
-            err = m.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    finished.append((key, m.offset()))
-                    continue
+            if err.code() != KafkaError._PARTITION_EOF:
                 raise RuntimeError(f"restore read failed on {key}: {err.str()}")
-            chunks.setdefault(key, []).append(m)
+            finished.append((key, m.offset()))
+
+        chunks = by_partition(msgs, on_error)
         applied = 0
         for key, chunk in chunks.items():
             prog = self.active.get(key)

@@ -25,6 +25,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from processor.errors import ProcessorError
+from processor.runtime.batch import by_partition
 from processor.state.table import TableStore
 
 log = logging.getLogger("processor.tables")
@@ -162,21 +163,15 @@ class TableFollower:
             if self._unready:
                 self._maybe_log()
             return 0
-        by_tp: dict[_TP, list[Any]] = {}
         eofs: dict[_TP, int] = {}
-        for m in msgs:
-            err = m.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    eofs[(m.topic(), m.partition())] = m.offset()
-                else:
-                    self._error(m, err)
-                continue
-            tp = (m.topic(), m.partition())
-            chunk = by_tp.get(tp)
-            if chunk is None:
-                by_tp[tp] = chunk = []
-            chunk.append(m)
+
+        def on_error(m: Any, err: KafkaError) -> None:
+            if err.code() == KafkaError._PARTITION_EOF:
+                eofs[(m.topic(), m.partition())] = m.offset()
+            else:
+                self._error(m, err)
+
+        by_tp = by_partition(msgs, on_error)
 
         work: dict[_Registration, _Chunk] = {}
         for tp, chunk in by_tp.items():

@@ -39,9 +39,9 @@ from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
 
-from processor.runtime.apache_kafka import ApacheKafkaBroker
-from processor.runtime.broker import free_port
-from processor.runtime.generator import create_topic
+from processor.tools.apache_kafka import ApacheKafkaBroker
+from processor.tools.broker import free_port
+from processor.tools.generator import create_topic
 from tests.integration import campaign_check as cc
 from tests.integration import joins_scenario as js
 from tests.integration.kafka import WorkerProcess

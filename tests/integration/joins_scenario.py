@@ -33,7 +33,7 @@ from typing import Any
 import orjson
 from confluent_kafka import Producer
 
-from processor.runtime.generator import create_topic, produce_json
+from processor.tools.generator import create_topic, produce_json
 from tests.integration.kafka import read_all
 
 T0 = 1_700_000_000_000

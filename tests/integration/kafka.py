@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -16,6 +13,8 @@ from typing import Any
 import orjson
 import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+
+from processor.tools import worker_process
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,7 +38,7 @@ class BrokerUnderTest:
 def probe_aborted_isolation(bootstrap: str) -> bool:
     """Does a read_committed consumer hide records of an aborted transaction?"""
     topic = f"probe-isolation-{uuid.uuid4().hex[:8]}"
-    from processor.runtime.generator import create_topic
+    from processor.tools.generator import create_topic
 
     create_topic(bootstrap, topic, 1)
     p = Producer({"bootstrap.servers": bootstrap, "transactional.id": f"probe-{uuid.uuid4().hex}"})
@@ -101,8 +100,9 @@ def assert_revenue_matches(final: dict[str, Any], oracle: dict[str, Any]) -> Non
     assert not wrong, f"{len(wrong)} users differ from the oracle, e.g. {wrong[:3]}"
 
 
-class WorkerProcess:
-    """`python -m processor run` in a subprocess, with its logs kept in a file."""
+class WorkerProcess(worker_process.WorkerProcess):
+    """A worker of a test: output in a file under `log_dir`, group timeouts of 6 s, a bounded
+    run (`idle`) unless told otherwise; PROCESSOR_CRASH_AT only when the test sets it."""
 
     started: list[WorkerProcess] = []  # killed by the `reap_workers` fixture after each test
 
@@ -110,61 +110,15 @@ class WorkerProcess:
                  guarantee: str = "exactly_once", worker_id: str | None = None,
                  idle: str | None = "3s", env: dict[str, str] | None = None,
                  commit_interval: str = "100ms") -> None:
-        self.log_path = log_dir / f"worker-{uuid.uuid4().hex[:6]}.log"
-        args = [sys.executable, "-m", "processor", "run", str(topology),
-                "--bootstrap-servers", bootstrap, "--state-dir", str(state_dir),
-                "--guarantee", guarantee, "--commit-interval", commit_interval,
-                "--log-format", "json"]
-        if worker_id:
-            args += ["--worker-id", worker_id]
-        if idle:
-            args += ["--stop-when-idle", idle]
+        cmd = worker_process.worker_command(
+            topology, bootstrap, state_dir, guarantee=guarantee, commit_interval=commit_interval,
+            worker_id=worker_id or None, stop_when_idle=idle or None)
         full_env = {**os.environ, "PROCESSOR_MAX_POLL_INTERVAL_MS": "6000",
                     "PROCESSOR_SESSION_TIMEOUT_MS": "6000", **(env or {})}
         if "PROCESSOR_CRASH_AT" not in (env or {}):
             full_env.pop("PROCESSOR_CRASH_AT", None)
-        self._log = open(self.log_path, "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(args, cwd=ROOT, env=full_env, stdout=self._log,
-                                     stderr=subprocess.STDOUT)
+        super().__init__(cmd, log_dir / f"worker-{uuid.uuid4().hex[:6]}.log", full_env)
         WorkerProcess.started.append(self)
-
-    def wait(self, timeout: float = 120) -> int:
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            self._log.flush()
-
-    def terminate(self, timeout: float = 60) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.wait(timeout)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def logs(self) -> list[dict[str, Any]]:
-        out = []
-        for line in self.log_path.read_bytes().splitlines():
-            try:
-                out.append(orjson.loads(line))
-            except orjson.JSONDecodeError:
-                continue
-        return out
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace")[-6000:]
-
-    def wait_for_log(self, msg: str, timeout: float = 60, count: int = 1) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if sum(1 for r in self.logs() if r.get("msg") == msg) >= count:
-                return
-            if self.proc.poll() is not None:
-                raise AssertionError(f"worker exited ({self.proc.returncode}) before {msg!r}:\n"
-                                     + self.log_text())
-            time.sleep(0.2)
-        raise AssertionError(f"no {msg!r} in worker log within {timeout}s:\n{self.log_text()}")
 
 
 def topology_file(tmp: Path, template: str, name: str, replacements: dict[str, str]) -> Path:

@@ -14,7 +14,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from processor.runtime.broker import free_port
+from processor.tools.broker import free_port
 
 INSTALL_HINT = "prometheus is not installed: run scripts/install-prometheus.sh (CI does)"
 

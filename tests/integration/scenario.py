@@ -9,8 +9,8 @@ from typing import Any
 
 import orjson
 
-from processor.runtime.generator import create_topic, produce_json
-from processor.samples import revenue_oracle, sample_orders
+from processor.examples.revenue import revenue_oracle, sample_orders
+from processor.tools.generator import create_topic, produce_json
 from tests.integration.kafka import (
     WorkerProcess,
     assert_revenue_matches,

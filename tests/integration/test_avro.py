@@ -14,8 +14,8 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
-from processor.runtime.generator import create_topic
 from processor.serde import SchemaRegistry, build_serde
+from processor.tools.generator import create_topic
 from tests.integration.kafka import ROOT, WorkerProcess, read_all
 from tests.unit.registry_server import RegistryServer
 

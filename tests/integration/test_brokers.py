@@ -13,8 +13,8 @@ import uuid
 import pytest
 from confluent_kafka import Producer
 
-from processor.runtime.broker import free_port, port_in_use
-from processor.runtime.generator import create_topic
+from processor.tools.broker import free_port, port_in_use
+from processor.tools.generator import create_topic
 from tests.integration.kafka import ROOT, read_all
 
 pytestmark = pytest.mark.integration
@@ -47,7 +47,7 @@ def test_read_committed_never_sees_a_record_of_an_aborted_transaction(broker):
 
 
 def test_committed_records_survive_a_broker_kill_and_restart(tmp_path):
-    from processor.runtime.apache_kafka import ApacheKafkaBroker
+    from processor.tools.apache_kafka import ApacheKafkaBroker
 
     with ApacheKafkaBroker(data_dir=tmp_path / "kafka", install=True) as kafka:
         topic = "durable"
@@ -99,7 +99,7 @@ def test_dev_broker_stops_its_broker_on_sigterm_and_refuses_a_busy_port(kind, tm
 def test_a_worker_on_a_broker_without_kip848_groups_says_what_to_change(tmp_path):
     """Tansu never answers a KIP-848 heartbeat: the worker must say so instead of waiting
     silently (the default group_protocol is `consumer`)."""
-    from processor.runtime.broker import EmbeddedBroker
+    from processor.tools.broker import EmbeddedBroker
     from tests.integration.kafka import WorkerProcess, topology_file
 
     with EmbeddedBroker(log_file=tmp_path / "tansu.log") as tansu:

@@ -18,8 +18,8 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from processor.runtime.generator import produce_json
-from processor.samples import revenue_oracle
+from processor.examples.revenue import revenue_oracle
+from processor.tools.generator import produce_json
 from tests.integration.kafka import read_all
 from tests.integration.scenario import RevenueScenario
 

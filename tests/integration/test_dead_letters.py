@@ -16,7 +16,7 @@ import orjson
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from processor.runtime.generator import create_topic
+from processor.tools.generator import create_topic
 from tests.integration.kafka import ROOT, WorkerProcess, read_all
 
 pytestmark = pytest.mark.integration

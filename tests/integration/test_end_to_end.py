@@ -7,9 +7,9 @@ import urllib.request
 
 import pytest
 
-from processor.runtime.broker import free_port
-from processor.runtime.generator import create_topic, produce_json
-from processor.samples import sample_orders
+from processor.examples.revenue import sample_orders
+from processor.tools.broker import free_port
+from processor.tools.generator import create_topic, produce_json
 from tests.integration.kafka import WorkerProcess, read_all, topology_file
 from tests.integration.scenario import RevenueScenario
 

@@ -13,9 +13,9 @@ from typing import Any
 import orjson
 import pytest
 
-from processor.runtime.generator import create_topic, produce_json
-from processor.samples import sample_orders
+from processor.examples.revenue import sample_orders
 from processor.state import RocksStore
+from processor.tools.generator import create_topic, produce_json
 from tests.integration.kafka import WorkerProcess, read_all, topology_file
 
 pytestmark = pytest.mark.integration

@@ -13,7 +13,7 @@ import pytest
 
 from processor.examples import fraud, reconciliation
 from processor.examples.fraud_model import ENV_VAR, load_model, train_fraud_model
-from processor.runtime.generator import create_topic, produce_json
+from processor.tools.generator import create_topic, produce_json
 from tests.integration.kafka import WorkerProcess, read_all, topology_file
 
 pytestmark = pytest.mark.integration

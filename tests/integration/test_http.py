@@ -13,8 +13,8 @@ from typing import Any
 import orjson
 import pytest
 
-from processor.runtime.broker import free_port
-from processor.samples import revenue_oracle
+from processor.examples.revenue import revenue_oracle
+from processor.tools.broker import free_port
 from tests.integration.kafka import assert_revenue_matches, latest_json_by_key
 from tests.integration.scenario import RevenueScenario
 

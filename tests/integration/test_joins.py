@@ -21,7 +21,7 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
-from processor.runtime.generator import create_topic, produce_json
+from processor.tools.generator import create_topic, produce_json
 from tests.integration import joins_scenario as js
 from tests.integration.kafka import ROOT, WorkerProcess, read_all
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from processor.runtime.generator import create_topic, produce_json
+from processor.tools.generator import create_topic, produce_json
 from tests.integration.kafka import ROOT, read_all
 
 pytestmark = pytest.mark.integration

@@ -13,9 +13,9 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from processor.runtime.clients import restore_consumer_config
 from processor.runtime.config import WorkerConfig
-from processor.runtime.generator import create_topic
 from processor.runtime.tables import TableError, TableFollower
 from processor.state.table import TableStore
+from processor.tools.generator import create_topic
 
 pytestmark = pytest.mark.integration
 

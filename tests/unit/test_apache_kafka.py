@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from processor.runtime.apache_kafka import KAFKA_VERSION, ROOT, SETTINGS
+from processor.tools.apache_kafka import KAFKA_VERSION, ROOT, SETTINGS
 
 
 def test_pinned_version_is_the_one_the_install_script_resolves():

@@ -371,7 +371,7 @@ def test_demo_command_takes_an_example():
 
 
 def test_demo_pacing_keeps_each_topics_order(monkeypatch):
-    from processor.examples import demos
+    from processor.tools import demo_views as demos
 
     monkeypatch.setattr(demos.time, "sleep", lambda s: None)
     s = reconciliation.generate(300, seed=2, partitions=4)

@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
+from processor.examples.revenue import revenue_oracle, sample_orders
 from processor.expressions import compile_expression
 from processor.graph import BuildContext, TopicEnd, build_topology
 from processor.operators import (
@@ -22,7 +23,6 @@ from processor.operators import (
     compile_aggregation,
     parse_field,
 )
-from processor.samples import revenue_oracle, sample_orders
 from processor.serde import serde_for
 from processor.spec import load_spec
 from processor.spec.steps import PythonReducer

@@ -1,28 +1,78 @@
-"""Live views for `processor demo --example reconciliation|fraud` (the harness: runtime/demo.py).
+"""The live views of `processor demo --example revenue|reconciliation|fraud` (the harness that
+runs them: tools/demo.py).
 
 A view names its topology and topics, prepares what must exist before the worker starts
 (tables, rules, a trained model), feeds input in a thread, and prints a summary of the output
-records it is shown. Both feed seeded generators (processor.examples.*), so two runs print the
-same story.
+records it is shown. All feed seeded generators (processor.examples.*), so two runs of the
+reconciliation and fraud examples print the same story.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections import Counter, deque
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 from confluent_kafka import Producer
 
 from processor.examples import fraud, reconciliation
-from processor.runtime.generator import produce_json
+from processor.examples.revenue import sample_orders
+from processor.tools.generator import produce_json
 
 TOPOLOGIES = Path(__file__).resolve().parents[2] / "topologies"
+EXAMPLES = ("revenue", "reconciliation", "fraud")
+DEFAULT_RATES = {"revenue": 2000, "reconciliation": 500, "fraud": 200}
 SPEEDUP = 60  # reconciliation: one second of the clock is one minute of event time
+
+
+class DemoView:
+    """What the demo harness asks of a view; `received` = output records shown so far (the demo
+    fails when it stays 0)."""
+
+    topology: ClassVar[Path]
+    topics: ClassVar[dict[str, int]]  # topic -> partitions, created before the worker starts
+    outputs: ClassVar[tuple[str, ...]]  # the topics read back and shown
+    received: int = 0
+
+    @property
+    def worker_env(self) -> dict[str, str]:
+        """Extra environment of the worker subprocess."""
+        return {}
+
+    def banner(self) -> str:
+        raise NotImplementedError
+
+    def prepare(self, bootstrap: str) -> None:
+        """Produce what must exist before the worker starts (tables, rules)."""
+
+    def feed(self, bootstrap: str) -> None:
+        raise NotImplementedError
+
+    def on_output(self, topic: str, key: bytes | None, value: Any) -> None:
+        raise NotImplementedError
+
+    def tick(self, bootstrap: str, elapsed: float) -> None:
+        """Print the summary (every 2 s)."""
+        raise NotImplementedError
+
+
+def make_view(example: str, seconds: float, rate: float) -> DemoView:
+    if example == "revenue":
+        return RevenueView(seconds, rate)
+    if example == "reconciliation":
+        return ReconciliationView(seconds, rate)
+    if example == "fraud":
+        from processor.examples.fraud_model import ENV_VAR
+
+        env = os.environ.get(ENV_VAR)
+        model = Path(env) if env else TOPOLOGIES / "models" / "fraud_model.joblib"
+        return FraudView(seconds, rate, model)
+    raise ValueError(f"unknown example {example!r} (known: {', '.join(EXAMPLES)})")
 
 
 def _paced(streams: dict[str, list[Any]], start_ms: int, speedup: float) -> Iterator[tuple[str, Any]]:
@@ -74,7 +124,43 @@ def _money(value: Any) -> str:
     return "-" if value is None else f"{value['amount']:.2f}"
 
 
-class ReconciliationView:
+class RevenueView(DemoView):
+    """Random orders stamped with the current time; the top users by revenue."""
+
+    topology = TOPOLOGIES / "revenue_per_user.yaml"
+    topics = {"orders": 4, "revenue-per-user": 4}
+    outputs = ("revenue-per-user",)
+
+    def __init__(self, seconds: float, rate: float) -> None:
+        self.seconds, self.rate = seconds, rate
+        self.totals: dict[str, dict] = {}
+        self.received = 0
+
+    def banner(self) -> str:
+        return f"generator: {int(self.seconds * self.rate)} orders at {self.rate:.0f}/s"
+
+    def feed(self, bootstrap: str) -> None:
+        produce_json(bootstrap, "orders", sample_orders(int(self.seconds * self.rate)),
+                     rate_per_s=self.rate, stamp_now=True)
+
+    def on_output(self, topic: str, key: bytes | None, value: Any) -> None:
+        self.totals[key.decode() if key else ""] = value
+        self.received += 1
+
+    def tick(self, bootstrap: str, elapsed: float) -> None:
+        if not self.totals:
+            return
+        top = sorted(self.totals.values(), key=lambda r: -r["revenue"])[:8]
+        print(f"\n[{elapsed:5.1f}s] {self.received} updates on topic revenue-per-user, "
+              f"{len(self.totals)} users; top by revenue:")
+        print(f"  {'user':<6} {'orders':>6} {'revenue':>11} {'avg':>8} {'largest':>8}  country")
+        for r in top:
+            print(f"  {r['user']:<6} {r['orders']:>6} {r['revenue']:>11.2f} {r['avg_order']:>8.2f} "
+                  f"{r['largest']:>8.2f}  {r['country']}")
+        sys.stdout.flush()
+
+
+class ReconciliationView(DemoView):
     """Orders and payments at `rate` orders/s, event time 60x the clock (so the 10-minute
     timeout takes 10 s); counts results by status, shows the latest discrepancies."""
 
@@ -102,9 +188,6 @@ class ReconciliationView:
                 f"{len(s.orphans)} payments without order, {len(s.duplicated)} sent twice, "
                 f"{sum(s.out_of_order.values())} out of order); event time runs {SPEEDUP}x the "
                 "clock: an unmatched record is reported ~10 s after it was sent")
-
-    def prepare(self, bootstrap: str) -> None:
-        pass
 
     def feed(self, bootstrap: str) -> None:
         replay(bootstrap, {"orders": self.sample.orders, "payments": self.sample.payments},
@@ -136,7 +219,7 @@ class ReconciliationView:
         sys.stdout.flush()
 
 
-class FraudView:
+class FraudView(DemoView):
     """Customers and rules first, then transactions at `rate`/s; halfway, a rule change lowers
     the score threshold and the alert share rises without restarting anything."""
 

@@ -23,7 +23,7 @@ import time
 import uuid
 from pathlib import Path
 
-from processor.runtime.broker import BrokerError, free_port, port_in_use
+from processor.tools.broker import BrokerError, free_port, port_in_use
 
 KAFKA_VERSION = "4.1.1"  # keep equal to scripts/kafka/pom.xml (a unit test checks)
 ROOT = Path(__file__).resolve().parents[2]

@@ -29,7 +29,7 @@ from processor.runtime.config import WorkerConfig
 from processor.runtime.produce import produce_when_room
 from processor.runtime.topics import partition_counts, read_to_end
 
-REPLAY_PARTITION = -1  # the upstream partition of replayed repartition records (task.py marks)
+REPLAY_PARTITION = -1  # the upstream partition of replayed repartition records (runtime/task.py marks)
 COMMIT_EVERY = 5000
 _NO_DLQ = ("does not exist: no record has failed under on_error: dlq yet, or the topology "
            "names another dead-letter topic")
