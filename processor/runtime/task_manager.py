@@ -11,8 +11,8 @@ does not hold and resumed. Under exactly-once a restore starts only once the gro
 offsets of the partition are stable (`restore_when_stable`). Model: Kafka Streams' TaskManager
 (handleAssignment, handleRevocation, handleLostAll).
 
-What this needs of the worker (a checkpoint, aborting the producer's uncommitted work, a BuildContext
-per partition, ...) comes as callbacks: it never imports the worker.
+What this needs of the worker (a checkpoint, aborting the producer's uncommitted work, a
+BuildContext per partition, ...) comes as callbacks: it never imports the worker.
 """
 
 from __future__ import annotations

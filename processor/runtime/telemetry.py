@@ -27,7 +27,7 @@ log = logging.getLogger("processor.worker")  # the worker's log lines, as before
 
 
 class Telemetry:
-    def __init__(self, metrics: Metrics, config: WorkerConfig, tasks: TaskManager,
+    def __init__(self, metrics: Metrics, config: WorkerConfig, task_manager: TaskManager,
                  consumer: Consumer, produced: dict[str, int], *,
                  last_turn: Callable[[], float], stopping: Callable[[], bool],
                  started_at: float, progress_bar: ProgressBar | None = None) -> None:
@@ -36,7 +36,7 @@ class Telemetry:
         `progress_bar`: restore progress on a terminal (CLI)."""
         self.metrics = metrics
         self.config = config
-        self.tasks = tasks
+        self.task_manager = task_manager
         self.consumer = consumer
         self.produced = produced
         self._last_turn = last_turn
@@ -65,7 +65,7 @@ class Telemetry:
         for topic, n in produced.items():
             self.metrics.records_produced.labels(topic).inc(n)
         produced.clear()
-        tasks = self.tasks.tasks
+        tasks = self.task_manager.tasks
         for task in tasks.values():
             if task.failures:
                 for (policy, step, error), n in task.failures.items():
@@ -91,7 +91,7 @@ class Telemetry:
         if now - self._observed_at < every_s:
             return
         self._observed_at = now
-        tasks = self.tasks.tasks
+        tasks = self.task_manager.tasks
         owned = {(topic, str(partition)) for topic, partition in tasks}
         for labels in self._lag_labels - owned:  # revoked: no stale lag series
             self.metrics.consumer_lag.remove(*labels)
@@ -125,7 +125,7 @@ class Telemetry:
     def task_restored(self, task: Task) -> None:
         for name in task.stores:
             self.metrics.restore_remaining.labels(name, str(task.partition)).set(0)
-        if self.progress_bar is not None and not self.tasks.restorer.busy:
+        if self.progress_bar is not None and not self.task_manager.restorer.busy:
             self.progress_bar.finish("restore complete")
 
     # -- health and readiness -----------------------------------------------------------------
@@ -139,8 +139,8 @@ class Telemetry:
 
     def readiness(self) -> tuple[int, dict[str, Any]]:
         """Ready once the group has assigned partitions and every task has restored."""
-        tasks = self.tasks.tasks
-        assigned_once, stopping = self.tasks.assigned_once, self._stopping()
+        tasks = self.task_manager.tasks
+        assigned_once, stopping = self.task_manager.assigned_once, self._stopping()
         restoring = sorted(t.id for t in list(tasks.values()) if t.state is TaskState.RESTORING)
         ready = assigned_once and not restoring and not stopping
         reason = ("stopping" if stopping else f"restoring {len(restoring)} task(s)"
@@ -156,7 +156,7 @@ class Telemetry:
         last_t, last_n = self._progress_mark
         if now - last_t < every_s:
             return
-        if not self.tasks.assigned_once:
+        if not self.task_manager.assigned_once:
             hint = ("a broker without KIP-848 (Apache Kafka < 4.0, Tansu: dev-broker's default) "
                     "never answers group_protocol consumer: set group_protocol: classic "
                     "(PROCESSOR_GROUP_PROTOCOL=classic)" if self.config.group_protocol == "consumer"
@@ -165,7 +165,7 @@ class Telemetry:
                 "waited_s": round(now - self._started_at), "group_protocol":
                 self.config.group_protocol, "hint": hint})
         self._progress_mark = (now, self.records_processed)
-        tasks = self.tasks.tasks
+        tasks = self.task_manager.tasks
         log.info("progress", extra={
             "records": self.records_processed,
             "records_per_s": round((self.records_processed - last_n) / (now - last_t)),

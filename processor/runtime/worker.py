@@ -4,8 +4,9 @@ This module sets the worker up (clients, tables, checkpointer, HTTP), runs its l
 from failed checkpoints and shuts it down. Its parts get callbacks from it and never import
 it: runtime/task_manager.py (rebalances: open, restore, start and close tasks),
 runtime/telemetry.py (metrics, health, readiness, progress), runtime/global_state.py (global
-tables and broadcasts), runtime/checkpoint.py (the commit). The loop is a sequence of named
-phases (see `run`), after Kafka Streams' StreamThread.runOnce.
+tables and broadcasts), runtime/endpoint.py (the HTTP port), runtime/checkpoint.py (the
+commit). The loop is a sequence of named phases (see `run`), after Kafka Streams'
+StreamThread.runOnce.
 
 Recovery: a failed or fenced checkpoint (or a produce refused mid-batch, or a task whose input
 cannot start) closes every task dirty and reopens them at the committed offsets; the group
@@ -17,7 +18,6 @@ from __future__ import annotations
 import gc
 import logging
 import signal
-import socket
 import time
 from typing import Any
 
@@ -26,7 +26,6 @@ from confluent_kafka.admin import AdminClient
 
 from processor.errors import ProcessorError
 from processor.graph import BuildContext, Topology
-from processor.observability.http import HttpServer
 from processor.observability.metrics import Metrics
 from processor.observability.progress import ProgressBar
 from processor.runtime import faults
@@ -40,11 +39,11 @@ from processor.runtime.clients import (
 from processor.runtime.collector import RecordCollector
 from processor.runtime.config import WorkerConfig
 from processor.runtime.deadletter import DeadLetterWriter
-from processor.runtime.directory import WorkerDirectory, directory_topic
+from processor.runtime.directory import directory_topic
 from processor.runtime.drain import undrained
+from processor.runtime.endpoint import Endpoint
 from processor.runtime.global_state import GlobalState
 from processor.runtime.purge import RepartitionPurger
-from processor.runtime.queries import StateQueries
 from processor.runtime.serdes import Serdes
 from processor.runtime.tables import TableFollower
 from processor.runtime.task import TaskState
@@ -64,7 +63,6 @@ class Worker:
         self.stop_when_idle_ms = stop_when_idle_ms
         self._drain_probe: Consumer | None = None  # bounded runs: reads the group's leftovers
         self.worker_id = config.resolved_worker_id()
-        self.state_dir = config.state_dir
         self.delivery_errors: list[KafkaError] = []
         self._stopping = False
         secret = getattr(config, "schema_registry_password", None)
@@ -74,9 +72,8 @@ class Worker:
         self.collector = RecordCollector(lambda: self.producer, {}, self.serdes)
         self.dead_letters = DeadLetterWriter(lambda: self.producer, topology.dlq_topic, topology.name)
         self.heartbeat = time.monotonic()  # the loop's last turn: /healthz
-        self.http: HttpServer | None = None
+        self.endpoint: Endpoint | None = None  # metrics_port: HTTP and the worker directory
         self.progress_bar: ProgressBar | None = None  # restore progress on a terminal (CLI)
-        self.directory: WorkerDirectory | None = None
         self._last_activity = time.monotonic()  # input or (re)assignment, for bounded runs
         self._started_at = time.monotonic()
         self.global_state = GlobalState(topology, config.state_dir, self.serdes)
@@ -112,24 +109,29 @@ class Worker:
             admin, self.topology, cfg.repartition_purge_interval_ms).committed_offsets
         # a zombie's transaction on a changelog ends by its timeout (aborted by the broker)
         txn_timeout_ms = int(producer_config(cfg, "-").get("transaction.timeout.ms", 60_000))
-        self.tasks = TaskManager(
+        self.task_manager = TaskManager(
             self.topology, cfg, self.consumer, restore_consumer, self.tables, self.metrics,
             open_txn_wait_s=txn_timeout_ms / 1000 + 30, context_for=self._task_context,
             checkpoint=self.checkpointer.checkpoint, abort_uncommitted=self._abort_uncommitted,
             on_restored=lambda task: self.telemetry.task_restored(task),
             on_change=self._publish_assignment, touch=self._touch)
-        self.telemetry = Telemetry(self.metrics, cfg, self.tasks, self.consumer,
+        self.telemetry = Telemetry(self.metrics, cfg, self.task_manager, self.consumer,
                                    self.collector.produced, last_turn=lambda: self.heartbeat,
                                    stopping=lambda: self._stopping, started_at=self._started_at,
                                    progress_bar=self.progress_bar)
-        restorer = self.tasks.restorer
+        restorer = self.task_manager.restorer
         restorer.hooks.append(lambda n: n and self.metrics.restore_records.inc(n))
         restorer.hooks.append(lambda n: n and faults.point("restore.chunk"))
         restorer.on_progress = self.telemetry.restore_progress
-        self.consumer.subscribe(self.topology.source_topics, on_assign=self.tasks.on_assign,
-                                on_revoke=self.tasks.on_revoke, on_lost=self.tasks.on_lost)
+        tm = self.task_manager
+        self.consumer.subscribe(self.topology.source_topics, on_assign=tm.on_assign,
+                                on_revoke=tm.on_revoke, on_lost=tm.on_lost)
         if cfg.metrics_port is not None:
-            self._start_http(cfg.metrics_port)
+            self.endpoint = Endpoint(cfg, self.topology, self.worker_id, self.metrics,
+                                     self.collector.partitions, health=self.telemetry.health,
+                                     ready=self.telemetry.readiness,
+                                     tasks=lambda: self.task_manager.tasks)
+            self.endpoint.start()
         log.info("worker started", extra={
             "topology": self.topology.name, "worker_id": self.worker_id,
             "guarantee": cfg.processing_guarantee, "topics": self.topology.source_topics,
@@ -164,28 +166,9 @@ class Worker:
                             serde_for=self.serdes, dead_letter=self.dead_letters,
                             table_for=self.global_state.table_for)
 
-    def _start_http(self, port: int) -> None:
-        """Metrics, health, readiness and queryable state; the worker directory says where."""
-        cfg = self.config
-        self.http = HttpServer(port, self.metrics.registry, health=self.telemetry.health,
-                               ready=self.telemetry.readiness)
-        url = cfg.advertised_url or f"http://{socket.gethostname()}:{self.http.port}"
-        # plain (non-transactional) clients with the worker's security settings
-        self.directory = WorkerDirectory(admin_config(cfg), self.topology.name,
-                                         self.worker_id, url)
-        stores = {s.name: sub.source.topic for sub in self.topology.subtopologies for s in sub.stores}
-        queries = StateQueries(lambda: dict(self.tasks.tasks), stores, self.collector.partitions,
-                               self.worker_id, self.directory)
-        self.http.state = queries.get
-        self.http.start()
-
     def _publish_assignment(self) -> None:
-        if self.directory is None:
-            return
-        try:
-            self.directory.publish(self.tasks.assignment())
-        except Exception as exc:  # the state API degrades; processing must not
-            log.warning("cannot publish to the worker directory", extra={"error": str(exc)})
+        if self.endpoint is not None:
+            self.endpoint.publish(self.task_manager.assignment())
 
     def _touch(self) -> None:
         self._last_activity = time.monotonic()
@@ -235,18 +218,18 @@ class Worker:
         return 0
 
     def _restore_phase(self) -> None:
-        if self.tasks.restorer.busy:
-            self.tasks.restorer.step(self.config.restore_batch_size, 0.05)
+        if self.task_manager.restorer.busy:
+            self.task_manager.restorer.step(self.config.restore_batch_size, 0.05)
         self.tables.step(self.config.restore_batch_size, 0)  # table and broadcast updates
 
     def _recover_phase(self) -> None:
-        failed = self.tasks.take_failed_start()
+        failed = self.task_manager.take_failed_start()
         if failed is not None:
             self._recover(failed)
-        self.tasks.restore_when_stable()
+        self.task_manager.restore_when_stable()
 
     def _poll_phase(self) -> list[Any]:
-        restoring = self.tasks.restorer.busy or self.tables.busy
+        restoring = self.task_manager.restorer.busy or self.tables.busy
         return self.consumer.consume(self.config.batch_size,
                                      0 if restoring else self.config.poll_timeout_ms / 1000)
 
@@ -279,7 +262,7 @@ class Worker:
             if lst is None:
                 by_tp[tp] = lst = []
             lst.append(m)
-        tasks = self.tasks.tasks
+        tasks = self.task_manager.tasks
         for tp, batch in by_tp.items():
             task = tasks.get(tp)
             if task is None or task.state is not TaskState.RUNNING:
@@ -296,7 +279,7 @@ class Worker:
         """Idle input partitions and processing-time timers: time passing without records."""
         now_ms = int(time.time() * 1000)
         try:
-            for task in self.tasks.tasks.values():
+            for task in self.task_manager.tasks.values():
                 task.tick(now_ms, now)
         except Exception as exc:
             self._produce_failed(exc)
@@ -304,7 +287,7 @@ class Worker:
     def _commit(self) -> None:
         """Checkpoint every task, then export what they counted since the last one."""
         try:
-            self.checkpointer.checkpoint(list(self.tasks.tasks.values()))
+            self.checkpointer.checkpoint(list(self.task_manager.tasks.values()))
         except CheckpointFailed as exc:
             self._recover(exc)
         self.telemetry.export()
@@ -321,7 +304,7 @@ class Worker:
 
     def _idle(self, idle_s: float) -> bool:
         assert self.stop_when_idle_ms is not None
-        return (bool(self.tasks.tasks) and not self.tasks.restoring
+        return (bool(self.task_manager.tasks) and not self.task_manager.restoring
                 and idle_s * 1000 >= self.stop_when_idle_ms)
 
     def _group_drained(self) -> bool:
@@ -354,7 +337,7 @@ class Worker:
         follows and the group hands them out afresh."""
         log.error("checkpoint failed; closing tasks dirty and reopening them",
                   extra={"error": str(exc), "fatal": exc.fatal})
-        self.tasks.reset(self.consumer, gone=[], fatal=exc.fatal)
+        self.task_manager.reset(self.consumer, gone=[], fatal=exc.fatal)
 
     def _abort_uncommitted(self, fatal: bool) -> None:
         """Every task is closed dirty. Under exactly-once also replace the producer: the new
@@ -394,8 +377,8 @@ class Worker:
             self.consumer.close()  # leaves the group; on_revoke checkpoints and closes tasks
         except KafkaException as exc:
             log.warning("consumer close failed", extra={"error": exc.args[0].str()})
-        self.tasks.close_all(dirty=False)
-        self.tasks.restorer.consumer.close()
+        self.task_manager.close_all(dirty=False)
+        self.task_manager.restorer.consumer.close()
         if self._drain_probe is not None:
             self._drain_probe.close()
         self.tables.close()
@@ -406,13 +389,8 @@ class Worker:
             if kafka_error(exc) is None:
                 raise
             log.warning("producer flush on shutdown failed", extra={"error": str(exc)})
-        if self.directory is not None:
-            try:
-                self.directory.withdraw()
-            except Exception as exc:
-                log.warning("cannot withdraw from the worker directory", extra={"error": str(exc)})
-        if self.http is not None:
-            self.http.stop()
+        if self.endpoint is not None:
+            self.endpoint.stop()
         log.info("worker stopped", extra={"records": self.telemetry.records_processed})
 
 
