@@ -58,7 +58,7 @@ def consumer_config(config: WorkerConfig, group_id: str) -> dict[str, Any]:
 
 def _group_protocol(config: WorkerConfig) -> dict[str, Any]:
     """Incremental rebalancing either way: a rebalance stops only the tasks that move
-    (runtime/worker.py). KIP-848's broker-side `range` assignor also gives partition N of
+    (runtime/task_manager.py). KIP-848's broker-side `range` assignor also gives partition N of
     every input topic to one member, spreading stateful and stateless tasks alike; the
     classic cooperative-sticky assignor balances partition counts only. Session timeout and
     heartbeats are the broker's under KIP-848 (librdkafka refuses them client-side)."""

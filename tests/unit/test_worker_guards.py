@@ -14,6 +14,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException
 
 from processor.runtime.task import TaskState
+from processor.runtime.task_manager import TaskManager
 from processor.runtime.worker import Worker
 
 
@@ -39,8 +40,8 @@ class _Consumer:
         return partitions
 
 
-def _worker(consumer: _Consumer, tasks: list[_Task]) -> tuple[Worker, list[str]]:
-    w = Worker.__new__(Worker)  # only what _restore_when_stable touches
+def _manager(consumer: _Consumer, tasks: list[_Task]) -> tuple[TaskManager, list[str]]:
+    w = TaskManager.__new__(TaskManager)  # only what restore_when_stable touches
     restored: list[str] = []
     w.consumer = consumer  # type: ignore[assignment]
     w._unstable = list(tasks)  # type: ignore[arg-type]
@@ -51,21 +52,21 @@ def _worker(consumer: _Consumer, tasks: list[_Task]) -> tuple[Worker, list[str]]
 
 def test_restore_waits_for_stable_offsets_then_starts():
     a, b = _Task("1_0", partition=0), _Task("1_1", partition=1)
-    w, restored = _worker(_Consumer(unstable=2), [a, b])
-    w._restore_when_stable()
-    w._restore_when_stable()
+    w, restored = _manager(_Consumer(unstable=2), [a, b])
+    w.restore_when_stable()
+    w.restore_when_stable()
     assert restored == [] and w._unstable == [a, b], "no restore while offsets are unstable"
-    w._restore_when_stable()
+    w.restore_when_stable()
     assert restored == ["1_0", "1_1"] and w._unstable == []
 
 
 def test_a_task_revoked_while_waiting_is_dropped():
     a, b = _Task("1_0"), _Task("1_1", partition=1)
     consumer = _Consumer(unstable=1)
-    w, restored = _worker(consumer, [a, b])
-    w._restore_when_stable()
+    w, restored = _manager(consumer, [a, b])
+    w.restore_when_stable()
     a.state = TaskState.CLOSED
-    w._restore_when_stable()
+    w.restore_when_stable()
     assert restored == ["1_1"] and [p.partition for p in consumer.calls[-1]] == [1]
 
 

@@ -1,0 +1,207 @@
+"""The checkpointer against recording fakes: what reaches Kafka, in which order, and that
+nothing reaches the local stores unless the commit returned.
+
+exactly_once: outputs, changelog writes and offsets in one transaction, committed once.
+at_least_once: outputs flushed, then changelogs flushed, then offsets committed; a member
+that may have been dropped by the group (its loop stood still) writes no changelog."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+from processor.observability.metrics import Metrics
+from processor.runtime.checkpoint import Checkpointer, CheckpointFailed
+from processor.runtime.task import TaskState
+from processor.state import POSITION_KEY
+from tests.unit.runtime.kafka_fakes import RecordingProducer
+
+CHANGELOG = "app-counts-changelog"
+
+
+@dataclass
+class _Task:
+    """What the checkpointer asks of a task; `flush` emits one output record, as a cached
+    aggregate would, and stages one changelog write."""
+    producer: RecordingProducer
+    partition: int = 0
+    topic: str = "in"
+    position: int | None = 10
+    committed_position: int | None = None
+    state: TaskState = TaskState.RUNNING
+    changelogs: dict[str, str] = field(default_factory=lambda: {"counts": CHANGELOG})
+    pending: dict[str, dict[bytes, bytes | None]] = field(default_factory=dict)
+    stored: list[dict[str, int]] = field(default_factory=list)  # what reached "RocksDB"
+
+    @property
+    def has_progress(self) -> bool:
+        return self.position is not None and self.position != self.committed_position
+
+    def flush(self) -> None:
+        self.producer.produce("out", b"total", b"k", partition=self.partition)
+        self.pending = {"counts": {b"k": b"3"}}
+
+    def position_record(self) -> bytes | None:
+        return None if self.position is None else b'{"position":%d}' % self.position
+
+    def committed(self, changelog_next: dict[str, int]) -> None:
+        self.stored.append(changelog_next)
+        self.pending = {}
+        self.committed_position = self.position
+
+
+class _Consumer:
+    def __init__(self, events: list[tuple[Any, ...]], fail: KafkaError | None = None) -> None:
+        self.events = events
+        self.fail = fail
+
+    def consumer_group_metadata(self) -> str:
+        return "group-metadata"
+
+    def commit(self, offsets: list[TopicPartition], asynchronous: bool) -> None:
+        assert asynchronous is False
+        if self.fail is not None:
+            raise KafkaException(self.fail)
+        self.events.append(("commit", [(o.topic, o.partition, o.offset) for o in offsets]))
+
+
+def _setup(exactly_once: bool, **producer_options: Any
+           ) -> tuple[Checkpointer, RecordingProducer, list[tuple[Any, ...]], list[KafkaError]]:
+    events: list[tuple[Any, ...]] = []
+    errors: list[KafkaError] = []
+    producer = RecordingProducer(events, on_delivery=lambda err, msg: err and errors.append(err),
+                                 **producer_options)
+    cp = Checkpointer(producer, _Consumer(events), exactly_once=exactly_once,  # type: ignore[arg-type]
+                      metrics=Metrics(), delivery_errors=errors)
+    return cp, producer, events, errors
+
+
+def _count(cp: Checkpointer, name: str, result: str) -> float:
+    return cp.metrics.registry.get_sample_value(name, {"result": result}) or 0.0
+
+
+# -- exactly_once ---------------------------------------------------------------------------
+
+
+def test_exactly_once_commits_outputs_changelogs_and_offsets_in_one_transaction():
+    cp, producer, events, _ = _setup(exactly_once=True)
+    task = _Task(producer)
+    assert cp.checkpoint([task]) == 1  # type: ignore[list-item]
+    assert events == [
+        ("produce", "out", b"k"),                       # the task's flushed output
+        ("produce", CHANGELOG, b"k"),                    # its store write
+        ("produce", CHANGELOG, POSITION_KEY),            # the position record
+        ("send_offsets", [("in", 0, 10)]),               # offsets inside the transaction
+        ("commit_transaction",),
+        ("begin_transaction",),                          # the next checkpoint's transaction
+    ]
+    # the stores are written after the commit, restoring from after the position record
+    assert task.stored == [{"counts": 2}] and task.committed_position == 10
+    assert _count(cp, "processor_checkpoints_total", "ok") == 1
+    assert _count(cp, "processor_transactions_total", "committed") == 1
+
+
+def test_exactly_once_retries_a_retriable_commit_error():
+    retriable = KafkaError(KafkaError.REQUEST_TIMED_OUT, retriable=True)
+    cp, producer, events, _ = _setup(exactly_once=True, commit_errors=[retriable])
+    task = _Task(producer)
+    assert cp.checkpoint([task]) == 1  # type: ignore[list-item]
+    assert [e for e in events if e[0].startswith("commit")] == [
+        ("commit_transaction failed",), ("commit_transaction",)]
+    assert task.stored == [{"counts": 2}]
+
+
+def test_exactly_once_failed_commit_writes_no_store_and_says_if_fatal():
+    fenced = KafkaError(KafkaError._FENCED, fatal=True)
+    cp, producer, events, _ = _setup(exactly_once=True, commit_errors=[fenced])
+    seen: list[Any] = []
+    cp.on_committed = seen.append
+    task = _Task(producer)
+    with pytest.raises(CheckpointFailed) as failed:
+        cp.checkpoint([task])  # type: ignore[list-item]
+    assert failed.value.fatal and "commit failed" in str(failed.value)
+    assert task.stored == [] and task.committed_position is None, "nothing reached RocksDB"
+    assert ("begin_transaction",) not in events, "the worker replaces the producer (aborts)"
+    assert seen == [], "no purge of offsets that were not committed"
+    assert _count(cp, "processor_checkpoints_total", "failed") == 1
+    assert _count(cp, "processor_checkpoints_total", "ok") == 0
+
+
+def test_only_running_tasks_with_progress_are_checkpointed():
+    cp, producer, events, _ = _setup(exactly_once=True)
+    seen: list[Any] = []
+    cp.on_committed = seen.append
+    restoring = _Task(producer, partition=1, state=TaskState.RESTORING)
+    idle = _Task(producer, partition=2, committed_position=10)
+    assert cp.checkpoint([restoring, idle]) == 0  # type: ignore[list-item]
+    assert events == [] and seen == [[]], "nothing to commit; the purge still gets its turn"
+    assert restoring.stored == [] and idle.stored == []
+
+
+# -- at_least_once --------------------------------------------------------------------------
+
+
+def test_at_least_once_flushes_outputs_then_changelogs_then_commits_offsets():
+    cp, producer, events, _ = _setup(exactly_once=False)
+    cp.membership_doubt = lambda: events.append(("doubt?",))  # type: ignore[func-returns-value]
+    seen: list[list[TopicPartition]] = []
+    cp.on_committed = seen.append
+    task = _Task(producer)
+    assert cp.checkpoint([task]) == 1  # type: ignore[list-item]
+    assert events == [
+        ("produce", "out", b"k"),
+        ("flush",),                                      # outputs delivered first
+        ("doubt?",),                                     # asked right before the changelogs
+        ("produce", CHANGELOG, b"k"),
+        ("produce", CHANGELOG, POSITION_KEY),
+        ("flush",),                                      # changelogs delivered
+        ("commit", [("in", 0, 10)]),                     # then the offsets
+    ]
+    assert task.stored == [{"counts": 2}]
+    assert [(o.topic, o.partition, o.offset) for o in seen[0]] == [("in", 0, 10)]
+    assert _count(cp, "processor_transactions_total", "committed") == 0
+
+
+def test_at_least_once_membership_doubt_writes_no_changelog():
+    cp, producer, events, _ = _setup(exactly_once=False)
+    cp.membership_doubt = lambda: "the loop stood still 9.0s (limit 4.8s)"
+    task = _Task(producer)
+    with pytest.raises(CheckpointFailed) as failed:
+        cp.checkpoint([task])  # type: ignore[list-item]
+    assert not failed.value.fatal and "stood still" in str(failed.value)
+    assert events == [("produce", "out", b"k"), ("flush",)], "outputs only: no changelog, no commit"
+    assert task.stored == []
+    assert _count(cp, "processor_checkpoints_total", "failed") == 1
+
+
+def test_at_least_once_failed_output_delivery_stops_before_the_changelogs():
+    cp, producer, events, errors = _setup(exactly_once=False, failing=frozenset({"out"}))
+    task = _Task(producer)
+    with pytest.raises(CheckpointFailed) as failed:
+        cp.checkpoint([task])  # type: ignore[list-item]
+    assert "delivery failed (outputs)" in str(failed.value) and not failed.value.fatal
+    assert [e for e in events if e[0] == "produce"] == [("produce", "out", b"k")]
+    assert errors == [], "reported once, then cleared"
+    assert task.stored == []
+
+
+def test_at_least_once_undelivered_outputs_fail_the_checkpoint():
+    cp, producer, _, _ = _setup(exactly_once=False, undelivered=3)
+    task = _Task(producer)
+    with pytest.raises(CheckpointFailed, match="3 records not delivered within 60s") as failed:
+        cp.checkpoint([task])  # type: ignore[list-item]
+    assert not failed.value.fatal and task.stored == []
+
+
+def test_at_least_once_failed_commit_writes_no_store():
+    cp, producer, events, _ = _setup(exactly_once=False)
+    cp.consumer.fail = KafkaError(KafkaError.REBALANCE_IN_PROGRESS)  # type: ignore[attr-defined]
+    task = _Task(producer)
+    with pytest.raises(CheckpointFailed, match="commit failed") as failed:
+        cp.checkpoint([task])  # type: ignore[list-item]
+    assert not failed.value.fatal
+    assert ("produce", CHANGELOG, POSITION_KEY) in events, "changelogs were written and flushed"
+    assert task.stored == [] and task.committed_position is None
