@@ -62,7 +62,8 @@ class TaskManager:
         self.consumer = consumer
         self.tables = tables
         self.metrics = metrics
-        self.restorer = Restorer(restore_consumer, self._on_restored,
+        # a task starts once its stores *and* its per-task tables are caught up (_ready)
+        self.restorer = Restorer(restore_consumer, lambda task: self._ready(task, "stores"),
                                  open_txn_wait_s=open_txn_wait_s)
         self._context_for = context_for
         self._checkpoint = checkpoint

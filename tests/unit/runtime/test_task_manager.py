@@ -161,3 +161,34 @@ def test_a_reopened_task_that_cannot_start_is_left_for_the_loop(tmp_path):
     assert failed is not None and not failed.fatal and "cannot start task" in str(failed)
     assert manager.take_failed_start() is None, "handed over once"
     assert manager.tasks[("orders", 0)].state is TaskState.RUNNING, "reopened, input not started"
+
+
+class _RestoringTask:
+    """A task with stores and a per-task table, as a table join before an aggregate has."""
+
+    id, topic, partition = "0_0", "orders", 0
+
+    def __init__(self) -> None:
+        self.state = TaskState.RESTORING
+        self.stores: dict[str, Any] = {}
+
+    def restored(self) -> None:
+        self.state = TaskState.RUNNING
+
+    def start_position(self) -> int | None:
+        return None
+
+
+def test_a_task_starts_only_once_its_stores_and_its_tables_are_caught_up(tmp_path):
+    """Found in the worker split: the restorer started a task as soon as its stores were
+    restored, while its table could still be loading (records joined against a partial
+    table) and the table's later readiness was ignored."""
+    manager, consumer, _ = _manager(tmp_path)
+    task = _RestoringTask()
+    manager._waiting[task.id] = {"stores", "table rates"}
+    manager.restorer.on_restored(task)  # type: ignore[arg-type]
+    assert task.state is TaskState.RESTORING, "the table is still loading"
+    assert consumer.calls == []
+    manager._ready(task, "table rates")  # type: ignore[arg-type]
+    assert task.state is TaskState.RUNNING and task.id not in manager._waiting
+    assert consumer.calls == [("seek", "orders", 0, 7), ("resume", [("orders", 0)])]
