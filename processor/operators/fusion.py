@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from processor.codegen import define
 from processor.expressions import SAFE_BUILTINS
 from processor.operators.base import Batch, Operator, Stateless, StepFailed
 from processor.operators.stateless import Filter, KeyBy, MapValue
@@ -49,8 +50,10 @@ class Fused(Stateless):
             "    return out\n"
         )
         env: dict[str, Any] = {"__builtins__": SAFE_BUILTINS}
-        exec(compile(code, f"<fused {self.name}>", "exec"), env)
-        self._fused: Callable[[Batch], Batch] = env["_fused"]
+        self._fused: Callable[[Batch], Batch] = define(code, f"fused {self.name}", env, "_fused")
+
+    def step_names(self) -> tuple[str, ...]:
+        return (self.name, *(op.name for op in self.ops))
 
     def _batch(self, batch: Batch) -> Batch:
         return self._fused(batch)

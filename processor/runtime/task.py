@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from processor.codegen import compile_generated
 from processor.errors import ProcessorError, RecordError
 from processor.graph import BuildContext, SubTopology
 from processor.operators import Batch, StepFailed
@@ -616,4 +617,4 @@ def _batch_decoder(key_format: str, value_format: str, ts_field: str | None, ts_
         row = f"{key}, (_val := {value}), {ts}, m.offset()"
     source = f"lambda messages: [({row}) for m in messages]"
     env = {**INLINE_GLOBALS, "_iso": iso_to_ms, "_kdec": key_decode, "_vdec": value_decode}
-    return eval(compile(source, f"<decode {key_format}/{value_format}>", "eval"), env)
+    return eval(compile_generated(source, f"decode {key_format}/{value_format}", "eval"), env)
