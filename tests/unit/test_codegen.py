@@ -62,7 +62,7 @@ def test_a_failing_fused_loop_shows_the_inlined_expression():
 
 
 def test_the_batch_decoder_shows_its_comprehension():
-    from processor.runtime.task import _batch_decoder as batch_decoder
+    from processor.runtime.decode import batch_decoder
 
     decode = batch_decoder("string", "json", "ts", "ms")
 
