@@ -9,7 +9,8 @@ batches processing-time timers fire and an input partition without records for i
 a repartition topic forwards its watermark there (None while idle) whenever it changes.
 
 The results of a firing run down the chain after the operator that fired: the task passes
-that walk in as `run_after`, and failures go to the task's FailureHandler.
+that walk in as `run_after` (and `count_late` for late records); failures go to the task's
+FailureHandler.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ log = logging.getLogger("processor.task")
 
 RunAfter = Callable[[StepAt[TimedOperator], Batch], None]
 """Run a batch down the chain after the given operator (derived records, not input)."""
+CountLate = Callable[[int], None]
+"""Add to the task's late-record count (the worker reads and resets it for metrics)."""
 
 
 class EventTime:
@@ -44,7 +47,7 @@ class EventTime:
 
     def __init__(self, task_id: str, sub: SubTopology, partition: int, ctx: BuildContext,
                  clock: Clock, timed: list[StepAt[TimedOperator]], failures: FailureHandler,
-                 run_after: RunAfter) -> None:
+                 run_after: RunAfter, count_late: CountLate) -> None:
         src = sub.source
         self.task_id, self.topic, self.partition = task_id, src.topic, partition
         self.clock = clock
@@ -52,6 +55,7 @@ class EventTime:
         self.wall_clock = [t for t in timed if isinstance(t.op, ProcessingTimeOperator)]
         self.failures = failures
         self.run_after = run_after
+        self.count_late = count_late
         # this partition's watermark, or the minimum over the upstream partitions
         self.watermark: PartitionWatermark | UpstreamWatermarks = (
             UpstreamWatermarks(sum(ctx.partitions_of(t) for t in src.upstream_topics))
@@ -65,7 +69,6 @@ class EventTime:
         self.last_input = time.monotonic()
         self.idle = False
         self.forwarded: int | None = NO_WATERMARK  # last watermark sent downstream (None = idle)
-        self.late_records = 0
 
     def state(self) -> bytes | None:
         """The watermark state a checkpoint records (position.py), when time is tracked."""
@@ -152,7 +155,7 @@ class EventTime:
                         self.failures.step_failed(StepFailed(op.name, record, exc.cause),
                                                   input_record=False, chain=step.chain)
                         pending = pending[exc.index + 1:]
-                self.late_records += len(late)
+                self.count_late(len(late))
                 late.clear()
 
     def _forward(self) -> bool:

@@ -77,7 +77,7 @@ class Task:
                                         timestamp_field=src.timestamp_field)
         self.failures = self._failures.counts  # (policy, step, error class) -> n
         self._time = EventTime(self.id, sub, partition, ctx, self.clock, self._tree.timed,
-                               self._failures, self._run_after)
+                               self._failures, self._run_after, self._count_late)
         # repartition input: upstream partition -> highest (source offset, seq) absorbed
         self._marks = UpstreamMarks()
         kser = ctx.serde_for(src, True) if ctx.serde_for and src.key_serde else None
@@ -87,15 +87,12 @@ class Task:
                                      self._time.watermark, self.clock, self._failures.undecodable)
         self._internal = src.internal
         self.needs_commit = False  # outputs produced without input progress (idle marks, timers)
+        self.late_records = 0  # since the worker last exported it
         self.last_time = 0  # event time (or Kafka timestamp) of the last record processed
         self.position: int | None = None  # next input offset to process
         self.committed_position: int | None = None
         self.pending: dict[str, dict[bytes, bytes | None]] = {}
         self.state = TaskState.RESTORING if self.stores or self.tables else TaskState.RUNNING
-
-    @property
-    def late_records(self) -> int:
-        return self._time.late_records
 
     # -- restore ---------------------------------------------------------------------------
 
@@ -160,6 +157,9 @@ class Task:
     def _after_batch(self, offset: int) -> None:
         if self._time.after_batch(offset):
             self.needs_commit = True
+
+    def _count_late(self, n: int) -> None:
+        self.late_records += n
 
     def _run_after(self, step: StepAt[TimedOperator], batch: Batch) -> None:
         self._run_chain(step.chain, step.index + 1, batch, False)
