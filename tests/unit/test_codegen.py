@@ -13,6 +13,7 @@ from processor.expressions import compile_expression
 from processor.operators.aggregate import compile_aggregation, parse_field
 from processor.operators.fusion import Fused
 from processor.operators.stateless import Filter, MapValue
+from processor.runtime.decode import batch_decoder
 
 
 def _traceback_of(call) -> str:
@@ -62,8 +63,6 @@ def test_a_failing_fused_loop_shows_the_inlined_expression():
 
 
 def test_the_batch_decoder_shows_its_comprehension():
-    from processor.runtime.decode import batch_decoder
-
     decode = batch_decoder("string", "json", "ts", "ms")
 
     class Msg:
