@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from processor.codegen import compile_generated
 from processor.errors import ExpressionError
 from processor.expressions import (
     BroadcastStates,
@@ -23,7 +24,14 @@ from processor.expressions import (
     load_callable,
     parse_expression,
 )
-from processor.operators.base import Batch, Record, failed_at
+from processor.operators.base import (
+    Batch,
+    Queryable,
+    Record,
+    StatefulOperator,
+    Writes,
+    failed_at,
+)
 
 AGG_FUNCS = ("count", "sum", "min", "max", "avg", "first", "last")
 
@@ -192,7 +200,7 @@ def compile_aggregation(fields: list[FieldAgg], broadcast: BroadcastStates | Non
     source = "\n".join(update_lines) + "\n\ndef _result(s):\n    return {" + ", ".join(result_items) + "}\n"
     if not no_merge:
         source += "\ndef _merge(a, b):\n    return [" + ", ".join(merge_items) + "]\n"
-    exec(compile(source, "<aggregate>", "exec"), env)
+    exec(compile_generated(source, "aggregate"), env)
     return CompiledAggregation(env["_update"], env["_result"], initial, env.get("_merge"),
                                tuple(no_merge))
 
@@ -201,15 +209,13 @@ def _offset(record: Record) -> int:
     return record[3]
 
 
-class Aggregate:
+class Aggregate(StatefulOperator, Queryable):
     """Keyed aggregate. Reads through a cache; dirty keys go to the changelog at flush.
 
     emit="every_record": one downstream record per input record (a full update stream).
     emit="on_checkpoint": the latest result per changed key, once per checkpoint (the cache
     de-duplicates, as Kafka Streams' record cache does) — far fewer output and changelog records.
     """
-
-    stateful = True
 
     def __init__(self, name: str, store_name: str, agg: CompiledAggregation,
                  key_encode: Callable[[Any], bytes | None], emit: str = "on_checkpoint",
@@ -264,10 +270,10 @@ class Aggregate:
             raise failed_at(self.name, batch, record, exc, out) from exc
         return out
 
-    def flush(self) -> tuple[Batch, dict[bytes, bytes]]:
+    def flush(self) -> tuple[Batch, Writes]:
         """Return (records to emit downstream, changelog writes) for keys changed since last flush."""
         cache, result = self.cache, self.agg.result
-        writes = {kb: orjson.dumps(cache[kb]) for kb in self.dirty}
+        writes: Writes = {kb: orjson.dumps(cache[kb]) for kb in self.dirty}
         emits: Batch = []
         if not self.every_record:
             emits = [(k, result(cache[kb]), t, o) for kb, (k, t, o) in self.dirty.items()]

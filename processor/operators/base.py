@@ -4,15 +4,35 @@ A record is a plain tuple `(key, value, timestamp_ms, offset)` — tuples are th
 Python object to build and unpack on the hot path. `offset` is the offset of the source
 record the value derives from; it gives errors their coordinates and lets a restored store
 skip input it has already absorbed.
+
+The contract is written as base classes: an operator declares what it can do by what it
+derives from, and the runtime asks with `isinstance` (runtime/chains.py, once per task;
+runtime/queries.py for Queryable), never by probing attributes:
+
+    Operator                  process(batch) -> batch; step_names()
+      Stateless               a batch function, re-run record by record to find a culprit
+      RoutingOperator         ends its chain; leaves one batch per case in `routed` (branch)
+      StatefulOperator        a store: bind, flush, committed, discard
+        TimedOperator         event time: on_watermark, `late` (+ `late_sink`)
+          ProcessingTimeOperator   wall-clock timers: on_processing_time
+    Queryable                 (mixin) answers point lookups on its committed store
+
+Every entry point that takes records raises StepFailed when one record fails (below).
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, ClassVar
 
 Record = tuple[Any, Any, int, int]
 Batch = list[Record]
+Writes = dict[bytes, bytes | None]
+"""Changelog writes of a flush: store key -> value, None deleting the key."""
+LateRecord = tuple[Record, int, int, int]
+"""(record, window_start, window_end, watermark before the record); 0, 0 outside a window."""
+LateSink = Callable[[list[LateRecord]], None]
 
 
 class StepFailed(Exception):
@@ -50,19 +70,95 @@ def failed_at(step: str, batch: Batch, record: Record | None, cause: BaseExcepti
     return StepFailed(step, record, cause, index=index, partial=partial)
 
 
-class Operator(Protocol):
-    """One step of a pipeline, applied to a batch of records."""
+class Operator(ABC):
+    """One step of a pipeline, applied to a batch of records: `process` returns the records
+    to pass down the chain (the same list, a new one, or nothing)."""
 
     name: str
-    stateful: bool
+    stateful: ClassVar[bool] = False  # declared by StatefulOperator; shown by describe/tests
 
+    @abstractmethod
     def process(self, batch: Batch) -> Batch: ...
 
+    def step_names(self) -> tuple[str, ...]:
+        """The spec steps this operator runs: a dead letter names the step it failed at, and
+        a replay looks that step up (a fused run answers for each of its steps)."""
+        return (self.name,)
 
-class Stateless:
+
+class RoutingOperator(Operator):
+    """Ends its chain and splits its input among cases (`branch`): `process` returns nothing
+    and leaves one batch per case in `routed`, which the task runs down each case's chain.
+    After a StepFailed, `routed` holds the records routed before the failing one."""
+
+    routed: list[Batch]
+
+
+class StatefulOperator(Operator):
+    """A step over a store (aggregate, window, process function, join).
+
+    The task calls, in order: `bind(store, skip_below)` once the store is restored (input
+    offsets below `skip_below` are already in it: skip them); `process` per batch; at each
+    checkpoint `flush()` -> (records to emit downstream, changelog writes since the last
+    flush); after the commit succeeded `committed()` (the writes are in the store now: the
+    cache may be trimmed); on a dirty close `discard()` (forget everything uncommitted). The
+    operator only reads its store: the task writes it, atomically with the checkpoint.
+    """
+
+    stateful = True
+    store_name: str
+
+    @abstractmethod
+    def bind(self, store: Any, skip_below: int = -1) -> None: ...
+
+    @abstractmethod
+    def flush(self) -> tuple[Batch, Writes]: ...
+
+    @abstractmethod
+    def committed(self) -> None: ...
+
+    @abstractmethod
+    def discard(self) -> None: ...
+
+
+class TimedOperator(StatefulOperator):
+    """A stateful step driven by event time (windows, process functions, joins).
+
+    `on_watermark(watermark, offset)` returns what the watermark made due (closed windows,
+    event-time timers), stamped with input offset `offset`; the task calls it after each batch
+    and after an idle advance. Records the step could not take go to `late`; the task drains
+    the list after each call, counts them and hands them to `late_sink` when the step has a
+    late topic (set by the graph builder). A failing timer raises StepFailed with `retry`
+    set: calling again goes on past it.
+    """
+
+    late: list[LateRecord]
+    late_sink: LateSink | None = None
+
+    @abstractmethod
+    def on_watermark(self, watermark: int, offset: int) -> Batch: ...
+
+
+class ProcessingTimeOperator(TimedOperator):
+    """A timed step with wall-clock timers: the task calls `on_processing_time(now_ms,
+    offset)` between batches (every commit interval) and runs what it returns downstream."""
+
+    @abstractmethod
+    def on_processing_time(self, now_ms: int, offset: int) -> Batch: ...
+
+
+class Queryable(ABC):
+    """Mixin of a stateful step whose committed store answers point lookups (queries.py)."""
+
+    key_encode: Callable[[Any], bytes | None]
+
+    @abstractmethod
+    def read(self, store: Any, kb: bytes) -> Any:
+        """The committed result for key bytes `kb`, or None."""
+
+
+class Stateless(Operator):
     """Base for steps without state: a batch function plus a per-record fallback to find culprits."""
-
-    stateful = False
 
     def __init__(self, name: str) -> None:
         self.name = name

@@ -10,12 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from processor.operators.base import Batch, StepFailed
+from processor.operators.base import Batch, RoutingOperator, StepFailed
 
 
-class Branch:
-    stateful = False
-
+class Branch(RoutingOperator):
     def __init__(self, name: str, predicates: list[Callable[[Any, Any, int], Any] | None]) -> None:
         self.name = name
         self.predicates = predicates  # None: the default case (always last)

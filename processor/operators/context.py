@@ -5,19 +5,20 @@ the handle was made. Everything a handle stores is snapshotted as JSON (orjson) 
 written and decoded afresh when it is read, so mutating an object after `set()` or after
 `get()` never changes the state behind the operator's back, and a value that cannot be
 serialized fails in the call that stores it — with the record's coordinates.
+
+Everything here talks to the operator through `ProcessHost`, the small public face a process
+operator (operators/process.py) gives its context.
 """
 
 from __future__ import annotations
 
 import operator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import orjson
 
 from processor.expressions import BroadcastStates
-
-if TYPE_CHECKING:
-    from processor.operators.process import ProcessFunction
+from processor.operators.base import Batch
 
 _dumps, _loads = orjson.dumps, orjson.loads
 
@@ -52,23 +53,45 @@ def encode_state(kind: bytes, obj: Any) -> bytes | None:
     return b"[" + b",".join([b"[" + _dumps(k) + b"," + v + b"]" for k, v in obj.items()]) + b"]"
 
 
+class ProcessHost(Protocol):
+    """What `ctx` needs from the operator running the function. `sk` is a store key made by
+    `state_key` for the key of the call in progress; the state's cached form is the one
+    `decode_state` returns, changed in place and then reported with `state_changed`."""
+
+    out: Batch  # the output of the call in progress: ctx.emit appends to it
+
+    def state_key(self, kind: bytes, name: str) -> bytes: ...
+
+    def cached_state(self, sk: bytes) -> Any: ...
+
+    def set_state(self, sk: bytes, obj: Any) -> None: ...
+
+    def state_changed(self, sk: bytes) -> None: ...
+
+    def register_timer(self, domain: bytes, ts: Any) -> None: ...
+
+    def delete_timer(self, domain: bytes, ts: Any) -> None: ...
+
+    def processing_time(self) -> int: ...
+
+
 class ValueState:
     """One JSON value per key. `set(None)` is `clear()`: an absent value reads as the default."""
 
     __slots__ = ("_op", "_sk")
 
-    def __init__(self, op: ProcessFunction, sk: bytes) -> None:
+    def __init__(self, op: ProcessHost, sk: bytes) -> None:
         self._op, self._sk = op, sk
 
     def get(self, default: Any = None) -> Any:
-        raw = self._op._state(self._sk)
+        raw = self._op.cached_state(self._sk)
         return default if raw is None else _loads(raw)
 
     def set(self, value: Any) -> None:
-        self._op._put(self._sk, None if value is None else _dumps(value))
+        self._op.set_state(self._sk, None if value is None else _dumps(value))
 
     def clear(self) -> None:
-        self._op._put(self._sk, None)
+        self._op.set_state(self._sk, None)
 
 
 class ListState:
@@ -76,32 +99,32 @@ class ListState:
 
     __slots__ = ("_op", "_sk")
 
-    def __init__(self, op: ProcessFunction, sk: bytes) -> None:
+    def __init__(self, op: ProcessHost, sk: bytes) -> None:
         self._op, self._sk = op, sk
 
     def get(self) -> list[Any]:
         """A copy of the list (mutating it does not change the state; use `set`)."""
-        items = self._op._state(self._sk)
+        items = self._op.cached_state(self._sk)
         return _loads(b"[" + b",".join(items) + b"]") if items else []
 
     def append(self, value: Any) -> None:
         raw = _dumps(value)
-        self._op._state(self._sk).append(raw)
-        self._op._touch(self._sk)
+        self._op.cached_state(self._sk).append(raw)
+        self._op.state_changed(self._sk)
 
     def extend(self, values: Any) -> None:
         raws = [_dumps(v) for v in values]  # all or nothing
-        self._op._state(self._sk).extend(raws)
-        self._op._touch(self._sk)
+        self._op.cached_state(self._sk).extend(raws)
+        self._op.state_changed(self._sk)
 
     def set(self, values: Any) -> None:
-        self._op._put(self._sk, [_dumps(v) for v in values])
+        self._op.set_state(self._sk, [_dumps(v) for v in values])
 
     def clear(self) -> None:
-        self._op._put(self._sk, [])
+        self._op.set_state(self._sk, [])
 
     def __len__(self) -> int:
-        return len(self._op._state(self._sk))
+        return len(self._op.cached_state(self._sk))
 
 
 def _check_map_key(k: Any) -> Any:
@@ -115,43 +138,43 @@ class MapState:
 
     __slots__ = ("_op", "_sk")
 
-    def __init__(self, op: ProcessFunction, sk: bytes) -> None:
+    def __init__(self, op: ProcessHost, sk: bytes) -> None:
         self._op, self._sk = op, sk
 
     def get(self, k: Any, default: Any = None) -> Any:
-        raw = self._op._state(self._sk).get(k)
+        raw = self._op.cached_state(self._sk).get(k)
         return default if raw is None else _loads(raw)
 
     def put(self, k: Any, value: Any) -> None:
         raw = _dumps(value)
-        self._op._state(self._sk)[_check_map_key(k)] = raw
-        self._op._touch(self._sk)
+        self._op.cached_state(self._sk)[_check_map_key(k)] = raw
+        self._op.state_changed(self._sk)
 
     def remove(self, k: Any) -> None:
-        d = self._op._state(self._sk)
+        d = self._op.cached_state(self._sk)
         if k in d:
             del d[k]
-            self._op._touch(self._sk)
+            self._op.state_changed(self._sk)
 
     def contains(self, k: Any) -> bool:
-        return k in self._op._state(self._sk)
+        return k in self._op.cached_state(self._sk)
 
     __contains__ = contains
 
     def items(self) -> list[tuple[Any, Any]]:
-        return [(k, _loads(v)) for k, v in self._op._state(self._sk).items()]
+        return [(k, _loads(v)) for k, v in self._op.cached_state(self._sk).items()]
 
     def keys(self) -> list[Any]:
-        return list(self._op._state(self._sk))
+        return list(self._op.cached_state(self._sk))
 
     def values(self) -> list[Any]:
-        return [_loads(v) for v in self._op._state(self._sk).values()]
+        return [_loads(v) for v in self._op.cached_state(self._sk).values()]
 
     def clear(self) -> None:
-        self._op._put(self._sk, {})
+        self._op.set_state(self._sk, {})
 
     def __len__(self) -> int:
-        return len(self._op._state(self._sk))
+        return len(self._op.cached_state(self._sk))
 
 
 class KeyedState:
@@ -159,17 +182,17 @@ class KeyedState:
 
     __slots__ = ("_op",)
 
-    def __init__(self, op: ProcessFunction) -> None:
+    def __init__(self, op: ProcessHost) -> None:
         self._op = op
 
     def value(self, name: str) -> ValueState:
-        return ValueState(self._op, self._op._state_key(KIND_VALUE, name))
+        return ValueState(self._op, self._op.state_key(KIND_VALUE, name))
 
     def list(self, name: str) -> ListState:
-        return ListState(self._op, self._op._state_key(KIND_LIST, name))
+        return ListState(self._op, self._op.state_key(KIND_LIST, name))
 
     def map(self, name: str) -> MapState:
-        return MapState(self._op, self._op._state_key(KIND_MAP, name))
+        return MapState(self._op, self._op.state_key(KIND_MAP, name))
 
 
 def check_timestamp(ts: Any) -> int:
@@ -188,25 +211,25 @@ class TimerService:
 
     __slots__ = ("_op",)
 
-    def __init__(self, op: ProcessFunction) -> None:
+    def __init__(self, op: ProcessHost) -> None:
         self._op = op
 
     def register_event_time(self, ts: int) -> None:
         """Fire `on_timer` once the watermark reaches `ts` (watermark >= ts)."""
-        self._op._register(EVENT_TIME, ts)
+        self._op.register_timer(EVENT_TIME, ts)
 
     def register_processing_time(self, ts: int) -> None:
         """Fire `on_timer` once wall-clock time (epoch ms) reaches `ts`."""
-        self._op._register(PROCESSING_TIME, ts)
+        self._op.register_timer(PROCESSING_TIME, ts)
 
     def delete_event_time(self, ts: int) -> None:
-        self._op._delete(EVENT_TIME, ts)
+        self._op.delete_timer(EVENT_TIME, ts)
 
     def delete_processing_time(self, ts: int) -> None:
-        self._op._delete(PROCESSING_TIME, ts)
+        self._op.delete_timer(PROCESSING_TIME, ts)
 
     def current_processing_time(self) -> int:
-        return self._op._processing_now()
+        return self._op.processing_time()
 
 
 class Context:
@@ -221,7 +244,7 @@ class Context:
     __slots__ = ("_op", "broadcast", "key", "offset", "state", "time_domain", "timers", "timestamp",
                  "watermark")
 
-    def __init__(self, op: ProcessFunction) -> None:
+    def __init__(self, op: ProcessHost) -> None:
         self._op = op
         self.key: Any = None
         self.timestamp = 0
@@ -235,5 +258,5 @@ class Context:
 
     def emit(self, value: Any, key: Any = _CURRENT, timestamp: int | None = None) -> None:
         """Send (key, value, timestamp) downstream; defaults: the current key and timestamp."""
-        self._op._out.append((self.key if key is _CURRENT else key, value,
+        self._op.out.append((self.key if key is _CURRENT else key, value,
                               self.timestamp if timestamp is None else timestamp, self.offset))

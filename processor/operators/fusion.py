@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from processor.codegen import define
 from processor.expressions import expression_builtins
 from processor.operators.base import Batch, Operator, Stateless, StepFailed
 from processor.operators.stateless import Filter, KeyBy, MapValue
@@ -54,8 +55,10 @@ class Fused(Stateless):
         )
         # the expressions' own builtins: `broadcast` is their topology's
         env: dict[str, Any] = {"__builtins__": expression_builtins(_expression(ops[0]))}
-        exec(compile(code, f"<fused {self.name}>", "exec"), env)
-        self._fused: Callable[[Batch], Batch] = env["_fused"]
+        self._fused: Callable[[Batch], Batch] = define(code, f"fused {self.name}", env, "_fused")
+
+    def step_names(self) -> tuple[str, ...]:
+        return (self.name, *(op.name for op in self.ops))
 
     def _batch(self, batch: Batch) -> Batch:
         return self._fused(batch)

@@ -39,12 +39,20 @@ from collections.abc import Callable
 from heapq import heapify, heappop, heappush
 from typing import Any
 
-from processor.operators.base import Batch, Record, StepFailed, failed_at
+from processor.operators.base import (
+    Batch,
+    LateRecord,
+    ProcessingTimeOperator,
+    Record,
+    StepFailed,
+    failed_at,
+)
 from processor.operators.context import (
     DOMAIN_NAMES,
     EVENT_TIME,
     PROCESSING_TIME,
     Context,
+    ProcessHost,
     check_timestamp,
     decode_state,
     encode_state,
@@ -63,10 +71,10 @@ def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-class ProcessFunction:
-    """Keyed process function over a changelogged store; same lifecycle as `Aggregate`."""
-
-    stateful = True
+class ProcessFunction(ProcessingTimeOperator, ProcessHost):
+    """Keyed process function over a changelogged store; same lifecycle as `Aggregate`.
+    Its public face for `ctx` (ProcessHost): `out`, state_key, cached_state, set_state,
+    state_changed, register_timer, delete_timer, processing_time."""
 
     def __init__(self, name: str, store_name: str, fn: Callable[..., Any],
                  on_timer: Callable[..., Any] | None,
@@ -84,12 +92,12 @@ class ProcessFunction:
         self.now_ms = now_ms
         self.store: Any = None
         self.skip_below = -1
-        self.late: list[Any] = []  # a process function never drops late records itself
+        self.late: list[LateRecord] = []  # a process function never drops late records itself
         self.late_count = 0
         self.ctx = Context(self)
         self._prefixes: dict[tuple[bytes, str], bytes] = {}
         self._kb: bytes | None = None  # key bytes of the call in progress
-        self._out: Batch = []
+        self.out: Batch = []
         self._now: int | None = None  # processing time of an on_processing_time call
         self._firing: tuple[bytes, int, list[tuple[int, bytes]], set[bytes]] | None = None
         self._reset()
@@ -167,7 +175,7 @@ class ProcessFunction:
         out: Batch = []
         if not batch:
             return out
-        self._out = out
+        self.out = out
         marks = self.clock.watermarks_for(batch)
         ctx, fn, enc, skip = self.ctx, self.fn, self.key_encode, self.skip_below
         timers = self.on_timer is not None
@@ -199,7 +207,7 @@ class ProcessFunction:
     def on_watermark(self, watermark: int, offset: int) -> Batch:
         """Fire the event-time timers due at `watermark`; their emissions carry `offset`."""
         out: Batch = []
-        self._out = out
+        self.out = out
         if self.on_timer is not None and self._due(EVENT_TIME, watermark):
             self._fire(EVENT_TIME, watermark, watermark, offset)
         self._last_offset = max(self._last_offset, offset)
@@ -208,7 +216,7 @@ class ProcessFunction:
     def on_processing_time(self, now_ms: int, offset: int) -> Batch:
         """Fire the processing-time timers due at `now_ms` (wall clock, epoch ms)."""
         out: Batch = []
-        self._out = out
+        self.out = out
         if self.on_timer is not None and self._due(PROCESSING_TIME, now_ms):
             self._now = now_ms
             try:
@@ -276,7 +284,7 @@ class ProcessFunction:
                 except Exception as exc:
                     for item in heap:  # not fired yet: due again at the next call
                         heappush(pending, item)
-                    failed = StepFailed(self.name, (key, None, ts, offset), exc, partial=self._out)
+                    failed = StepFailed(self.name, (key, None, ts, offset), exc, partial=self.out)
                     failed.retry = True  # this timer is gone: calling again fires the rest
                     raise failed from exc
                 finally:
@@ -297,7 +305,7 @@ class ProcessFunction:
         else:
             self._timers[sk] = alive
 
-    def _register(self, d: bytes, ts: Any) -> None:
+    def register_timer(self, d: bytes, ts: Any) -> None:
         if self.on_timer is None:
             raise ValueError("registering a timer needs `on_timer:` in the process step "
                              "(the function its timers call)")
@@ -318,14 +326,14 @@ class ProcessFunction:
         else:
             heappush(self._pending[d], (ts, kb))
 
-    def _delete(self, d: bytes, ts: Any) -> None:
+    def delete_timer(self, d: bytes, ts: Any) -> None:
         ts = check_timestamp(ts)
         sk = _TIMER + d + pack_ts(ts) + self._current_kb()
         alive, base = self._timer(sk)
         if alive:
             self._set_timer(sk, False, base)  # a heap entry left behind is skipped when popped
 
-    def _processing_now(self) -> int:
+    def processing_time(self) -> int:
         return self._now if self._now is not None else self.now_ms()
 
     # -- state ---------------------------------------------------------------------------------
@@ -335,7 +343,7 @@ class ProcessFunction:
             raise RuntimeError("state and timers are only available during fn/on_timer calls")
         return self._kb
 
-    def _state_key(self, kind: bytes, name: str) -> bytes:
+    def state_key(self, kind: bytes, name: str) -> bytes:
         prefix = self._prefixes.get((kind, name))
         if prefix is None:
             if not isinstance(name, str):
@@ -346,7 +354,7 @@ class ProcessFunction:
             prefix = self._prefixes[(kind, name)] = _STATE + kind + bytes((len(raw),)) + raw
         return prefix + self._current_kb()
 
-    def _state(self, sk: bytes) -> Any:
+    def cached_state(self, sk: bytes) -> Any:
         """The cached form of state `sk`, read through from the store."""
         obj = self._cache.get(sk, _MISSING)
         if obj is _MISSING:
@@ -356,9 +364,9 @@ class ProcessFunction:
             obj = self._cache[sk] = decode_state(sk[1:2], raw)
         return obj
 
-    def _put(self, sk: bytes, obj: Any) -> None:
+    def set_state(self, sk: bytes, obj: Any) -> None:
         self._cache[sk] = obj
         self._dirty.add(sk)
 
-    def _touch(self, sk: bytes) -> None:
+    def state_changed(self, sk: bytes) -> None:
         self._dirty.add(sk)

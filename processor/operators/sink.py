@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from processor.operators.base import Batch, StepFailed
+from processor.operators.base import Batch, Operator, StepFailed
 
 Emitter = Callable[[Batch], None]
 
@@ -17,10 +17,8 @@ class EmitFailed(Exception):
         super().__init__(str(cause))
 
 
-class Sink:
+class Sink(Operator):
     """Write records to a topic. The emitter serializes and produces; tests pass a list.append."""
-
-    stateful = False
 
     def __init__(self, name: str, topic: str, emit: Emitter) -> None:
         self.name = name

@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 from confluent_kafka import KafkaError, KafkaException, Producer
 
+from processor.codegen import define
 from processor.graph import TopicEnd
 from processor.operators import Batch
 from processor.operators.base import index_of
@@ -71,8 +72,7 @@ def emit(batch):
                "produce_when_room": produce_when_room, "count": self._count,
                "failed": self._failed,
                "_venc": self.serdes(end, False).encode, "_kenc": self.serdes(end, True).encode}
-        exec(compile(source, f"<emit {end.topic}>", "exec"), env)
-        return env["emit"]
+        return define(source, f"emit {end.topic}", env, "emit")
 
     def _failed(self, batch: Batch, record: Any, exc: Exception, topic: str) -> None:
         index = index_of(batch, record)

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from processor.operators.base import Queryable
 from processor.runtime.directory import WorkerDirectory
 from processor.runtime.task import Task, TaskState
 from processor.serde import serde_for
@@ -88,11 +89,10 @@ class StateQueries:
         if task.state is not TaskState.RUNNING:
             return 503, {**base, "error": f"task {task.id} is {task.state.value}; retry"}
         op = next(op for _, _, op in task.stateful if op.store_name == store)
-        read = getattr(op, "read", None)
-        if read is None:
+        if not isinstance(op, Queryable):
             return 400, {**base, "error": f"store {store!r} ({type(op).__name__}) is not queryable"}
         try:
-            value = read(task.stores[store], op.key_encode(key))
+            value = op.read(task.stores[store], op.key_encode(key))
         except Exception as exc:  # the store closed under us (rebalance)
             return 503, {**base, "error": f"store unavailable: {exc}; retry"}
         if isinstance(value, list):  # a windowed store: the open windows overlapping [from, to)

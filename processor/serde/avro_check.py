@@ -19,6 +19,8 @@ from typing import Any
 
 from fastavro.logical_writers import LOGICAL_WRITERS
 
+from processor.codegen import define
+
 Check = Callable[[Any], bool]
 _RANGES = {"int": (-(2**31), 2**31 - 1), "long": (-(2**63), 2**63 - 1)}
 _CLASSES = {"null": None, "boolean": "bool", "string": "str", "bytes": "bytes"}
@@ -103,5 +105,4 @@ def fast_check(schema: Any) -> Check:
     compiler = _Compiler(definitions)
     top = compiler.expr(schema, "v", 0)
     source = "\n\n".join([*compiler.sources, f"def _check(v):\n    return {top}"])
-    exec(compile(source, "<avro fast check>", "exec"), compiler.env)
-    return compiler.env["_check"]
+    return define(source, "avro fast check", compiler.env, "_check")

@@ -15,7 +15,7 @@ from typing import Any
 
 from processor.errors import ExpressionError
 from processor.operators.aggregate import CompiledAggregation
-from processor.operators.windows.base import LateRecord, WindowOperator
+from processor.operators.windows.base import WindowOperator
 from processor.operators.windows.count import CountWindows
 from processor.operators.windows.fixed import FixedWindows
 from processor.operators.windows.session import SessionWindows
@@ -23,7 +23,7 @@ from processor.operators.windows.sliding import SlidingWindows
 from processor.timeutil.watermark import Clock
 
 __all__ = [
-    "CountWindows", "FixedWindows", "LateRecord", "SessionWindows", "SlidingWindows",
+    "CountWindows", "FixedWindows", "SessionWindows", "SlidingWindows",
     "WindowOperator", "build_window_operator",
 ]
 

@@ -45,7 +45,15 @@ from typing import Any
 import orjson
 
 from processor.operators.aggregate import CompiledAggregation
-from processor.operators.base import Batch, Record, StepFailed, failed_at
+from processor.operators.base import (
+    Batch,
+    LateRecord,
+    Queryable,
+    Record,
+    StepFailed,
+    TimedOperator,
+    failed_at,
+)
 from processor.state.keys import pack_ts, unpack_ts
 from processor.timeutil.watermark import Clock
 
@@ -54,9 +62,6 @@ NEG = -(1 << 64)
 _MIN_TS = -(1 << 63)
 MAX_END = b"M"
 _BY_WINDOW = itemgetter(0, 1, 2)  # closing tuples (end, start, key bytes, key, acc)
-
-LateRecord = tuple[Record, int, int, int]
-"""(record, window_start, window_end, watermark before the record)."""
 
 
 def fresh_state(agg: CompiledAggregation) -> Callable[[], list[Any]]:
@@ -67,14 +72,12 @@ def fresh_state(agg: CompiledAggregation) -> Callable[[], list[Any]]:
     return agg.new_state
 
 
-class WindowOperator:
+class WindowOperator(TimedOperator, Queryable):
     """Base of the window operators: construction, bind/discard and the late list.
 
     `late` holds (record, window_start, window_end, watermark before it) for every record no
     open window could take; the task drains it. `late_count` and `windows_closed` only grow.
     """
-
-    stateful = True
 
     def __init__(self, name: str, store_name: str, spec: Any, agg: CompiledAggregation,
                  key_encode: Callable[[Any], bytes | None], key_decode: Callable[[bytes], Any],
