@@ -6,8 +6,8 @@ record the value derives from; it gives errors their coordinates and lets a rest
 skip input it has already absorbed.
 
 The contract is written as base classes: an operator declares what it can do by what it
-derives from, and the runtime asks with `isinstance` (runtime/chains.py, once per task;
-runtime/queries.py for Queryable), never by probing attributes:
+derives from, and the runtime asks with `isinstance` (runtime/tasks/chains.py, once per task;
+runtime/serving/queries.py for Queryable), never by probing attributes:
 
     Operator                  process(batch) -> batch; step_names()
       Stateless               a batch function, re-run record by record to find a culprit

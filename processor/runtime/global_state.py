@@ -3,7 +3,7 @@
 Unlike a per-task table (followed by its task, runtime/task_manager.py), a global table or a
 broadcast source holds every partition of its topic on every worker, in a local TableStore.
 All are read to the end before the first record is processed (resuming from the stores'
-offsets), then followed by the worker's TableFollower (runtime/tables.py) as the loop turns.
+offsets), then followed by the worker's TableFollower (runtime/durability/tables.py) as the loop turns.
 A broadcast source is also kept in memory as decoded {key: value} for expressions and process
 functions.
 """
@@ -17,8 +17,8 @@ from pathlib import Path
 from processor.graph import Topology
 from processor.graph.model import TableDef
 from processor.operators.broadcast import BroadcastState
-from processor.runtime.serdes import Serdes
-from processor.runtime.tables import TableFollower
+from processor.runtime.durability.tables import TableFollower
+from processor.runtime.kafka.serdes import Serdes
 from processor.state.table import TableStore
 
 log = logging.getLogger("processor.worker")  # the worker's log lines, as before the split

@@ -5,8 +5,8 @@ broker's `range` assignor, or `cooperative-sticky` under `group_protocol: classi
 rebalance names only the partitions that move, so the other tasks keep processing through it.
 On revoke all tasks are checkpointed (one transaction) and the revoked ones closed clean; on
 assign a task per new partition starts restoring with its input paused: its stores catch up
-from their changelogs (runtime/restore.py), its per-task tables from their topics
-(runtime/tables.py), and once all are done its input is sought to the first offset its state
+from their changelogs (runtime/durability/restore.py), its per-task tables from their topics
+(runtime/durability/tables.py), and once all are done its input is sought to the first offset its state
 does not hold and resumed. Under exactly-once a restore starts only once the group's committed
 offsets of the partition are stable (`restore_when_stable`). Model: Kafka Streams' TaskManager
 (handleAssignment, handleRevocation, handleLostAll).
@@ -31,11 +31,11 @@ from confluent_kafka import (
 
 from processor.graph import BuildContext, Topology
 from processor.observability.metrics import Metrics
-from processor.runtime.checkpoint import CheckpointFailed
 from processor.runtime.config import WorkerConfig
-from processor.runtime.restore import Restorer
-from processor.runtime.tables import TableFollower
-from processor.runtime.task import Task, TaskState
+from processor.runtime.durability.checkpoint import CheckpointFailed
+from processor.runtime.durability.restore import Restorer
+from processor.runtime.durability.tables import TableFollower
+from processor.runtime.tasks.task import Task, TaskState
 
 log = logging.getLogger("processor.worker")  # the worker's log lines, as before the split
 

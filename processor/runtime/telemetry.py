@@ -19,8 +19,8 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from processor.observability.metrics import Metrics
 from processor.observability.progress import ProgressBar
 from processor.runtime.config import WorkerConfig
-from processor.runtime.task import Task, TaskState
 from processor.runtime.task_manager import TaskManager
+from processor.runtime.tasks.task import Task, TaskState
 from processor.timeutil.watermark import NO_WATERMARK
 
 log = logging.getLogger("processor.worker")  # the worker's log lines, as before the split

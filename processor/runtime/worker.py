@@ -4,7 +4,7 @@ This module sets the worker up (clients, tables, checkpointer, HTTP), runs its l
 from failed checkpoints and shuts it down. Its parts get callbacks from it and never import
 it: runtime/task_manager.py (rebalances: open, restore, start and close tasks),
 runtime/telemetry.py (metrics, health, readiness, progress), runtime/global_state.py (global
-tables and broadcasts), runtime/endpoint.py (the HTTP port), runtime/checkpoint.py (the
+tables and broadcasts), runtime/serving/endpoint.py (the HTTP port), runtime/durability/checkpoint.py (the
 commit). The loop is a sequence of named phases (see `run`), after Kafka Streams'
 StreamThread.runOnce.
 
@@ -29,28 +29,28 @@ from processor.graph import BuildContext, Topology
 from processor.observability.metrics import Metrics
 from processor.observability.progress import ProgressBar
 from processor.runtime import faults
-from processor.runtime.batch import by_partition
-from processor.runtime.checkpoint import Checkpointer, CheckpointFailed, is_fatal, kafka_error
-from processor.runtime.clients import (
+from processor.runtime.config import WorkerConfig
+from processor.runtime.durability.checkpoint import Checkpointer, CheckpointFailed, is_fatal, kafka_error
+from processor.runtime.durability.tables import TableFollower
+from processor.runtime.global_state import GlobalState
+from processor.runtime.kafka.batch import by_partition
+from processor.runtime.kafka.clients import (
     admin_config,
     consumer_config,
     producer_config,
     restore_consumer_config,
 )
-from processor.runtime.collector import RecordCollector
-from processor.runtime.config import WorkerConfig
-from processor.runtime.deadletter import DeadLetterWriter
-from processor.runtime.directory import directory_topic
-from processor.runtime.drain import undrained
-from processor.runtime.endpoint import Endpoint
-from processor.runtime.global_state import GlobalState
-from processor.runtime.purge import RepartitionPurger
-from processor.runtime.serdes import Serdes
-from processor.runtime.tables import TableFollower
-from processor.runtime.task import TaskState
+from processor.runtime.kafka.collector import RecordCollector
+from processor.runtime.kafka.deadletter import DeadLetterWriter
+from processor.runtime.kafka.drain import undrained
+from processor.runtime.kafka.purge import RepartitionPurger
+from processor.runtime.kafka.serdes import Serdes
+from processor.runtime.kafka.topics import ensure_topics
+from processor.runtime.serving.directory import directory_topic
+from processor.runtime.serving.endpoint import Endpoint
 from processor.runtime.task_manager import TaskManager
+from processor.runtime.tasks.task import TaskState
 from processor.runtime.telemetry import Telemetry
-from processor.runtime.topics import ensure_topics
 
 log = logging.getLogger("processor.worker")
 
@@ -302,7 +302,7 @@ class Worker:
 
     def _group_drained(self) -> bool:
         """Every input partition of the group is processed, including those still held by a
-        crashed member whose session has not expired (runtime/drain.py)."""
+        crashed member whose session has not expired (runtime/kafka/drain.py)."""
         if self._drain_probe is None:
             self._drain_probe = Consumer(restore_consumer_config(self.config))
         left = undrained(self.consumer, self._drain_probe, self.topology.source_topics,

@@ -1,4 +1,4 @@
-"""Event-time extraction helpers used by the generated batch decoders (runtime/task.py)."""
+"""Event-time extraction helpers used by the generated batch decoders (runtime/tasks/decode.py)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 A source partition's watermark is the highest event time seen minus `max_out_of_orderness`.
 A task reading a repartition topic receives, in-band, the watermark of every upstream source
-partition (see runtime/task.py) and takes the minimum over those not marked idle; until every
+partition (runtime/tasks/event_time.py) and takes the minimum over those not marked idle; until every
 upstream partition has reported, it holds at NO_WATERMARK. Watermarks never go back.
 
 Operators see the watermark *before each record* (`Clock.watermarks_for`), so whether a record

@@ -23,13 +23,13 @@ import orjson
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from processor.graph import Topology
-from processor.runtime import deadletter as dl
-from processor.runtime.clients import admin_config, consumer_config, producer_config
 from processor.runtime.config import WorkerConfig
-from processor.runtime.produce import produce_when_room
-from processor.runtime.topics import partition_counts, read_to_end
+from processor.runtime.kafka import deadletter as dl
+from processor.runtime.kafka.clients import admin_config, consumer_config, producer_config
+from processor.runtime.kafka.produce import produce_when_room
+from processor.runtime.kafka.topics import partition_counts, read_to_end
 
-REPLAY_PARTITION = -1  # the upstream partition of replayed repartition records (runtime/task.py marks)
+REPLAY_PARTITION = -1  # the upstream partition of replayed repartition records (runtime/tasks/task.py marks)
 COMMIT_EVERY = 5000
 _NO_DLQ = ("does not exist: no record has failed under on_error: dlq yet, or the topology "
            "names another dead-letter topic")

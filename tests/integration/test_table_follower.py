@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from processor.runtime.clients import restore_consumer_config
 from processor.runtime.config import WorkerConfig
-from processor.runtime.tables import TableError, TableFollower
+from processor.runtime.durability.tables import TableError, TableFollower
+from processor.runtime.kafka.clients import restore_consumer_config
 from processor.state.table import TableStore
 from processor.tools.generator import create_topic
 

@@ -1,4 +1,4 @@
-"""Grouping a consumer batch by partition (runtime/batch.py): order kept, errors handed over."""
+"""Grouping a consumer batch by partition (runtime/kafka/batch.py): order kept, errors handed over."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError
 
-from processor.runtime.batch import by_partition
+from processor.runtime.kafka.batch import by_partition
 
 
 class _Msg:

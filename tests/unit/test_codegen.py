@@ -13,7 +13,7 @@ from processor.expressions import compile_expression
 from processor.operators.aggregate import compile_aggregation, parse_field
 from processor.operators.fusion import Fused
 from processor.operators.stateless import Filter, MapValue
-from processor.runtime.decode import batch_decoder
+from processor.runtime.tasks.decode import batch_decoder
 
 
 def _traceback_of(call) -> str:

@@ -272,7 +272,7 @@ def test_changelog_topic_configs_cannot_stop_compaction(tmp_path):
 
 
 def test_group_protocol_selects_incremental_assignment_either_way():
-    from processor.runtime.clients import consumer_config
+    from processor.runtime.kafka.clients import consumer_config
 
     kip848 = consumer_config(load_config(), "g")
     assert kip848["group.protocol"] == "consumer"

@@ -6,7 +6,7 @@ import pytest
 
 from processor.errors import SpecErrors
 from processor.graph import build_topology
-from processor.runtime.collector import RecordCollector
+from processor.runtime.kafka.collector import RecordCollector
 from processor.spec import load_spec_text
 
 RECONCILE = """\

@@ -1,4 +1,4 @@
-"""Repartition purge scheduling (runtime/purge.py) and its hook in the checkpointer, without a
+"""Repartition purge scheduling (runtime/kafka/purge.py) and its hook in the checkpointer, without a
 broker: a fake admin client whose DeleteRecords futures the test completes by hand."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from processor.observability.metrics import Metrics
-from processor.runtime.checkpoint import Checkpointer, CheckpointFailed
-from processor.runtime.purge import NO_ANSWER_LIMIT, RepartitionPurger
-from processor.runtime.task import TaskState
+from processor.runtime.durability.checkpoint import Checkpointer, CheckpointFailed
+from processor.runtime.kafka.purge import NO_ANSWER_LIMIT, RepartitionPurger
+from processor.runtime.tasks.task import TaskState
 
 REP = "app-totals-repartition"
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError
 
-from processor.runtime.restore import Restorer
+from processor.runtime.durability.restore import Restorer
 from processor.state.store import META_CHANGELOG_OFFSET
 
 TOPIC = "app-store-changelog"

@@ -13,13 +13,13 @@ import pytest
 from processor import secrets
 from processor.errors import SpecErrors
 from processor.observability.logging import JsonFormatter, TextFormatter, setup_logging
-from processor.runtime.clients import (
+from processor.runtime.config import load_config
+from processor.runtime.kafka.clients import (
     admin_config,
     consumer_config,
     producer_config,
     restore_consumer_config,
 )
-from processor.runtime.config import load_config
 
 SASL = "sasl-pw-Q7x!"
 KEY_PW = "key-pw-9z$"

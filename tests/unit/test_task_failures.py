@@ -13,8 +13,8 @@ import pytest
 from processor.errors import RecordError
 from processor.graph import BuildContext, TopicEnd, build_topology
 from processor.operators.sink import EmitFailed
-from processor.runtime.deadletter import REPLAY_STEP
-from processor.runtime.task import Task, TaskState
+from processor.runtime.kafka.deadletter import REPLAY_STEP
+from processor.runtime.tasks.task import Task, TaskState
 from processor.spec import load_spec_text
 
 TWO_PIPELINES = """
@@ -159,7 +159,7 @@ pipelines:
 
 
 def test_state_query_of_a_windowed_store_with_a_time_range(tmp_path):
-    from processor.runtime.queries import StateQueries
+    from processor.runtime.serving.queries import StateQueries
     from processor.state.partitioner import partition_for
 
     text = """

@@ -13,8 +13,8 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 
-from processor.runtime.task import TaskState
 from processor.runtime.task_manager import TaskManager
+from processor.runtime.tasks.task import TaskState
 from processor.runtime.worker import Worker
 
 

@@ -14,8 +14,8 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from processor.observability.metrics import Metrics
-from processor.runtime.checkpoint import Checkpointer, CheckpointFailed
-from processor.runtime.task import TaskState
+from processor.runtime.durability.checkpoint import Checkpointer, CheckpointFailed
+from processor.runtime.tasks.task import TaskState
 from processor.state import POSITION_KEY
 from tests.unit.runtime.kafka_fakes import RecordingProducer
 

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 from confluent_kafka import OFFSET_BEGINNING
 
-from processor.runtime.restore import Restorer
+from processor.runtime.durability.restore import Restorer
 from processor.state import POSITION_KEY, RocksStore, encode_position
 from tests.unit.runtime.kafka_fakes import LogConsumer
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from confluent_kafka import OFFSET_BEGINNING
 
-from processor.runtime.tables import TableError, TableFollower
+from processor.runtime.durability.tables import TableError, TableFollower
 from processor.state.table import TableStore
 from tests.unit.runtime.kafka_fakes import LogConsumer
 

@@ -12,9 +12,9 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from processor.graph import BuildContext, build_topology
 from processor.observability.metrics import Metrics
-from processor.runtime.checkpoint import CheckpointFailed
-from processor.runtime.task import Task, TaskState
+from processor.runtime.durability.checkpoint import CheckpointFailed
 from processor.runtime.task_manager import TaskManager
+from processor.runtime.tasks.task import Task, TaskState
 from processor.spec import load_spec_text
 from tests.unit.runtime.kafka_fakes import LogConsumer
 

@@ -15,8 +15,8 @@ from typing import Any
 import orjson
 
 from processor.operators.base import Queryable
-from processor.runtime.directory import WorkerDirectory
-from processor.runtime.task import Task, TaskState
+from processor.runtime.serving.directory import WorkerDirectory
+from processor.runtime.tasks.task import Task, TaskState
 from processor.serde import serde_for
 from processor.state.partitioner import partition_for
 

@@ -22,8 +22,8 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 
 from processor.observability.metrics import Metrics
 from processor.runtime import faults
-from processor.runtime.produce import produce_when_room
-from processor.runtime.task import Task, TaskState
+from processor.runtime.kafka.produce import produce_when_room
+from processor.runtime.tasks.task import Task, TaskState
 from processor.state import POSITION_KEY
 
 log = logging.getLogger("processor.checkpoint")

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from processor.runtime.produce import produce_when_room
+from processor.runtime.kafka.produce import produce_when_room
 
 PREFIX = "processor."
 ERROR_CLASS = "processor.error.class"

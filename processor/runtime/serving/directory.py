@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, Producer
 
-from processor.runtime.topics import TopicError, read_to_end
+from processor.runtime.kafka.topics import TopicError, read_to_end
 
 log = logging.getLogger("processor.directory")
 

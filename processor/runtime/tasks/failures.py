@@ -24,7 +24,7 @@ import orjson
 
 from processor.errors import ProcessorError, RecordError
 from processor.operators import StepFailed
-from processor.runtime.deadletter import DeadLetter, derived_bytes
+from processor.runtime.kafka.deadletter import DeadLetter, derived_bytes
 from processor.serde.errors import DeserializationError
 
 log = logging.getLogger("processor.task")

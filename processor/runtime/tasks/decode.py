@@ -3,7 +3,7 @@
 A source topic's batch goes through one generated comprehension with the codecs inlined
 (json, string, bytes; schema formats pass their decode functions), so decoding costs no
 Python call per key or value. A repartition topic carries envelopes written by upstream tasks
-(runtime/collector.py): records, de-duplicated against the upstream marks (position.py), and
+(runtime/kafka/collector.py): records, de-duplicated against the upstream marks (position.py), and
 watermark reports, which go to the task's upstream watermarks. When a batch fails to decode,
 it is decoded again message by message and each failing message goes to `undecodable`.
 """
@@ -18,7 +18,7 @@ import orjson
 from processor.codegen import compile_generated
 from processor.graph import TopicEnd
 from processor.operators import Batch
-from processor.runtime.position import UpstreamMarks
+from processor.runtime.tasks.position import UpstreamMarks
 from processor.serde import serde_for
 from processor.serde.formats import INLINE_GLOBALS, inline_decode
 from processor.timeutil.timestamps import iso_to_ms

@@ -25,7 +25,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from processor.errors import ProcessorError
-from processor.runtime.batch import by_partition
+from processor.runtime.kafka.batch import by_partition
 from processor.state.table import TableStore
 
 log = logging.getLogger("processor.tables")

@@ -27,8 +27,8 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
-from processor.runtime.batch import by_partition
-from processor.runtime.task import Task
+from processor.runtime.kafka.batch import by_partition
+from processor.runtime.tasks.task import Task
 from processor.state import POSITION_KEY, RocksStore, decode_position
 from processor.state.store import META_CHANGELOG_OFFSET
 

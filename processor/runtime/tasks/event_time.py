@@ -25,8 +25,8 @@ from processor.graph import BuildContext, SubTopology
 from processor.operators import Batch, StepFailed
 from processor.operators.base import ProcessingTimeOperator, TimedOperator
 from processor.operators.sink import EmitFailed
-from processor.runtime.chains import StepAt
-from processor.runtime.failures import FailureHandler
+from processor.runtime.tasks.chains import StepAt
+from processor.runtime.tasks.failures import FailureHandler
 from processor.timeutil.watermark import (
     NO_WATERMARK,
     Clock,

@@ -18,7 +18,7 @@ log = logging.getLogger("processor.topics")
 
 # Repartition records carry their input's event time: with time retention, records of old
 # data (a backfill, a lagging worker) would be deleted before the task behind them read them.
-# Kafka Streams keeps them forever too; committed records are deleted instead (runtime/purge.py).
+# Kafka Streams keeps them forever too; committed records are deleted instead (runtime/kafka/purge.py).
 REPARTITION_CONFIGS = {"cleanup.policy": "delete", "retention.ms": "-1"}
 
 
@@ -79,7 +79,7 @@ def ensure_topics(admin: AdminClient, topology: Topology, *, create: bool,
 
     if topology.uses_dlq and topology.dlq_topic not in counts:
         wanted[topology.dlq_topic] = (topology.dlq_partitions, {})
-    if directory is not None:  # the worker directory of the state API (runtime/directory.py)
+    if directory is not None:  # the worker directory of the state API (runtime/serving/directory.py)
         wanted[directory] = (1, {"cleanup.policy": "compact"})
 
     to_create = []

@@ -23,12 +23,12 @@ from processor.graph import BuildContext, SubTopology
 from processor.operators import Batch, StepFailed
 from processor.operators.base import Operator, TimedOperator
 from processor.operators.sink import Sink
-from processor.runtime.chains import ChainTree, StepAt
-from processor.runtime.deadletter import REPLAY_STEP
-from processor.runtime.decode import InputDecoder
-from processor.runtime.event_time import EventTime
-from processor.runtime.failures import FailureHandler
-from processor.runtime.position import UpstreamMarks, start_position, store_meta
+from processor.runtime.kafka.deadletter import REPLAY_STEP
+from processor.runtime.tasks.chains import ChainTree, StepAt
+from processor.runtime.tasks.decode import InputDecoder
+from processor.runtime.tasks.event_time import EventTime
+from processor.runtime.tasks.failures import FailureHandler
+from processor.runtime.tasks.position import UpstreamMarks, start_position, store_meta
 from processor.state import RocksStore, encode_position
 from processor.state.table import TableStore
 from processor.timeutil.watermark import Clock
@@ -53,7 +53,7 @@ class Task:
         self.partition = partition
         self.id = f"{sub.id}_{partition}"
         self.clock = Clock()
-        # per-task tables: partition p of each table a join reads (runtime/tables.py fills them);
+        # per-task tables: partition p of each table a join reads (runtime/durability/tables.py fills them);
         # one directory per task, as two sub-topologies may join the same table
         self.tables: dict[str, TableStore] = {
             t.name: TableStore(state_dir / topology / f"table-{t.name}" / self.id)

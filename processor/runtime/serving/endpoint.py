@@ -1,9 +1,9 @@
 """The worker's HTTP port and its entry in the worker directory.
 
 One port serves /metrics, /healthz and /readyz (runtime/telemetry.py) and queryable state
-(runtime/queries.py). So that a state query reaching the wrong worker can be forwarded, each
+(runtime/serving/queries.py). So that a state query reaching the wrong worker can be forwarded, each
 worker publishes its URL and the partitions it holds to the worker directory
-(runtime/directory.py) after every change of its tasks, and withdraws when it stops. Neither
+(runtime/serving/directory.py) after every change of its tasks, and withdraws when it stops. Neither
 may hold up processing: a directory that cannot be written only degrades the state API.
 """
 
@@ -16,11 +16,11 @@ from collections.abc import Callable
 from processor.graph import Topology
 from processor.observability.http import Answer, HttpServer
 from processor.observability.metrics import Metrics
-from processor.runtime.clients import admin_config
 from processor.runtime.config import WorkerConfig
-from processor.runtime.directory import WorkerDirectory
-from processor.runtime.queries import StateQueries
-from processor.runtime.task import Task
+from processor.runtime.kafka.clients import admin_config
+from processor.runtime.serving.directory import WorkerDirectory
+from processor.runtime.serving.queries import StateQueries
+from processor.runtime.tasks.task import Task
 
 log = logging.getLogger("processor.worker")  # the worker's log lines, as before the split
 

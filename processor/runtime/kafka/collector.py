@@ -26,8 +26,8 @@ from processor.graph import TopicEnd
 from processor.operators import Batch
 from processor.operators.base import index_of
 from processor.operators.sink import EmitFailed, Emitter
-from processor.runtime.produce import produce_when_room
-from processor.runtime.serdes import Serdes
+from processor.runtime.kafka.produce import produce_when_room
+from processor.runtime.kafka.serdes import Serdes
 from processor.serde import Serde, serde_for
 from processor.serde.formats import INLINE_GLOBALS, inline_encode
 
