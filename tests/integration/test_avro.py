@@ -1,6 +1,6 @@
 """Avro end to end on a running worker: schemaless Avro in (read with a newer reader schema),
 Avro in the Schema Registry wire format and JSON-Schema-validated JSON out, bad bytes and
-invalid outputs dead-lettered. The registry is tests/unit/registry_server.py (no Confluent
+invalid outputs dead-lettered. The registry is tests/unit/serde/registry_server.py (no Confluent
 Schema Registry can be installed here; see its docstring)."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from confluent_kafka import Producer
 from processor.serde import SchemaRegistry, build_serde
 from processor.tools.generator import create_topic
 from tests.integration.kafka import ROOT, WorkerProcess, read_all
-from tests.unit.registry_server import RegistryServer
+from tests.unit.serde.registry_server import RegistryServer
 
 pytestmark = pytest.mark.integration
 

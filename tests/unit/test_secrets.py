@@ -20,6 +20,7 @@ from processor.runtime.kafka.clients import (
     producer_config,
     restore_consumer_config,
 )
+from tests.paths import REPO
 
 SASL = "sasl-pw-Q7x!"
 KEY_PW = "key-pw-9z$"
@@ -285,7 +286,7 @@ def test_describe_shows_the_config_with_secrets_masked(tmp_path, monkeypatch, ca
     cfg.write_text("sasl_username: svc\nkafka: {ssl.key.password: file-secret-77}\n")
     monkeypatch.setenv("PROCESSOR_SASL_PASSWORD", "env-secret-99")
     monkeypatch.setenv("PROCESSOR_SCHEMA_REGISTRY_URL", "http://reg:url-secret-55@registry:8081")
-    root = Path(__file__).resolve().parents[2]
+    root = REPO
     assert main(["describe", str(root / "topologies" / "revenue_per_user.yaml"),
                  "--config", str(cfg)]) == 0
     out = capsys.readouterr().out

@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib.util
 import itertools
 from collections import Counter
-from pathlib import Path
 from types import MappingProxyType
 
 import pytest
@@ -19,8 +18,9 @@ from processor.examples import fraud, reconciliation
 from processor.examples.reconciliation import AmbiguousInput, expected
 from processor.expressions import BroadcastStates, compile_expression
 from processor.spec import load_spec
+from tests.paths import REPO
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = REPO
 TOPOLOGIES = ROOT / "topologies"
 T0 = 1_700_000_000_000
 TIMEOUT = reconciliation.TIMEOUT_MS

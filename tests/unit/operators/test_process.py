@@ -23,8 +23,9 @@ from processor.spec import load_spec
 from processor.state import RocksStore
 from processor.state.keys import unpack_ts
 from processor.timeutil.watermark import Clock, PartitionWatermark
+from tests.paths import REPO
 
-TOPOLOGIES = Path(__file__).resolve().parents[2] / "topologies"
+TOPOLOGIES = REPO / "topologies"
 KEYS = serde_for("string")
 STEP = "pipelines[0].steps[0]"
 

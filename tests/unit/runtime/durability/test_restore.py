@@ -1,7 +1,8 @@
 """The restorer against an in-memory changelog and real RocksDB stores: a store is read from
 its recorded changelog offset to the end in chunks, position records become store metadata
 (not data), a task is restored once all its stores are, and progress is reported per chunk.
-(tests/unit/test_restore.py covers an EOF held back by an open transaction.)"""
+(test_restore_open_transaction.py beside it covers an EOF held back by an open
+transaction.)"""
 
 from __future__ import annotations
 

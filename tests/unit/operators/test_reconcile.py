@@ -17,7 +17,7 @@ from processor.operators.base import StepFailed
 from processor.operators.reconcile import RESERVED_SIDE_NAMES, Reconcile
 from processor.state import RocksStore
 from processor.timeutil.watermark import Clock
-from tests.unit.test_joins import (
+from tests.unit.operators.test_joins import (
     DELAY_MS,
     KEYS,
     STEP,

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from processor.graph import BuildContext, TopicEnd, build_topology
 from processor.operators import Aggregate, Filter, KeyBy, MapValue, Sink
 from processor.operators.fusion import Fused
 from processor.spec import load_spec, load_spec_text
+from tests.paths import REPO
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = REPO
 
 REKEYED = """\
 name: shop

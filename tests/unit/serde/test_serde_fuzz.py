@@ -10,7 +10,6 @@ import json
 import struct
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,9 +26,10 @@ from processor.serde import (
     load_avro_schema,
 )
 from processor.serde.avro_check import fast_check
-from tests.unit.registry_server import RegistryServer
+from tests.paths import REPO
+from tests.unit.serde.registry_server import RegistryServer
 
-SCHEMAS = Path(__file__).resolve().parent.parent / "fixtures" / "schemas"
+SCHEMAS = REPO / "tests" / "fixtures" / "schemas"
 V1, V2 = SCHEMAS / "order_v1.avsc", SCHEMAS / "order_v2.avsc"
 ORDER_JSON = SCHEMAS / "order.schema.json"
 FUZZ = settings(max_examples=150, deadline=None,

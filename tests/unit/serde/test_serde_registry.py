@@ -32,9 +32,10 @@ from processor.serde import (
     build_serde,
 )
 from processor.serde.registry import RegistryBearer, RegistryRetries, RegistryTls
-from tests.unit.registry_server import RegistryServer
+from tests.paths import REPO
+from tests.unit.serde.registry_server import RegistryServer
 
-SCHEMAS = Path(__file__).resolve().parent.parent / "fixtures" / "schemas"
+SCHEMAS = REPO / "tests" / "fixtures" / "schemas"
 V1 = SCHEMAS / "order_v1.avsc"
 ORDER = {"id": "o-1", "customer": "c-9", "amount": 12.5, "quantity": 3, "ts": 1_700_000_000_000,
          "status": "PAID", "tags": ["gift", "rush"], "note": None}

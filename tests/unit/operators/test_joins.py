@@ -22,7 +22,7 @@ from processor.operators.joins import RESERVED_SIDE_NAMES, IntervalJoin, Reconci
 from processor.serde import serde_for
 from processor.state import RocksStore
 from processor.timeutil.watermark import Clock
-from tests.unit.test_process import Driver as ProcessDriver
+from tests.unit.operators.test_process import Driver as ProcessDriver
 
 KEYS = serde_for("json")
 STEP = "pipelines[0].steps[1]"

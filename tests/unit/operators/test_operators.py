@@ -27,8 +27,9 @@ from processor.serde import serde_for
 from processor.spec import load_spec
 from processor.spec.steps import PythonReducer
 from processor.state import RocksStore
+from tests.paths import REPO
 
-MODULE = "tests.unit.test_operators"
+MODULE = "tests.unit.operators.test_operators"
 
 
 # -- python functions referenced by `module:function` ----------------------------------------
@@ -482,9 +483,8 @@ def test_committed_trims_cache_above_limit(store):
 
 
 def test_revenue_topology_matches_sample_oracle(tmp_path):
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parents[2]
+    root = REPO
     topo = build_topology(load_spec(root / "topologies" / "revenue_per_user.yaml"))
     outputs: dict[str, list] = {}
 

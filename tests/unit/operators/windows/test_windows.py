@@ -19,9 +19,9 @@ from processor.serde import serde_for
 from processor.spec.steps import PythonReducer, WindowSpec
 from processor.state import RocksStore
 from processor.timeutil.watermark import NO_WATERMARK, Clock, PartitionWatermark
-from tests.unit.window_oracle import run_oracle
+from tests.unit.operators.windows.window_oracle import run_oracle
 
-MODULE = "tests.unit.test_windows"
+MODULE = "tests.unit.operators.windows.test_windows"
 STRING = serde_for("string")
 
 

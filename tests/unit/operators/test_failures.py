@@ -23,7 +23,7 @@ from processor.operators.sink import EmitFailed, Sink
 from processor.operators.stateless import PythonStep
 from processor.state import RocksStore
 from processor.timeutil.watermark import NO_WATERMARK
-from tests.unit.test_windows import (
+from tests.unit.operators.windows.test_windows import (
     FAST,
     FAST_ORACLE,
     FULL,
@@ -35,7 +35,7 @@ from tests.unit.test_windows import (
     scenario,
     window_spec,
 )
-from tests.unit.window_oracle import run_oracle
+from tests.unit.operators.windows.window_oracle import run_oracle
 
 POISON = {"x": "not a number"}
 
@@ -178,7 +178,7 @@ def test_windows_resume_after_poisoned_records(kind: str, data: Any) -> None:
 
 
 def test_failing_timer_is_dropped_and_the_other_due_timers_still_fire(tmp_path: Path) -> None:
-    from tests.unit.test_process import Driver, rec
+    from tests.unit.operators.test_process import Driver, rec
 
     def fn(ctx: Any, key: Any, value: Any) -> None:
         for ts in value["at"]:

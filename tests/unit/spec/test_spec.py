@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from processor.cli import main
@@ -11,8 +9,9 @@ from processor.errors import SpecError, SpecErrors
 from processor.graph import build_topology
 from processor.spec import load_spec, load_spec_text
 from processor.spec.steps import AggregateStep, FilterStep, MapStep, ToStep
+from tests.paths import REPO
 
-TOPOLOGIES = sorted((Path(__file__).resolve().parents[2] / "topologies").glob("*.yaml"))
+TOPOLOGIES = sorted((REPO / "topologies").glob("*.yaml"))
 
 # Line numbers are part of the assertions below: keep this text's layout stable.
 BASE = """\

@@ -18,7 +18,7 @@ from processor.observability.http import HttpServer
 from processor.observability.progress import ProgressBar
 from processor.state import RocksStore
 from processor.state.partitioner import murmur2, partition_for
-from tests.unit.test_windows import FAST, STRING, Harness, window_spec
+from tests.unit.operators.windows.test_windows import FAST, STRING, Harness, window_spec
 
 
 def _signed(x: int) -> int:

@@ -18,8 +18,9 @@ import pytest
 from processor.cli import main
 from processor.errors import SpecErrors
 from processor.spec import load_spec_text
+from tests.paths import REPO
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = REPO
 CORPUS = ROOT / "tests" / "fixtures" / "bad_topologies"
 FIXTURES = sorted(CORPUS.glob("*.yaml"))
 EXPECT = re.compile(r"^# expect: (\d+): (\S+): (.+)$")

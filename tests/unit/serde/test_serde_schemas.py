@@ -30,9 +30,10 @@ from processor.serde import (
     load_json_schema,
     serde_for,
 )
-from tests.unit.registry_server import RegistryServer
+from tests.paths import REPO
+from tests.unit.serde.registry_server import RegistryServer
 
-SCHEMAS = Path(__file__).resolve().parent.parent / "fixtures" / "schemas"
+SCHEMAS = REPO / "tests" / "fixtures" / "schemas"
 V1, V2 = SCHEMAS / "order_v1.avsc", SCHEMAS / "order_v2.avsc"
 V2_BAD = SCHEMAS / "order_v2_incompatible.avsc"
 ORDER_JSON = SCHEMAS / "order.schema.json"

@@ -10,8 +10,9 @@ import pytest
 
 from processor.errors import SpecErrors
 from processor.runtime.config import WorkerConfig, load_config
+from tests.paths import REPO
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = REPO
 
 
 @pytest.fixture(autouse=True)
