@@ -6,9 +6,13 @@ They keep no state, so several streams (a merge of sources) share one node. `key
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from processor.graph.model import StepNode
 from processor.graph.scope import Scope, StepAt, StepKind, Stream, append_node
 from processor.operators import Filter, FlatMap, KeyBy, MapValue, PythonStep
+from processor.operators.base import Operator
 from processor.spec.steps import FieldsProjection, FilterStep, FlatMapStep, KeyByStep, MapStep, ToStep
 from processor.spec.steps import PythonStep as PythonStepSpec
 
@@ -33,30 +37,31 @@ def filter_step(scope: Scope, at: StepAt, streams: list[Stream]) -> list[Stream]
 
 def map_step(scope: Scope, at: StepAt, streams: list[Stream]) -> list[Stream]:
     spec, name = at.step.map, at.name
-    if isinstance(spec, FieldsProjection):
-        fn = scope.projection((*at.path, "map"), spec)
-        label = "fields " + ", ".join(spec.fields)
-    else:
-        fn = scope.record_fn((*at.path, "map"), spec)
-        label = spec if isinstance(spec, str) else spec.python
+    if not isinstance(spec, FieldsProjection):
+        return _record_fn_step(scope, at, streams, "map", spec, MapValue)
+    fn = scope.projection((*at.path, "map"), spec)
+    label = "fields " + ", ".join(spec.fields)
     node = fn and StepNode(at.path, "map", label, lambda ctx: MapValue(name, fn))
     return _place(scope, at, streams, node)
 
 
-def flat_map_step(scope: Scope, at: StepAt, streams: list[Stream]) -> list[Stream]:
-    spec, name = at.step.flat_map, at.name
-    fn = scope.record_fn((*at.path, "flat_map"), spec)
+def _record_fn_step(scope: Scope, at: StepAt, streams: list[Stream], kind: str,
+                    spec: Any, make: Callable[[str, Any], Operator], *,
+                    rekeys: bool = False) -> list[Stream]:
+    """A step over one function of the record: an expression or a `python:` reference."""
+    name = at.name
+    fn = scope.record_fn((*at.path, kind), spec)
     label = spec if isinstance(spec, str) else spec.python
-    node = fn and StepNode(at.path, "flat_map", label, lambda ctx: FlatMap(name, fn))
-    return _place(scope, at, streams, node)
+    node = fn and StepNode(at.path, kind, label, lambda ctx: make(name, fn))
+    return _place(scope, at, streams, node, rekeys=rekeys)
+
+
+def flat_map_step(scope: Scope, at: StepAt, streams: list[Stream]) -> list[Stream]:
+    return _record_fn_step(scope, at, streams, "flat_map", at.step.flat_map, FlatMap)
 
 
 def key_by_step(scope: Scope, at: StepAt, streams: list[Stream]) -> list[Stream]:
-    spec, name = at.step.key_by, at.name
-    fn = scope.record_fn((*at.path, "key_by"), spec)
-    label = spec if isinstance(spec, str) else spec.python
-    node = fn and StepNode(at.path, "key_by", label, lambda ctx: KeyBy(name, fn))
-    return _place(scope, at, streams, node, rekeys=True)
+    return _record_fn_step(scope, at, streams, "key_by", at.step.key_by, KeyBy, rekeys=True)
 
 
 def python_step(scope: Scope, at: StepAt, streams: list[Stream]) -> list[Stream]:
