@@ -71,6 +71,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 3
 
 
+def cmd_test(args: argparse.Namespace) -> int:
+    from processor.testing.runner import cmd_test as run_tests
+
+    return run_tests(args.topology, args.tests, args.update)
+
+
 def cmd_dlq(args: argparse.Namespace) -> int:
     from processor.observability.logging import setup_logging
     from processor.runtime.config import load_config
@@ -157,6 +163,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--stop-when-idle", metavar="DURATION",
                    help="bounded run: stop after no input for this long (e.g. 5s)")
     r.set_defaults(fn=cmd_run)
+
+    t = sub.add_parser("test", help="run a topology's test file in-process, without a broker; "
+                                    "exit 0 all pass, 1 a case fails (diff shown), 2 a bad file")
+    t.add_argument("topology")
+    t.add_argument("tests", nargs="*", help="test files (default: TOPOLOGY's foo.test.yaml)")
+    t.add_argument("--update", action="store_true",
+                   help="write the actual outputs as each case's expectation (golden files)")
+    t.set_defaults(fn=cmd_test)
 
     q = sub.add_parser("dlq", help="inspect or replay the topology's dead-letter topic")
     qsub = q.add_subparsers(dest="dlq_command", required=True)

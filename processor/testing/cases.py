@@ -1,0 +1,145 @@
+"""Test files (`foo.test.yaml` beside `foo.yaml`): loaded, validated, pointed at by line.
+
+Errors are reported as `file:line: field: message`, with the topology loader's line mapping
+(spec/loader.py): the YAML node tree is walked beside the data and pydantic's error locations
+are turned back into lines.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from processor.errors import SpecError, SpecErrors
+from processor.spec.base import Strict
+from processor.spec.loader import LineMap, PathT, _pydantic_errors, _walk, _yaml_error
+from processor.timeutil import parse_duration_ms
+
+
+class InputRecord(Strict):
+    key: Any = None
+    value: Any = None
+    timestamp: int = 0
+    partition: int | None = Field(default=None, ge=0)
+    headers: dict[str, str] = {}
+
+
+class Step(Strict):
+    """One of: `input: {source: [records]}`, `advance: 30s` (processing time; a duration or
+    milliseconds), `checkpoint`, `crash` (the last two written as bare words)."""
+
+    input: dict[str, list[InputRecord]] | None = None
+    advance: int | str | None = None
+    checkpoint: bool = False
+    crash: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _word(cls, v: Any) -> Any:
+        if v in ("checkpoint", "crash"):
+            return {v: True}
+        if isinstance(v, str) or not isinstance(v, dict):
+            raise ValueError("a step is `input: {source: [records]}`, `advance: DURATION`, "
+                             f"`checkpoint` or `crash`; got {v!r:.60}")
+        return v
+
+    @model_validator(mode="after")
+    def _one(self) -> Step:
+        if sum((self.input is not None, self.advance is not None, self.checkpoint,
+                self.crash)) != 1:
+            raise ValueError("a step does exactly one thing: input, advance, checkpoint or crash")
+        if isinstance(self.advance, str):
+            parse_duration_ms(self.advance)
+        return self
+
+    @property
+    def advance_ms(self) -> int:
+        return parse_duration_ms(self.advance or 0)
+
+
+class Expected(Strict):
+    records: list[dict[str, Any]]
+    match: Literal["exact", "subset"] = "exact"
+    ordered: bool = True
+
+    @field_validator("records")
+    @classmethod
+    def _fields(cls, v: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for r in v:
+            unknown = set(r) - {"key", "value", "timestamp", "partition", "headers"}
+            if unknown:
+                raise ValueError(f"unknown record field(s) {', '.join(sorted(unknown))}; "
+                                 "a record has key, value, timestamp, partition, headers")
+        return v
+
+
+class Case(Strict):
+    name: str
+    checkpoints: Literal["auto", "manual"] = "auto"
+    steps: list[Step]
+    expect: dict[str, list[dict[str, Any]] | Expected] = {}
+
+    def expectations(self) -> dict[str, Expected]:
+        return {topic: e if isinstance(e, Expected) else Expected(records=e)
+                for topic, e in self.expect.items()}
+
+
+class TestFile(Strict):
+    partitions: dict[str, int] = {}
+    tests: list[Case]
+
+
+class LoadedTests:
+    def __init__(self, path: Path, tests: TestFile, data: Any, lines: LineMap) -> None:
+        self.path, self.tests, self.data, self.lines = path, tests, data, lines
+
+    def error(self, path: PathT, message: str) -> SpecError:
+        from processor.spec.loader import format_path
+
+        return SpecError(message, file=str(self.path), line=self.lines.line_of(path),
+                         path=format_path(path))
+
+
+def load_tests(path: Path) -> LoadedTests:
+    file = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecErrors([SpecError(f"cannot read test file: {exc.strerror}", file=file)]) from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.load(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        raise SpecErrors([_yaml_error(exc, file)]) from None
+    if node is None or not isinstance(data, dict):
+        raise SpecErrors([SpecError("a test file must be a YAML mapping with `tests:`",
+                                    file=file, line=1)])
+    lines: dict[PathT, int] = {}
+    errors: list[SpecError] = []
+    _walk(node, (), lines, errors, file)
+    line_map = LineMap(lines)
+    try:
+        tests = TestFile.model_validate(data)
+    except ValidationError as exc:
+        errors.extend(_pydantic_errors(exc, data, line_map, file))
+    if errors:
+        raise SpecErrors(errors)
+    return LoadedTests(path, tests, data, line_map)
+
+
+def default_tests(topology: Path) -> Path:
+    """`foo.yaml` -> `foo.test.yaml` beside it."""
+    return topology.with_name(topology.name.removesuffix(".yaml").removesuffix(".yml") + ".test.yaml")
+
+
+def write_expectations(loaded: LoadedTests, actual: dict[int, dict[str, list[dict[str, Any]]]]) -> None:
+    """--update: each case's `expect` replaced by its actual outputs; inputs kept as written
+    (the file is re-dumped: comments inside are not kept)."""
+    data = loaded.data
+    for i, outputs in actual.items():
+        data["tests"][i]["expect"] = {t: recs for t, recs in outputs.items() if recs}
+    loaded.path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True,
+                                          default_flow_style=None, width=100), encoding="utf-8")
