@@ -74,6 +74,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_test(args: argparse.Namespace) -> int:
     from processor.testing.runner import cmd_test as run_tests
 
+    logging.getLogger("processor").addHandler(logging.NullHandler())  # results say it all
     return run_tests(args.topology, args.tests, args.update)
 
 
