@@ -64,6 +64,17 @@ class Expected(Strict):
     records: list[dict[str, Any]]
     match: Literal["exact", "subset"] = "exact"
     ordered: bool = True
+    # fields left out of the comparison on both sides, e.g. `value.score` (a model's output)
+    ignore: list[str] = []
+
+    @field_validator("ignore")
+    @classmethod
+    def _paths(cls, v: list[str]) -> list[str]:
+        for path in v:
+            if path.split(".")[0] not in ("key", "value", "timestamp", "partition", "headers"):
+                raise ValueError(f"{path!r}: a path starts with key, value, timestamp, "
+                                 "partition or headers (e.g. value.score)")
+        return v
 
     @field_validator("records")
     @classmethod

@@ -94,8 +94,26 @@ def _matches(expected: dict[str, Any], actual: dict[str, Any]) -> bool:
     return True
 
 
+def _without(record: dict[str, Any], paths: list[str]) -> dict[str, Any]:
+    """A copy of `record` without the fields at the dotted `paths`."""
+    if not paths:
+        return record
+    import copy
+
+    out = copy.deepcopy(record)
+    for path in paths:
+        *parents, last = path.split(".")
+        node: Any = out
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return out
+
+
 def compare(expected: Expected, actual: list[dict[str, Any]]) -> bool:
-    want = expected.records
+    want = [_without(r, expected.ignore) for r in expected.records]
+    actual = [_without(r, expected.ignore) for r in actual]
     if expected.ordered:
         if expected.match == "exact":
             return len(want) == len(actual) and all(map(_matches, want, actual))
@@ -121,12 +139,15 @@ def _shown(records: list[dict[str, Any]], like: list[dict[str, Any]]) -> list[st
 def diff(topic: str, expected: Expected, actual: list[dict[str, Any]]) -> str:
     import difflib
 
-    want = _shown(expected.records, expected.records)
-    have = _shown(actual, expected.records)
+    records = [_without(r, expected.ignore) for r in expected.records]
+    want = _shown(records, records)
+    have = _shown([_without(r, expected.ignore) for r in actual], records)
     if not expected.ordered:
         want, have = sorted(want), sorted(have)
     lines = difflib.unified_diff(want, have, "expected", "actual", lineterm="", n=2)
     how = f"{expected.match}, {'ordered' if expected.ordered else 'any order'}"
+    if expected.ignore:
+        how += f", ignoring {', '.join(expected.ignore)}"
     return f"  {topic} ({how}):\n" + "\n".join(f"    {line}" for line in lines)
 
 
@@ -153,6 +174,8 @@ def run_file(topology_path: Path, tests_path: Path, *, update: bool = False,
             continue
         bad = _failures(loaded_topology, case, actual)
         if bad:
+            bad += _unexpected_letters(case, actual, build_topology(loaded_topology).dlq_topic)
+        if bad:
             failed += 1
             print(f"FAIL {tests_path}: {case.name} ({ms:.0f} ms)")
             print("\n".join(bad))
@@ -170,6 +193,20 @@ def _failures(topology: Any, case: Case, actual: Outputs) -> list[str]:
         records = actual.get(sinks[topic].topic if topic in sinks else topic, [])
         if not compare(expected, records):
             out.append(diff(topic, expected, records))
+    return out
+
+
+def _unexpected_letters(case: Case, actual: Outputs, dlq: str) -> list[str]:
+    """Dead letters the case does not expect often explain a failure: name them."""
+    letters = actual.get(dlq, [])
+    if not letters or dlq in case.expect:
+        return []
+    out = [f"  {len(letters)} dead letter(s) in {dlq}:"]
+    for r in letters[:5]:
+        h = r.get("headers", {})
+        out.append(f"    {h.get('processor.source.topic')}@{h.get('processor.source.offset')} "
+                   f"{h.get('processor.error.step')}: {h.get('processor.error.class')}: "
+                   f"{h.get('processor.error.message')}")
     return out
 
 

@@ -5,8 +5,10 @@ and a crash between checkpoints gives the uncrashed result (the Python API)."""
 from __future__ import annotations
 
 import shutil
+import sys
 
 import pytest
+import yaml
 
 from processor.cli import main
 from processor.testing import TopologyTestDriver
@@ -18,10 +20,76 @@ WITH_TESTS = sorted(p for p in TOPOLOGIES.glob("*.yaml")
                     and (TOPOLOGIES / p.name.replace(".yaml", ".test.yaml")).exists())
 
 
+EXAMPLES = {"clean_orders", "failed_logins", "fraud_detection", "gmv_dashboard",
+            "reconciliation", "revenue_per_user", "user_sessions"}
+
+
+@pytest.fixture(scope="module")
+def fraud_model(tmp_path_factory):
+    """A model for fraud_detection's scoring step (its test ignores the scores)."""
+    from processor.examples.fraud_model import train_fraud_model
+
+    path = tmp_path_factory.mktemp("model") / "fraud_model.joblib"
+    train_fraud_model(path, n_transactions=8000, seed=7)
+    return path
+
+
+@pytest.fixture
+def with_model(fraud_model, monkeypatch):
+    monkeypatch.setenv("PROCESSOR_FRAUD_MODEL", str(fraud_model))
+    yield fraud_model
+    scoring = sys.modules.get("fraud_scoring")
+    if scoring is not None:
+        scoring.reset()  # the next user loads its own model
+
+
+def test_every_example_ships_with_a_test_file():
+    assert {p.stem for p in WITH_TESTS} == EXAMPLES
+
+
 @pytest.mark.parametrize("topology", WITH_TESTS, ids=lambda p: p.stem)
-def test_example_test_files_pass(topology, capsys):
-    assert main(["test", str(topology)]) == 0, capsys.readouterr().out
-    assert "ok " in capsys.readouterr().out
+def test_example_test_files_pass(topology, capsys, with_model):
+    code = main(["test", str(topology)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert out.startswith("ok ") and "FAIL" not in out
+
+
+def _cases(name: str) -> list[dict]:
+    return yaml.safe_load((TOPOLOGIES / f"{name}.test.yaml").read_text())["tests"]
+
+
+def _inputs(case: dict, source: str) -> list[tuple]:
+    return [(r["key"], r["value"]) for step in case["steps"] if isinstance(step, dict)
+            for r in step.get("input", {}).get(source, [])]
+
+
+def test_reconciliation_expectations_agree_with_the_oracle():
+    from processor.examples.reconciliation import MAX_OUT_OF_ORDERNESS_MS, expected
+
+    case = _cases("reconciliation")[0]
+    orders, payments = _inputs(case, "orders"), _inputs(case, "payments")
+    final = max(v["ts"] for _, v in orders + payments) - MAX_OUT_OF_ORDERNESS_MS
+    oracle = expected(orders, payments, final)
+    written = {r["key"]: r["value"] for topic in ("reconciled", "discrepancies")
+               for r in case["expect"][topic]["records"]}
+    assert written == oracle
+    assert {r["key"] for r in case["expect"]["reconciled"]["records"]} == {
+        k for k, v in oracle.items() if v["status"] == "matched"}
+
+
+def test_fraud_expectations_agree_with_the_oracle(fraud_model):
+    from processor.examples.fraud import expected
+    from processor.examples.fraud_model import load_model
+
+    case = _cases("fraud_detection")[0]
+    rules = dict(_inputs(case, "rules"))
+    oracle = expected(_inputs(case, "transactions"), _inputs(case, "customers"), rules,
+                      load_model(fraud_model))
+    for topic, flagged in (("fraud-alerts", True), ("transactions-scored", False)):
+        for r in case["expect"][topic]["records"]:
+            want = {k: v for k, v in oracle[r["value"]["txn_id"]].items() if k != "score"}
+            assert r["value"] == want and want["flagged"] is flagged
 
 
 def test_a_wrong_expectation_exits_1_with_a_diff(tmp_path, capsys):
@@ -90,3 +158,44 @@ def test_a_crash_between_checkpoints_gives_the_uncrashed_result(tmp_path):
     assert crashed == clean
     finals = clean[0]
     assert finals["u0"]["revenue"] == 1 + 3 + 5 and finals["u1"]["revenue"] == 2 + 4 + 6
+
+
+GMV = TOPOLOGIES / "gmv_dashboard.yaml"
+
+
+def _order(country: str, amount: float, ts: int) -> dict:
+    return {"country": country, "status": "paid", "amount": amount, "ts": ts}
+
+
+def test_python_api_idle_partition_released_by_processing_time(tmp_path):
+    """Two source partitions, one silent: it holds the watermark back until processing time
+    passes its idle_timeout (10 s); then the window closes. The store is readable."""
+    with TopologyTestDriver(GMV, partitions={"orders": 2}, state_dir=tmp_path) as driver:
+        driver.pipe("orders", "a", _order("FR", 10, 1000), partition=0)
+        driver.pipe("orders", "b", _order("FR", 5, 1500), partition=0)
+        driver.pipe("orders", "c", _order("FR", 1, 9000), partition=0)
+        driver.run()
+        assert driver.output("gmv") == []  # partition 1 has no watermark yet
+        assert driver.store("gmv")  # the open window is in the store
+        driver.advance_time(5_000)
+        assert driver.output("gmv") == []
+        driver.advance_time(5_000)
+        gmv = driver.output("gmv")
+        assert [(r["key"], r["value"]) for r in gmv] == [
+            ("FR", {"country": "FR", "second": 1000, "orders": 2, "gmv": 15})]
+
+
+def test_python_api_reads_dead_letters_and_rejects_unknown_names(tmp_path):
+    from processor.testing import DriverError
+
+    with TopologyTestDriver(TOPOLOGIES / "clean_orders.yaml", state_dir=tmp_path) as driver:
+        driver.pipe("orders", "o1", {"user": "u"}, 5)
+        driver.run()
+        [letter] = driver.output("clean-orders-dlq")
+        assert letter["key"] == "o1" and letter["headers"]["processor.error.class"] == "KeyError"
+        with pytest.raises(DriverError, match="no source 'nope'"):
+            driver.pipe("nope", "k", {}, 0)
+        with pytest.raises(DriverError, match="partition"):
+            driver.pipe("orders", "k", {}, 0, partition=3)
+        with pytest.raises(DriverError, match="no store"):
+            driver.store("nope")
