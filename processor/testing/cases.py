@@ -24,7 +24,7 @@ class InputRecord(Strict):
     value: Any = None
     timestamp: int = 0
     partition: int | None = Field(default=None, ge=0)
-    headers: dict[str, str] = {}
+    headers: dict[str, str | int] = {}
 
 
 class Step(Strict):
