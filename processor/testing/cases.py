@@ -15,7 +15,14 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from processor.errors import SpecError, SpecErrors
 from processor.spec.base import Strict
-from processor.spec.loader import LineMap, PathT, _pydantic_errors, _walk, _yaml_error
+from processor.spec.loader import (  # the topology loader's line mapping, reused
+    LineMap,
+    PathT,
+    _pydantic_errors,
+    _walk,
+    _yaml_error,
+    format_path,
+)
 from processor.timeutil import parse_duration_ms
 
 
@@ -108,8 +115,6 @@ class LoadedTests:
         self.path, self.tests, self.data, self.lines = path, tests, data, lines
 
     def error(self, path: PathT, message: str) -> SpecError:
-        from processor.spec.loader import format_path
-
         return SpecError(message, file=str(self.path), line=self.lines.line_of(path),
                          path=format_path(path))
 
@@ -119,7 +124,10 @@ def load_tests(path: Path) -> LoadedTests:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise SpecErrors([SpecError(f"cannot read test file: {exc.strerror}", file=file)]) from None
+        hint = (" (write one: see README, Developing a topology)"
+                if isinstance(exc, FileNotFoundError) else "")
+        raise SpecErrors([SpecError(f"cannot read test file: {exc.strerror}{hint}",
+                                    file=file)]) from None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.load(text, Loader=yaml.SafeLoader)

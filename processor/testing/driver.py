@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from processor.graph import BuildContext, TopicEnd, Topology, build_topology
 from processor.runtime.durability.tables import TableFollower
 from processor.runtime.global_state import GlobalState
@@ -230,7 +232,9 @@ class TopologyTestDriver:
 
     def output(self, topic: str) -> list[dict[str, Any]]:
         """The committed records of an output topic, decoded, partition by partition:
-        {key, value, timestamp, partition} (+ headers for dead letters and late records)."""
+        {key, value, timestamp, partition} (+ headers for dead letters and late records).
+        Dead letters hold the bytes as read: the key as text, the value as JSON when it
+        parses, else as text."""
         topic = self.sink_topic(topic)
         dead = topic == self.topology.dlq_topic
         end = None if dead else self._sink_end(topic)
@@ -256,10 +260,18 @@ class TopologyTestDriver:
         return entries
 
 
+def _text(raw: bytes | None) -> Any:
+    """Text if it decodes, else the bytes (a dead letter's key: the bytes as read)."""
+    if raw is None:
+        return None
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return raw
+
+
 def _loose(raw: bytes | None) -> Any:
     """JSON if it parses, else text if it decodes, else the bytes."""
-    import orjson
-
     if raw is None:
         return None
     try:
@@ -273,7 +285,7 @@ def _loose(raw: bytes | None) -> Any:
 
 def _decoded(rec: StoredRecord, partition: int, kdec: Any, vdec: Any) -> dict[str, Any]:
     out: dict[str, Any] = {
-        "key": (kdec(rec.key) if kdec and rec.key is not None else _loose(rec.key)),
+        "key": (kdec(rec.key) if kdec and rec.key is not None else _text(rec.key)),
         "value": (vdec(rec.value) if vdec and rec.value is not None else _loose(rec.value)),
         "timestamp": rec.timestamp, "partition": partition}
     if rec.headers:

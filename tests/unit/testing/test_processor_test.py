@@ -238,3 +238,35 @@ def test_crashes_between_checkpoints_give_the_uncrashed_results(topology, tmp_pa
     crashed = load_tests(crashed_file)
     for i in range(len(data["tests"])):
         assert _latest(run_case(spec, crashed, i)) == _latest(run_case(spec, plain, i))
+
+
+def test_exact_subset_ordered_and_ignored_comparisons():
+    from processor.testing.cases import Expected
+    from processor.testing.runner import compare
+
+    actual = [{"key": k, "value": {"n": n, "score": 0.5}, "timestamp": 0, "partition": 0}
+              for k, n in (("a", 1), ("b", 2), ("c", 3))]
+
+    def ok(records, **how):
+        return compare(Expected(records=records, ignore=["value.score"], **how), actual)
+
+    a, b, c = ({"key": k, "value": {"n": n}} for k, n in (("a", 1), ("b", 2), ("c", 3)))
+    assert ok([a, b, c]) and not ok([a, c, b]) and not ok([a, b])
+    assert ok([c, a, b], ordered=False) and not ok([a, b], ordered=False)
+    assert ok([a, c], match="subset") and not ok([c, a], match="subset")
+    assert ok([c, a], match="subset", ordered=False)
+    assert not ok([{"key": "a", "value": {"n": 2}}], match="subset", ordered=False)
+    assert ok([{"key": "b"}], match="subset")  # only the fields given are compared
+    assert not compare(Expected(records=[a, b, c]), actual)  # the score counts unless ignored
+
+
+def test_a_record_failing_under_on_error_fail_is_a_failed_case_not_a_traceback(tmp_path, capsys):
+    topology = tmp_path / "strict.yaml"
+    text = (TOPOLOGIES / "clean_orders.yaml").read_text()
+    topology.write_text(text.replace("name: clean-orders", "name: clean-orders\non_error: fail"))
+    tests = tmp_path / "strict.test.yaml"
+    tests.write_text("tests:\n  - name: no country\n    steps:\n      - input:\n          orders:\n"
+                     "            - {key: o1, value: {user: u1, amount: 1}}\n")
+    assert main(["test", str(topology)]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL" in out and "record orders[0]@0" in out and "KeyError" in out
