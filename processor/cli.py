@@ -1,4 +1,5 @@
-"""`processor` command line: validate | describe | run | test | dlq inspect | dlq replay | dev-broker | demo."""
+"""`processor` command line: validate | describe | run | test | dlq inspect | dlq replay |
+dev-broker | demo."""
 
 from __future__ import annotations
 
