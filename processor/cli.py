@@ -29,7 +29,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_describe(args: argparse.Namespace) -> int:
-    print(_load_topology(args.topology).describe())
+    topology = _load_topology(args.topology)
+    if args.format != "text":
+        from processor.graph.diagram import build_diagram, to_dot, to_mermaid
+
+        render = to_mermaid if args.format == "mermaid" else to_dot
+        print(render(build_diagram(topology)))
+        return 0
+    print(topology.describe())
     if args.config is not None or args.show_config:
         import yaml
 
@@ -136,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("describe", help="print sub-topologies, repartition topics and stores")
     d.add_argument("topology")
+    d.add_argument("--format", choices=["text", "mermaid", "dot"], default="text",
+                   help="text, or the DAG as a Mermaid flowchart or a Graphviz digraph "
+                        "(default: %(default)s)")
     d.add_argument("--config", help="also print the effective worker configuration of this file")
     d.add_argument("--show-config", action="store_true",
                    help="also print the effective worker configuration (defaults + environment)")
