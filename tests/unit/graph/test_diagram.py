@@ -112,7 +112,8 @@ def test_mermaid_and_dot_draw_the_same_graph():
 
 
 def test_double_quotes_in_labels_are_escaped():
-    topo = build_topology(load_spec_text(SPEC.replace('"value[\'amount\'] > 100"', '\'value["amount"] > 100\'')))
+    spec = SPEC.replace('"value[\'amount\'] > 100"', '\'value["amount"] > 100\'')
+    topo = build_topology(load_spec_text(spec))
     diagram = build_diagram(topo)
     mermaid, dot = to_mermaid(diagram), to_dot(diagram)
     assert 'branch value[#quot;amount#quot;] > 100' in mermaid
