@@ -142,8 +142,8 @@ class Worker:
             self.endpoint.start()
         log.info("worker started", extra={
             "topology": self.topology.name, "worker_id": self.worker_id,
-            "guarantee": cfg.processing_guarantee, "topics": self.topology.source_topics,
-            "config": cfg.masked()})
+            "guarantee": cfg.processing_guarantee, "topics": self.topology.source_topics})
+        log.debug("worker config", extra={"config": cfg.masked()})
 
     def _new_producer(self) -> Producer:
         txn_id = f"{self.topology.name}-{self.worker_id}" if self.config.exactly_once else None
