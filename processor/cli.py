@@ -72,7 +72,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         worker.progress_bar = ProgressBar("restoring state")
         attach_status_line(worker.progress_bar)  # log lines step around the bar
     try:
-        return worker.run()
+        code = worker.run()
+        if worker.open_work is not None and not worker.open_work.empty:
+            print(worker.open_work.render(), flush=True)
+        return code
     except RecordError as exc:
         log.error("stopping: a record could not be processed", extra={
             "error": str(exc), "topic": exc.topic, "partition": exc.partition,
