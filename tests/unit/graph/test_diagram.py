@@ -138,3 +138,15 @@ def test_cli_describe_formats(tmp_path, capsys):
     assert capsys.readouterr().out == to_mermaid(build_diagram(topology())) + "\n"
     assert main(["describe", str(path), "--format", "dot"]) == 0
     assert capsys.readouterr().out.startswith('digraph "shop" {')
+
+
+def test_readme_diagram_is_the_commands_current_output():
+    from processor.spec import load_spec
+    from tests.paths import REPO
+
+    readme = (REPO / "README.md").read_text()
+    command = "processor describe topologies/reconciliation.yaml --format mermaid"
+    assert command in readme
+    block = readme.split("```mermaid\n", 1)[1].split("\n```", 1)[0]
+    topo = build_topology(load_spec(REPO / "topologies" / "reconciliation.yaml"))
+    assert block == to_mermaid(build_diagram(topo))
