@@ -44,12 +44,12 @@ class Diagram:
     edges: list[Edge] = field(default_factory=list)
 
     def topic(self, name: str, internal: bool = False) -> str:
-        node_id = f"topic_{len(self.nodes)}"
+        """A topic's node, added the first time it is named (written by one sub-topology and
+        read by another, a topic is one node)."""
         for node in self.nodes.values():
             if node.kind in ("topic", "repartition") and node.label == name:
                 return node.id
-        self.nodes[node_id] = Node(node_id, name, "repartition" if internal else "topic")
-        return node_id
+        return self.add(name, "repartition" if internal else "topic")
 
     def add(self, label: str, kind: str, group: int | None = None) -> str:
         node_id = f"{kind}_{len(self.nodes)}"

@@ -55,12 +55,15 @@ class OpenWork:
     def empty(self) -> bool:
         return not self.windows and not self.timers and not self.held_back_by
 
-    def message(self) -> str:
-        """One line: what stayed open and what holds it."""
+    def _headline(self) -> str:
         if self.empty:
             return "bounded run ended with nothing open"
-        text = (f"bounded run ended with {self.windows} window{'s' * (self.windows != 1)} open "
+        return (f"bounded run ended with {self.windows} window{'s' * (self.windows != 1)} open "
                 f"and {self.timers} timer{'s' * (self.timers != 1)} pending")
+
+    def message(self) -> str:
+        """One line: what stayed open and what holds it."""
+        text = self._headline()
         if self.held_back_by:
             text += "; watermark held back by " + ", ".join(
                 h.describe() for h in self.held_back_by)
@@ -76,7 +79,7 @@ class OpenWork:
 
     def render(self) -> str:
         """Several lines for a person (the CLI prints them after a bounded run)."""
-        lines = [self.message().split(";")[0] + ":" if not self.empty else self.message()]
+        lines = [self._headline() + (":" if not self.empty else "")]
         for step, counts in sorted(self.pending.items()):
             what = ", ".join(f"{n} {kind}" for kind, n in counts.items() if n)
             if what:
