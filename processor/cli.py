@@ -161,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("topology", help=TOPOLOGY_HELP)
     v.set_defaults(fn=cmd_validate)
 
-    d = sub.add_parser("describe", help="print sub-topologies, repartition topics and stores")
+    d = sub.add_parser("describe", help="print sub-topologies, repartition topics and stores, "
+                                        "or the DAG as a Mermaid or Graphviz picture")
     d.add_argument("topology", help=TOPOLOGY_HELP)
     d.add_argument("--format", choices=["text", "mermaid", "dot"], default="text",
                    help="text, or the DAG as a Mermaid flowchart or a Graphviz digraph "
