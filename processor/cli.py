@@ -30,7 +30,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_describe(args: argparse.Namespace) -> int:
-    print(_load_topology(args.topology).describe())
+    topology = _load_topology(args.topology)
+    if args.format != "text":
+        from processor.graph.diagram import build_diagram, to_dot, to_mermaid
+
+        render = to_mermaid if args.format == "mermaid" else to_dot
+        print(render(build_diagram(topology)))
+        return 0
+    print(topology.describe())
     if args.config is not None or args.show_config:
         import yaml
 
@@ -60,11 +67,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     idle = parse_duration_ms(args.stop_when_idle) if args.stop_when_idle else None
     worker = Worker(topology, config, stop_when_idle_ms=idle, metrics=metrics)
     if sys.stderr.isatty():
+        from processor.observability.logging import attach_status_line
         from processor.observability.progress import ProgressBar
 
         worker.progress_bar = ProgressBar("restoring state")
+        attach_status_line(worker.progress_bar)  # log lines step around the bar
     try:
-        return worker.run()
+        code = worker.run()
+        if worker.open_work is not None and not worker.open_work.empty:
+            print(worker.open_work.render(), flush=True)
+        return code
     except RecordError as exc:
         log.error("stopping: a record could not be processed", extra={
             "error": str(exc), "topic": exc.topic, "partition": exc.partition,
@@ -134,36 +146,68 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(seconds=args.seconds, rate=args.rate, example=args.example)
 
 
+TOPOLOGY_HELP = "the topology YAML file"
+BOOTSTRAP_HELP = ("Kafka bootstrap servers, host:port[,...] (default: $KAFKA_BOOTSTRAP_SERVERS, "
+                  "else the config's bootstrap_servers, 127.0.0.1:9092)")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("processor")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="processor", description=__doc__)
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     v = sub.add_parser("validate", help="check a topology file; exit 0 when valid, 2 when not")
-    v.add_argument("topology")
+    v.add_argument("topology", help=TOPOLOGY_HELP)
     v.set_defaults(fn=cmd_validate)
 
-    d = sub.add_parser("describe", help="print sub-topologies, repartition topics and stores")
-    d.add_argument("topology")
-    d.add_argument("--config", help="also print the effective worker configuration of this file")
+    d = sub.add_parser("describe", help="print sub-topologies, repartition topics and stores, "
+                                        "or the DAG as a Mermaid or Graphviz picture")
+    d.add_argument("topology", help=TOPOLOGY_HELP)
+    d.add_argument("--format", choices=["text", "mermaid", "dot"], default="text",
+                   help="text, or the DAG as a Mermaid flowchart or a Graphviz digraph "
+                        "(default: %(default)s)")
+    d.add_argument("--config", help="also print the effective worker configuration of this file "
+                                    "(default: none)")
     d.add_argument("--show-config", action="store_true",
-                   help="also print the effective worker configuration (defaults + environment)")
+                   help="also print the effective worker configuration (defaults + environment; "
+                        "default: %(default)s)")
     d.set_defaults(fn=cmd_describe)
 
     r = sub.add_parser("run", help="run a worker for a topology (joins the consumer group)")
-    r.add_argument("topology")
-    r.add_argument("--config", help="worker config YAML (see config/default.yaml)")
-    r.add_argument("--bootstrap-servers", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))
-    r.add_argument("--guarantee", choices=["exactly_once", "at_least_once"])
+    r.add_argument("topology", help=TOPOLOGY_HELP)
+    r.add_argument("--config", help="worker config YAML (see config/default.yaml); flags and "
+                                    "PROCESSOR_* variables override it (default: none, built-in defaults)")
+    r.add_argument("--bootstrap-servers", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"),
+                   help=BOOTSTRAP_HELP)
+    r.add_argument("--guarantee", choices=["exactly_once", "at_least_once"],
+                   help="processing guarantee (default: the config's, exactly_once)")
     r.add_argument("--group-protocol", choices=["consumer", "classic"],
                    help="consumer (default): KIP-848, Apache Kafka >= 4.0; classic: older "
                         "brokers and Tansu (dev-broker's default)")
-    r.add_argument("--state-dir")
-    r.add_argument("--worker-id")
-    r.add_argument("--commit-interval", help="e.g. 100ms, 1s")
-    r.add_argument("--metrics-port", type=int)
-    r.add_argument("--log-format", choices=["json", "text"])
+    r.add_argument("--state-dir", help="where RocksDB stores and checkpoints live "
+                                       "(default: the config's state_dir, ./state)")
+    r.add_argument("--worker-id", help="this worker's name in logs and group membership "
+                                       "(default: the config's, else host name + a hash of the state dir)")
+    r.add_argument("--commit-interval", metavar="DURATION",
+                   help="commit (and checkpoint) this often, e.g. 100ms, 1s (default: the "
+                        "config's commit_interval_ms, 100ms)")
+    r.add_argument("--metrics-port", type=int, metavar="PORT",
+                   help="serve /metrics /healthz /readyz /state on this port (default: none)")
+    r.add_argument("--log-format", choices=["auto", "json", "text"],
+                   help="auto: text when stderr is a terminal, JSON otherwise (default: the "
+                        "config's log_format or PROCESSOR_LOG_FORMAT, else auto)")
     r.add_argument("--stop-when-idle", metavar="DURATION",
-                   help="bounded run: stop after no input for this long (e.g. 5s)")
+                   help="bounded run: stop after no input for this long (e.g. 5s), then report "
+                        "what stayed open (default: run until stopped)")
     r.set_defaults(fn=cmd_run)
 
     t = sub.add_parser("test", help="run a topology's test file in-process, without a broker; "
@@ -177,26 +221,33 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("dlq", help="inspect or replay the topology's dead-letter topic")
     qsub = q.add_subparsers(dest="dlq_command", required=True)
     qi = qsub.add_parser("inspect", help="print dead letters: error, step, source coordinates, payload")
-    qi.add_argument("--limit", type=int)
-    qi.add_argument("--json", action="store_true", help="one JSON object per dead letter")
+    qi.add_argument("--limit", type=int, help="print at most this many (default: all)")
+    qi.add_argument("--json", action="store_true",
+                    help="one JSON object per dead letter (default: %(default)s)")
     qr = qsub.add_parser("replay", help="re-inject dead letters into their source topics "
                                         "(after a fix); progress is kept per topology")
-    qr.add_argument("--to", metavar="TOPIC", help="write to this topic instead of the source topic")
+    qr.add_argument("--to", metavar="TOPIC", help="write to this topic instead of the source topic "
+                         "(default: each dead letter's source topic)")
     qr.add_argument("--from-beginning", action="store_true",
-                    help="ignore the recorded progress and examine every dead letter")
-    qr.add_argument("--dry-run", action="store_true", help="count what would be replayed")
+                    help="ignore the recorded progress and examine every dead letter "
+                         "(default: %(default)s)")
+    qr.add_argument("--dry-run", action="store_true",
+                    help="count what would be replayed (default: %(default)s)")
     for sp in (qi, qr):
-        sp.add_argument("topology")
-        sp.add_argument("--error-class", help="only dead letters of this error class (e.g. KeyError)")
-        sp.add_argument("--config", help="worker config YAML")
-        sp.add_argument("--bootstrap-servers", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))
+        sp.add_argument("topology", help=TOPOLOGY_HELP)
+        sp.add_argument("--error-class", help="only dead letters of this error class "
+                                              "(e.g. KeyError; default: all)")
+        sp.add_argument("--config", help="worker config YAML (default: none)")
+        sp.add_argument("--bootstrap-servers", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"),
+                        help=BOOTSTRAP_HELP)
         sp.set_defaults(fn=cmd_dlq)
 
     b = sub.add_parser("dev-broker", help="run a local broker: Tansu (default) or Apache Kafka")
-    b.add_argument("--port", type=int, default=9092)
+    b.add_argument("--port", type=int, default=9092, help="listen port (default: %(default)s)")
     b.add_argument("--kafka", choices=["tansu", "apache"], default="tansu",
                    help="tansu: embedded, in-memory, no JVM; apache: Apache Kafka in KRaft mode "
-                        "(Java >= 17; installed on first use by scripts/install-kafka.sh)")
+                        "(Java >= 17; installed on first use by scripts/install-kafka.sh; "
+                        "default: %(default)s)")
     b.add_argument("--data-dir", help="apache: keep the broker's storage here across restarts "
                                       "(default: a temporary directory removed on stop)")
     b.set_defaults(fn=cmd_dev_broker)
@@ -204,8 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("demo", help="broker + generator + an example topology, printing results")
     m.add_argument("--example", choices=["revenue", "reconciliation", "fraud"], default="revenue",
                    help="revenue: per-user totals; reconciliation: orders vs payments; fraud: "
-                        "model scoring + live rules (trains the model on first use)")
-    m.add_argument("--seconds", type=float, default=20)
+                        "model scoring + live rules (trains the model on first use; default: "
+                        "%(default)s)")
+    m.add_argument("--seconds", type=float, default=20,
+                   help="how long to run (default: %(default)s)")
     m.add_argument("--rate", type=float, default=None,
                    help="input records per second (default: 2000 revenue, 500 reconciliation, "
                         "200 fraud)")

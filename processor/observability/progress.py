@@ -1,9 +1,11 @@
 """A one-line progress bar on a terminal (restore in `processor run`): redrawn in place, at
-most a few times a second, and finished with a newline."""
+most a few times a second, and finished with a newline. The log handler clears it before a
+record and redraws it after (processor/observability/logging.py), so the two never interleave."""
 
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from typing import TextIO
 
@@ -15,6 +17,8 @@ class ProgressBar:
         self.min_interval_s = min_interval_s
         self._last = 0.0
         self._shown = False
+        self._text = ""
+        self._lock = threading.RLock()
 
     def update(self, done: int, total: int | None, detail: str = "") -> None:
         now = time.monotonic()
@@ -28,13 +32,28 @@ class ProgressBar:
             text = f"{self.label} [{bar}] {frac * 100:5.1f}% {done:,}/{total:,} records"
         else:
             text = f"{self.label} {done:,} records"
-        self.out.write(f"\r{text} {detail}".rstrip() + "\x1b[K")
-        self.out.flush()
-        self._shown = True
+        with self._lock:
+            self._text = f"{text} {detail}".rstrip()
+            self._shown = True
+            self.redraw()
+
+    def clear(self) -> None:
+        """Blank the bar's line (before a log record is written on the same stream)."""
+        with self._lock:
+            if self._shown:
+                self.out.write("\r\x1b[K")
+                self.out.flush()
+
+    def redraw(self) -> None:
+        with self._lock:
+            if self._shown:
+                self.out.write(f"\r{self._text}\x1b[K")
+                self.out.flush()
 
     def finish(self, message: str) -> None:
-        if self._shown:
-            self.out.write(f"\r{message}\x1b[K\n")
-            self.out.flush()
-        self._shown = False
-        self._last = 0.0
+        with self._lock:
+            if self._shown:
+                self.out.write(f"\r{message}\x1b[K\n")
+                self.out.flush()
+            self._shown = False
+            self._last = 0.0

@@ -138,6 +138,11 @@ class TimedOperator(StatefulOperator):
     @abstractmethod
     def on_watermark(self, watermark: int, offset: int) -> Batch: ...
 
+    @abstractmethod
+    def pending(self) -> dict[str, int]:
+        """What the committed store still holds open, by kind (windows; timers per time
+        domain): read after a commit, when a bounded run ends (runtime/open_work.py)."""
+
 
 class ProcessingTimeOperator(TimedOperator):
     """A timed step with wall-clock timers: the task calls `on_processing_time(now_ms,

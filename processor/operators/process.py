@@ -213,6 +213,13 @@ class ProcessFunction(ProcessingTimeOperator, ProcessHost):
         self._last_offset = max(self._last_offset, offset)
         return out
 
+    def pending(self) -> dict[str, int]:
+        if self.store is None:
+            return {}
+        return {f"{DOMAIN_NAMES[d]} timers":
+                sum(1 for _ in self.store.range(_TIMER + d, _TIMER + bytes((d[0] + 1,))))
+                for d in _DOMAINS}
+
     def on_processing_time(self, now_ms: int, offset: int) -> Batch:
         """Fire the processing-time timers due at `now_ms` (wall clock, epoch ms)."""
         out: Batch = []

@@ -95,7 +95,8 @@ class WorkerConfig(BaseSettings):
     liveness_timeout_ms: int = Field(default=60_000, ge=1000,
                                      description="/healthz fails when the loop stalls this long")
     log_level: str = "INFO"
-    log_format: Literal["json", "text"] = "json"
+    log_format: Literal["auto", "json", "text"] = Field(
+        default="auto", description="auto: text when stderr is a terminal, JSON otherwise")
     consumer: dict[str, Any] = Field(default_factory=dict, description="librdkafka overrides")
     producer: dict[str, Any] = Field(default_factory=dict, description="librdkafka overrides")
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] | None = None

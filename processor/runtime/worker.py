@@ -49,6 +49,7 @@ from processor.runtime.kafka.topics import ensure_topics
 from processor.runtime.serving.directory import directory_topic
 from processor.runtime.serving.endpoint import Endpoint
 from processor.runtime.task_manager import TaskManager
+from processor.runtime.tasks.open_work import OpenWork, collect
 from processor.runtime.tasks.task import TaskState
 from processor.runtime.telemetry import Telemetry
 
@@ -81,6 +82,7 @@ class Worker:
         self.dead_letters = DeadLetterWriter(lambda: self.producer, topology.dlq_topic, topology.name)
         self.heartbeat = time.monotonic()  # the loop's last turn: /healthz
         self.endpoint: Endpoint | None = None  # metrics_port: HTTP and the worker directory
+        self.open_work: OpenWork | None = None  # set when a bounded run ends (the CLI prints it)
         self.progress_bar: ProgressBar | None = None  # restore progress on a terminal (CLI)
         self._last_activity = time.monotonic()  # input or (re)assignment, for bounded runs
         self._started_at = time.monotonic()
@@ -142,8 +144,8 @@ class Worker:
             self.endpoint.start()
         log.info("worker started", extra={
             "topology": self.topology.name, "worker_id": self.worker_id,
-            "guarantee": cfg.processing_guarantee, "topics": self.topology.source_topics,
-            "config": cfg.masked()})
+            "guarantee": cfg.processing_guarantee, "topics": self.topology.source_topics})
+        log.debug("worker config", extra={"config": cfg.masked()})
 
     def _new_producer(self) -> Producer:
         txn_id = f"{self.topology.name}-{self.worker_id}" if self.config.exactly_once else None
@@ -198,7 +200,8 @@ class Worker:
              starts the next turn)
           5. commit, every `commit_interval_ms`: time passes (idle partitions, timers), the
              checkpoint, the metrics it settled, a progress line
-          6. bounded runs: stop once idle and the group's input is drained
+          6. bounded runs: stop once idle and the group's input is drained, then log (and keep
+             for the CLI) what stayed open: runtime/tasks/open_work.py
         """
         self._setup()
         _tune_gc()
@@ -221,6 +224,8 @@ class Worker:
                 if self.stop_when_idle_ms is not None and self._bounded_run_done(now):
                     break
             self._commit()
+            if self.stop_when_idle_ms is not None and not self._stopping:  # ended idle
+                self._report_open_work()
         finally:
             self._shutdown()
         return 0
@@ -294,6 +299,11 @@ class Worker:
             return True
         self._last_activity = now  # look again after another idle period
         return False
+
+    def _report_open_work(self) -> None:
+        """A bounded run's last word: what stayed open and which partitions hold it."""
+        self.open_work = collect(self.task_manager.tasks.values())
+        log.info(self.open_work.message(), extra=self.open_work.fields())
 
     def _idle(self, idle_s: float) -> bool:
         assert self.stop_when_idle_ms is not None

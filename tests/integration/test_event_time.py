@@ -175,6 +175,36 @@ def test_idle_partition_stops_holding_back_windows_after_idle_timeout(
                            f"no window may close, got {len(got)}")
 
 
+def test_bounded_run_reports_the_silent_partitions_and_the_windows_left_open(
+        broker, tmp_path, unique):
+    """The run above without idle_timeout ends with every window open: the worker says why."""
+    src, out = f"open-in-{unique}", f"open-out-{unique}"
+    topology = tmp_path / "open.yaml"
+    topology.write_text(IDLE_TOPOLOGY.format(name=f"open-{unique}", input=src, output=out,
+                                             idle=""))
+    create_topic(broker.bootstrap, src, 4)
+    orders = [(k, o, i % 2) for i, (k, o) in enumerate(sample_orders(500, seed=7))]
+    produce_json(broker.bootstrap, src, orders)
+    end = max(o["ts"] for _, o, _ in orders) + HOUR_MS
+    produce_json(broker.bootstrap, src, _flush_records(2, end))
+    w = WorkerProcess(topology, broker.bootstrap, tmp_path / "state", tmp_path, idle="6s")
+    assert w.wait(120) == 0, w.log_text()
+    assert read_all(broker.bootstrap, out) == []
+    (report,) = [r for r in w.logs() if r["msg"].startswith("bounded run ended")]
+    windows = {(o["country"], o["ts"] // 1000) for _, o, _ in orders} | {(FLUSH_COUNTRY, end // 1000)}
+    assert report["open_windows"] == len(windows), report
+    assert report["pending_by_step"] == {"pipelines[0].steps[1]": {"windows": len(windows)}}
+    assert report["pending_timers"] == 0
+    # partitions 2 and 3 never had a record: they hold the watermark; 0 and 1 reached `end`
+    assert report["watermark_held_back_by"] == [
+        {"partition": f"{src}[{p}]", "watermark": None, "others": end} for p in (2, 3)]
+    assert f"watermark held back by {src}[2] never heard from" in report["msg"]
+    # the CLI prints the same report for a person, on stdout
+    text = w.log_path.read_text()
+    assert f"bounded run ended with {len(windows)} windows open and 0 timers pending:" in text
+    assert f"    {src}[3] never heard from (no record, no idle_timeout)" in text
+
+
 LATE_TOPOLOGY = """
 name: {name}
 sources:

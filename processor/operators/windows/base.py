@@ -118,6 +118,14 @@ class WindowOperator(TimedOperator, Queryable):
     def on_watermark(self, watermark: int, offset: int) -> Batch:
         return []
 
+    def pending(self) -> dict[str, int]:
+        lo, hi = self._open_range()
+        return {"windows": sum(1 for _ in self.store.range(lo, hi))} if self.store else {}
+
+    def _open_range(self) -> tuple[bytes, bytes]:
+        """The store family holding one entry per open window."""
+        raise NotImplementedError
+
     def _reset(self) -> None:
         raise NotImplementedError
 
@@ -145,6 +153,9 @@ class EndIndexed(WindowOperator):
 
     prefix = b""  # the end-ordered store family scanned when closing
     prefix_end = b""
+
+    def _open_range(self) -> tuple[bytes, bytes]:
+        return self.prefix, self.prefix_end
     end_shift = 0  # reported window_end = internal end - end_shift (sliding windows: 1)
 
     def _reset(self) -> None:

@@ -36,6 +36,13 @@ class CountWindows(WindowOperator):
         self.entries[kb] = e
         return e
 
+    def pending(self) -> dict[str, int]:
+        """Per key, one entry listing its windows still filling."""
+        if self.store is None:
+            return {}
+        entries = self.store.range(b"C", b"D")
+        return {"windows": sum(len(orjson.loads(raw)[1]) for _, raw in entries)}
+
     def read(self, store: Any, kb: bytes) -> list[dict[str, Any]]:
         """The key's open count windows as committed (queryable state)."""
         raw = store.get(b"C" + kb)

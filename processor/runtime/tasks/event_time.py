@@ -27,6 +27,7 @@ from processor.operators.base import ProcessingTimeOperator, TimedOperator
 from processor.operators.sink import EmitFailed
 from processor.runtime.tasks.chains import StepAt
 from processor.runtime.tasks.failures import FailureHandler
+from processor.runtime.tasks.open_work import Holdback
 from processor.timeutil.watermark import (
     NO_WATERMARK,
     Clock,
@@ -61,6 +62,10 @@ class EventTime:
             UpstreamWatermarks(sum(ctx.partitions_of(t) for t in src.upstream_topics))
             if src.internal and ctx.partitions_of and src.upstream_topics
             else PartitionWatermark(src.max_out_of_orderness_ms))
+        # an upstream slot's name as the user knows it: the source topic[partition] it reads
+        self.slot_names = ([f"{t}[{p}]" for t in src.upstream_topics
+                            for p in range(ctx.partitions_of(t))]
+                           if isinstance(self.watermark, UpstreamWatermarks) else [])
         self.forwarders = [ctx.watermark_emitter_for(end, partition) for end in sub.sinks
                            if end.internal and ctx.watermark_emitter_for]
         self.tracked = bool(timed or self.forwarders)
@@ -121,6 +126,26 @@ class EventTime:
                 fired = True
         self._drain_late()
         return self._forward() or fired
+
+    def pending(self) -> dict[str, dict[str, int]]:
+        """What the timed steps' committed stores still hold open, by step."""
+        return {step.op.name: step.op.pending() for step in self.timed}
+
+    def holding_back(self) -> list[Holdback]:
+        """The upstream partitions never heard from (they hold this task's watermark at its
+        start), else those at the minimum while another is ahead; none once all are idle."""
+        wm = self.watermark
+        if not isinstance(wm, UpstreamWatermarks) or wm.all_idle:
+            return []
+        active = {p: wm.marks.get(p) for p in range(wm.upstream) if p not in wm.idle}
+        heard = {p: m for p, m in active.items() if m is not None}
+        ahead = max(heard.values(), default=None)
+        silent = [p for p, m in active.items() if m is None]
+        if silent:
+            return [Holdback(self.slot_names[p], None, ahead) for p in silent]
+        low = min(heard.values(), default=None)
+        return [Holdback(self.slot_names[p], m, ahead) for p, m in heard.items()
+                if m == low and ahead is not None and m < ahead]
 
     def _fire(self, step: StepAt[TimedOperator], call: Callable[[], Batch]) -> bool:
         """Run a time callback (closing windows, timers) and its outputs down the chain; a

@@ -28,6 +28,7 @@ from processor.runtime.tasks.chains import ChainTree, StepAt
 from processor.runtime.tasks.decode import InputDecoder
 from processor.runtime.tasks.event_time import EventTime
 from processor.runtime.tasks.failures import FailureHandler
+from processor.runtime.tasks.open_work import Holdback
 from processor.runtime.tasks.position import UpstreamMarks, start_position, store_meta
 from processor.state import RocksStore, encode_position
 from processor.state.table import TableStore
@@ -244,6 +245,11 @@ class Task:
                 self._run_chain(children[case], 0, records, from_input, replayed_at)
 
     # -- checkpoint --------------------------------------------------------------------------
+
+    def open_work(self) -> tuple[dict[str, dict[str, int]], list[Holdback]]:
+        """Windows and timers its committed stores hold open, and the input partitions holding
+        its watermark back (runtime/tasks/open_work.py)."""
+        return self._time.pending(), self._time.holding_back()
 
     def flush(self) -> None:
         """Emit cached results downstream and stage the stores' changelog writes."""
