@@ -212,10 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("test", help="run a topology's test file in-process, without a broker; "
                                     "exit 0 all pass, 1 a case fails (diff shown), 2 a bad file")
-    t.add_argument("topology")
+    t.add_argument("topology", help="the topology YAML file to test")
     t.add_argument("tests", nargs="*", help="test files (default: TOPOLOGY's foo.test.yaml)")
     t.add_argument("--update", action="store_true",
-                   help="write the actual outputs as each case's expectation (golden files)")
+                   help="write the actual outputs as each case's expectation (golden files; "
+                        "default: %(default)s)")
     t.set_defaults(fn=cmd_test)
 
     q = sub.add_parser("dlq", help="inspect or replay the topology's dead-letter topic")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One command on a fresh machine: install everything (Python packages, Apache Kafka from Maven
-# Central, helm, Prometheus), lint, run the whole test suite on Apache Kafka (the reference
+# Central, helm, Prometheus, Graphviz), lint, run the whole test suite on Apache Kafka (the reference
 # broker), then the Tansu lane (the embedded broker of the demo) on the end-to-end tests.
 #   scripts/test.sh [PYTEST ARGS]    extra arguments go to the Apache Kafka lane only
 set -euo pipefail
@@ -9,6 +9,7 @@ cd "$ROOT"
 bash scripts/setup.sh test
 bash scripts/install-helm.sh .venv/bin >/dev/null
 bash scripts/install-prometheus.sh >/dev/null
+bash scripts/install-graphviz.sh
 echo "== Apache Kafka: $(bash scripts/install-kafka.sh)"
 export PATH="$ROOT/.venv/bin:$PATH"
 echo "== ruff"

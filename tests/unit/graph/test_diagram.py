@@ -121,7 +121,8 @@ def test_double_quotes_in_labels_are_escaped():
     assert parse_mermaid(mermaid)[1] == parse_dot(dot)[1]
 
 
-@pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz `dot` is not installed")
+@pytest.mark.skipif(shutil.which("dot") is None,
+                    reason="Graphviz `dot` is not installed: scripts/install-graphviz.sh")
 def test_graphviz_accepts_the_dot_output():
     out = subprocess.run(["dot", "-Tsvg"], input=to_dot(build_diagram(topology())),
                          capture_output=True, text=True, check=True)
