@@ -343,8 +343,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KafkaException as exc:
-        print(f"error: Kafka: {exc.args[0].str()}: check the broker address (--bootstrap-servers "
-              "/ bootstrap_servers) and that the broker is up", file=sys.stderr)
+        print(f"error: Kafka: {exc.args[0].str()}: check the broker address (--bootstrap-servers, "
+              "bootstrap_servers or $KAFKA_BOOTSTRAP_SERVERS) and that the broker is up",
+              file=sys.stderr)
         return 2
     except FileNotFoundError as exc:
         print(f"error: {exc.filename}: no such file", file=sys.stderr)
