@@ -44,7 +44,9 @@ def test_topics_produce_consume_round_trip(broker, tmp_path: Path, unique: str) 
     assert again.returncode == 2 and "already exists" in again.stderr
     assert f"{topic}\t3" in _ok(_cli("topics", "list", "--bootstrap-servers", bs)).splitlines()
     described = _ok(_cli("topics", "describe", topic, "--bootstrap-servers", bs))
-    assert "3 partitions" in described and "retention.ms=86400000" in described
+    assert "3 partitions" in described
+    if broker.kind != "embedded-tansu":  # Tansu answers DescribeConfigs without topic configs
+        assert "retention.ms=86400000" in described
     assert described.count("  partition ") == 3
 
     lines = [orjson.dumps({"user": f"u{i % 7}", "amount": i}).decode() for i in range(60)]
@@ -90,6 +92,7 @@ def test_topics_produce_consume_round_trip(broker, tmp_path: Path, unique: str) 
 
 
 def test_consume_is_read_committed_and_starts_at_the_end(broker, unique: str) -> None:
+    broker.require_aborted_isolation("consume hiding an aborted transaction")
     bs = broker.bootstrap
     topic = f"txn-{unique}"
     _ok(_cli("topics", "create", topic, "--bootstrap-servers", bs))
