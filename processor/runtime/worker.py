@@ -97,7 +97,7 @@ class Worker:
             admin, self.topology, create=cfg.create_topics,
             replication_factor=cfg.replication_factor,
             directory=directory_topic(self.topology.name) if cfg.metrics_port is not None else None,
-            changelog_configs=cfg.changelog_topic_configs))
+            changelog_configs=cfg.changelog_topic_configs, bootstrap_servers=cfg.bootstrap_servers))
         try:
             self.producer = self._new_producer()
             self.consumer = Consumer(consumer_config(cfg, self.topology.name))

@@ -20,6 +20,7 @@ from pathlib import Path
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
+from processor.runtime.kafka.client_log import CLIENT_LOG
 from processor.tools.broker import EmbeddedBroker
 from processor.tools.demo_views import DEFAULT_RATES, DemoView, make_view
 from processor.tools.generator import create_topic
@@ -63,7 +64,7 @@ def run_demo(seconds: float = 20, rate: float | None = None, example: str = "rev
 
 def _watch(view: DemoView, worker: subprocess.Popen, bootstrap: str, seconds: float) -> int:
     threading.Thread(target=view.feed, args=(bootstrap,), daemon=True).start()
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "demo-viewer",
+    consumer = Consumer({"bootstrap.servers": bootstrap, "logger": CLIENT_LOG, "group.id": "demo-viewer",
                          "auto.offset.reset": "earliest", "isolation.level": "read_committed"})
     consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING)
                      for t in view.outputs for p in range(view.topics[t])])

@@ -22,6 +22,7 @@ from confluent_kafka import Producer
 
 from processor.examples import fraud, reconciliation
 from processor.examples.revenue import sample_orders
+from processor.runtime.kafka.client_log import CLIENT_LOG
 from processor.tools.generator import produce_json
 
 TOPOLOGIES = Path(__file__).resolve().parents[2] / "topologies"
@@ -97,7 +98,7 @@ def _paced(streams: dict[str, list[Any]], start_ms: int, speedup: float) -> Iter
 def replay(bootstrap: str, streams: dict[str, list[Any]], start_ms: int, speedup: float) -> int:
     """Produce `(key, value, partition | None)` records of several topics in event-time pace,
     keeping each topic's own order (and with it the generator's deliberate disorder)."""
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5,
+    producer = Producer({"bootstrap.servers": bootstrap, "logger": CLIENT_LOG, "linger.ms": 5,
                          "partitioner": "murmur2_random"})
     n = 0
     for topic, (key, value, partition) in _paced(streams, start_ms, speedup):

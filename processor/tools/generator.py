@@ -10,9 +10,12 @@ import orjson
 from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from processor.runtime.kafka.client_log import CLIENT_LOG
+
 
 def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient({"bootstrap.servers": bootstrap, "logger": CLIENT_LOG})
+    admin.list_topics(timeout=10)  # an unreachable broker: one KafkaException, not a timeout
     for fut in admin.create_topics([NewTopic(topic, partitions, -1)]).values():
         try:
             fut.result()
@@ -33,7 +36,7 @@ def produce_json_to(bootstrap: str, records: Iterable[tuple[Any, ...]], *,
                     rate_per_s: float | None = None, stamp_now: bool = False) -> int:
     """Produce records `(topic, key, json value)` or `(topic, key, json value, partition)`
     through one producer (several input topics in one order); returns the count."""
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5,
+    producer = Producer({"bootstrap.servers": bootstrap, "logger": CLIENT_LOG, "linger.ms": 5,
                          "partitioner": "murmur2_random", "queue.buffering.max.messages": 500_000})
     n = 0
     started = time.monotonic()

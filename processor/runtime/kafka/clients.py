@@ -8,6 +8,8 @@ Each client's properties are layered, later layers winning:
    `kafka:` does not reach these, so a property meant for one client cannot break another
    (e.g. `auto.offset.reset: latest` must not make a restore skip the changelog);
 4. the explicit per-client `consumer:` / `producer:` overrides, which win over everything.
+
+Every client logs through runtime/kafka/client_log.py: librdkafka's retries are summarised.
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ from __future__ import annotations
 from typing import Any
 
 from processor.runtime.config import WorkerConfig
+from processor.runtime.kafka.client_log import CLIENT_LOG
 
 _SECURITY_PREFIXES = ("security.", "sasl.", "ssl.")
 
 
 def _layered(config: WorkerConfig, tuned: dict[str, Any], required: dict[str, Any],
              overrides: dict[str, Any]) -> dict[str, Any]:
-    return {"bootstrap.servers": config.bootstrap_servers, **tuned,
+    return {"bootstrap.servers": config.bootstrap_servers, "logger": CLIENT_LOG, **tuned,
             **config.client_properties(), **required, **overrides}
 
 

@@ -26,6 +26,11 @@ class TopicError(ProcessorError):
     """A topic the topology needs is missing or has the wrong shape."""
 
 
+def create_command(topic: str, bootstrap_servers: str) -> str:
+    """The command line that creates a missing topic (`processor topics`, processor/tools)."""
+    return f"processor topics create {topic} --partitions 1 --bootstrap-servers {bootstrap_servers}"
+
+
 def partition_counts(admin: AdminClient, timeout: float = 10.0) -> dict[str, int]:
     try:
         md = admin.list_topics(timeout=timeout)
@@ -38,23 +43,32 @@ def partition_counts(admin: AdminClient, timeout: float = 10.0) -> dict[str, int
 def ensure_topics(admin: AdminClient, topology: Topology, *, create: bool,
                   replication_factor: int = -1, wait_for_sources_s: float = 30.0,
                   directory: str | None = None,
-                  changelog_configs: dict[str, str] | None = None) -> dict[str, int]:
+                  changelog_configs: dict[str, str] | None = None,
+                  bootstrap_servers: str = "<host:port>") -> dict[str, int]:
     """Make sure every internal and sink topic exists; returns partition counts by topic.
 
     Internal topics get as many partitions as the topic feeding them, so partition N of the
     input, its repartition topic and its changelog all belong to the same task number.
     `changelog_configs` (the worker's `changelog_topic_configs`) override the changelog
-    defaults of topics created here; existing topics keep theirs.
+    defaults of topics created here; existing topics keep theirs. Source topics are never
+    created (their partition count is the application's parallelism, a user's choice): a
+    missing one is waited for `wait_for_sources_s`, saying the command that creates it.
     """
     deadline = time.monotonic() + wait_for_sources_s
+    told = 0.0
     while True:
         counts = partition_counts(admin)
         missing = [t for t in topology.input_topics if t not in counts]
         if not missing:
             break
+        how = "; ".join(create_command(t, bootstrap_servers) for t in missing)
         if time.monotonic() > deadline:
-            raise TopicError(f"source topic(s) {', '.join(missing)} do not exist")
-        log.info("waiting for source topics", extra={"topics": missing})
+            raise TopicError(f"source topic(s) {', '.join(missing)} do not exist; create them "
+                             f"(choose the partition count: the tasks' parallelism): {how}")
+        if time.monotonic() - told >= 10.0:  # said once, then every 10 s while waiting
+            told = time.monotonic()
+            log.warning(f"waiting for source topic(s) {', '.join(missing)}: create them with "
+                        f"{how}", extra={"topics": missing})
         time.sleep(1.0)
 
     wanted: dict[str, tuple[int, dict[str, str]]] = {}

@@ -1,0 +1,133 @@
+"""Every CLI command answers a failure with one error line and a non-zero exit, never a traceback.
+
+The commands run as users run them (`python -m processor ...` in a subprocess). An unreachable
+broker is a closed local port; a port in use is a socket bound by the test.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from tests.paths import REPO
+
+TOPOLOGY = str(REPO / "topologies" / "clean_orders.yaml")
+
+
+@pytest.fixture(scope="module")
+def closed_port() -> int:
+    """A local port nothing listens on: connections are refused at once."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    with socket.socket() as s:
+        s.bind(("0.0.0.0", 0))
+        s.listen()
+        yield s.getsockname()[1]
+
+
+def _cli(*args: str, stdin: str = "", env: dict[str, str] | None = None
+         ) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("PROCESSOR_")}
+    full_env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
+    return subprocess.run([sys.executable, "-m", "processor", *args], cwd=REPO, text=True,
+                          input=stdin, capture_output=True, timeout=90,
+                          env={**full_env, **(env or {})})
+
+
+def _one_error_line(run: subprocess.CompletedProcess[str], *needles: str, code: int = 2) -> str:
+    assert run.returncode == code, (run.returncode, run.stderr[-2000:])
+    assert "Traceback" not in run.stderr, run.stderr[-2000:]
+    assert "%3|" not in run.stderr and "%4|" not in run.stderr, run.stderr[:2000]
+    lines = run.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1, run.stderr
+    # librdkafka's own lines: at most the first of each kind, summarised (runtime/kafka/client_log.py)
+    assert len(lines) <= 3, run.stderr
+    for needle in needles:
+        assert needle in errors[0], (needle, errors[0])
+    return errors[0]
+
+
+UNREACHABLE = [
+    ("run", TOPOLOGY),
+    ("dlq", "inspect", TOPOLOGY),
+    ("dlq", "replay", TOPOLOGY),
+    ("topics", "list"),
+    ("topics", "describe", "orders"),
+    ("topics", "create", "orders", "--partitions", "3"),
+    ("consume", "orders", "--count", "1"),
+    ("produce", "orders"),
+]
+
+
+@pytest.mark.parametrize("args", UNREACHABLE, ids=lambda a: " ".join(a[:2]))
+def test_an_unreachable_broker_is_one_line(args: tuple[str, ...], closed_port: int) -> None:
+    address = f"127.0.0.1:{closed_port}"
+    run = _cli(*args, "--bootstrap-servers", address, stdin='{"id": 1}\n')
+    line = _one_error_line(run, "Broker transport failure")
+    assert "bootstrap_servers" in line  # what to do: the setting to check
+
+
+def test_a_metrics_port_in_use_is_one_line(busy_port: int, closed_port: int) -> None:
+    run = _cli("run", TOPOLOGY, "--metrics-port", str(busy_port),
+               "--bootstrap-servers", f"127.0.0.1:{closed_port}")
+    _one_error_line(run, f"metrics_port {busy_port} is in use", "--metrics-port")
+
+
+@pytest.mark.parametrize("kafka", ["tansu", "apache"])
+def test_a_dev_broker_port_in_use_is_one_line(kafka: str) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        run = _cli("dev-broker", "--kafka", kafka, "--port", str(port))
+    _one_error_line(run, f"port {port}", "already in use")
+
+
+MISSING_FILE = [
+    ("validate", "missing.yaml"),
+    ("describe", "missing.yaml"),
+    ("run", "missing.yaml"),
+    ("dlq", "inspect", "missing.yaml"),
+    ("dlq", "replay", "missing.yaml"),
+    ("describe", TOPOLOGY, "--config", "missing.yaml"),
+    ("run", TOPOLOGY, "--config", "missing.yaml"),
+    ("topics", "list", "--config", "missing.yaml"),
+    ("consume", "orders", "--config", "missing.yaml"),
+    ("produce", "orders", "--file", "missing.jsonl", "--bootstrap-servers", "127.0.0.1:1"),
+]
+
+
+@pytest.mark.parametrize("args", MISSING_FILE, ids=lambda a: " ".join(a))
+def test_a_missing_file_is_one_line(args: tuple[str, ...]) -> None:
+    _one_error_line(_cli(*args), "missing.")
+
+
+@pytest.mark.parametrize("args", [
+    ("run", TOPOLOGY), ("describe", TOPOLOGY, "--show-config"), ("topics", "list"),
+    ("consume", "orders"), ("produce", "orders"), ("dlq", "inspect", TOPOLOGY)])
+def test_a_bad_setting_is_one_line(args: tuple[str, ...]) -> None:
+    run = _cli(*args, env={"PROCESSOR_COMMIT_INTERVAL_MS": "soon"})
+    _one_error_line(run, "commit_interval_ms", "not a duration")
+
+
+def test_a_bad_topic_config_flag_is_one_line(closed_port: int) -> None:
+    run = _cli("topics", "create", "t", "--topic-config", "no-equals-sign",
+               "--bootstrap-servers", f"127.0.0.1:{closed_port}")
+    _one_error_line(run, "--topic-config", "NAME=VALUE")
+
+
+def test_the_demo_with_an_unreachable_broker_is_one_line(closed_port: int) -> None:
+    run = _cli("demo", "--seconds", "1",
+               env={"KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{closed_port}"})
+    _one_error_line(run, "Broker transport failure", "KAFKA_BOOTSTRAP_SERVERS")
