@@ -14,6 +14,7 @@ from pathlib import Path
 from confluent_kafka import KafkaException
 
 from processor.errors import ProcessorError, RecordError, SpecErrors
+from processor.tools.data_commands import add_data_tools
 
 log = logging.getLogger("processor.cli")
 
@@ -189,113 +190,6 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
-def _tool_config(args: argparse.Namespace):
-    """The worker's connection settings for a data tool (file < environment < flags)."""
-    from processor.observability.logging import setup_logging
-    from processor.runtime.config import load_config
-
-    setup_logging("WARNING", "text")
-    return load_config(args.config, bootstrap_servers=args.bootstrap_servers)
-
-
-def cmd_topics(args: argparse.Namespace) -> int:
-    from processor.tools import topics_cli
-
-    config = _tool_config(args)
-    if args.topics_command == "create":
-        return topics_cli.create(config, args.topic, partitions=args.partitions,
-                                 replication_factor=args.replication_factor,
-                                 configs=topics_cli.parse_configs(args.topic_config))
-    if args.topics_command == "list":
-        return topics_cli.list_topics(config, internal=args.internal)
-    return topics_cli.describe(config, args.topic)
-
-
-def cmd_produce(args: argparse.Namespace) -> int:
-    from processor.tools.produce import produce
-
-    config = _tool_config(args)
-    if args.file is None:
-        produce(config, args.topic, sys.stdin, "stdin", key_field=args.key_field,
-                envelope=args.envelope, rate=args.rate)
-        return 0
-    with open(args.file, encoding="utf-8") as lines:
-        produce(config, args.topic, lines, args.file, key_field=args.key_field,
-                envelope=args.envelope, rate=args.rate)
-    return 0
-
-
-def cmd_consume(args: argparse.Namespace) -> int:
-    from processor.timeutil import parse_duration_ms
-    from processor.tools.consume import consume
-
-    config = _tool_config(args)
-    timeout = parse_duration_ms(args.timeout) / 1000 if args.timeout else None
-    shown = consume(config, args.topic, from_beginning=args.from_beginning, count=args.count,
-                    timeout_s=timeout, as_json=args.json)
-    if args.count is not None and shown < args.count:
-        print(f"error: {args.topic}: {shown} of {args.count} records within --timeout "
-              f"{args.timeout}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def _add_data_tools(sub: argparse._SubParsersAction) -> None:
-    """produce | consume | topics: put records on a topic, read them back, manage topics."""
-    def connection(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--bootstrap-servers", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"),
-                        help="broker address (default: $KAFKA_BOOTSTRAP_SERVERS, else the "
-                             "config's bootstrap_servers)")
-        sp.add_argument("--config", help="worker config YAML: its connection and security "
-                                         "settings are used (default: none, the environment's)")
-
-    pr = sub.add_parser("produce", help="write JSON lines (stdin or --file) to a topic")
-    pr.add_argument("topic", help="the topic to write to")
-    pr.add_argument("--file", help="read this file (default: stdin)")
-    pr.add_argument("--key-field", metavar="FIELD",
-                    help="use this field of each JSON object as the record key (default: no key)")
-    pr.add_argument("--envelope", action="store_true",
-                    help='each line is {"key", "value", "timestamp" (ms), "headers"}: what '
-                         "`consume --json` prints (default: the line is the value)")
-    pr.add_argument("--rate", type=float, metavar="N", help="at most N records a second "
-                                                             "(default: as fast as possible)")
-    connection(pr)
-    pr.set_defaults(fn=cmd_produce)
-
-    co = sub.add_parser("consume", help="print a topic's committed records (read_committed)")
-    co.add_argument("topic", help="the topic to read")
-    co.add_argument("--from-beginning", action="store_true",
-                    help="start at the oldest record (default: only new records)")
-    co.add_argument("--count", type=int, metavar="N",
-                    help="stop after N records, exit 1 if fewer came by --timeout (default: "
-                         "no limit)")
-    co.add_argument("--timeout", metavar="DURATION",
-                    help="stop when no record came for this long, e.g. 5s (default: never)")
-    co.add_argument("--json", action="store_true",
-                    help="one JSON object per record, the `produce --envelope` shape (default: "
-                         "a readable view)")
-    connection(co)
-    co.set_defaults(fn=cmd_consume)
-
-    t = sub.add_parser("topics", help="create, list or describe topics")
-    tsub = t.add_subparsers(dest="topics_command", required=True)
-    tc = tsub.add_parser("create", help="create a topic (e.g. a topology's source)")
-    tc.add_argument("topic", help="the topic to create")
-    tc.add_argument("--partitions", type=int, default=1,
-                    help="partition count: the parallelism of a topology reading it (default 1)")
-    tc.add_argument("--replication-factor", type=int, default=-1,
-                    help="copies of each partition (default: the broker's default)")
-    tc.add_argument("--topic-config", action="append", default=[], metavar="NAME=VALUE",
-                    help="a topic config, e.g. cleanup.policy=compact (repeatable; default: "
-                         "the broker's)")
-    tl = tsub.add_parser("list", help="list topics with their partition counts")
-    tl.add_argument("--internal", action="store_true",
-                    help="include __consumer_offsets & co (default: %(default)s)")
-    td = tsub.add_parser("describe", help="partitions, replicas and non-default configs")
-    td.add_argument("topic", help="the topic to describe")
-    for sp in (tc, tl, td):
-        connection(sp)
-        sp.set_defaults(fn=cmd_topics)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -402,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="input records per second (default: 2000 revenue, 500 reconciliation, "
                         "200 fraud)")
     m.set_defaults(fn=cmd_demo)
-    _add_data_tools(sub)
+    add_data_tools(sub)
     return p
 
 
