@@ -4,7 +4,8 @@ Without a `logger`, librdkafka prints every retry to stderr (`%3|...|FAIL|rdkafk
 unreachable broker gives hundreds of identical lines before the one error that matters. Every
 client gets this logger instead (runtime/kafka/clients.py): a line of a new kind goes to the
 `processor.kafka` logger; repeats are counted and reported at most once a minute with their
-count, so a broker that stays down is still visible in a long-running worker's log.
+count, so a broker that stays down is still visible in a long-running worker's log. Debug
+lines (only there when the user set librdkafka's `debug` property) all go through, at INFO.
 """
 
 from __future__ import annotations
@@ -31,6 +32,11 @@ class ClientLog:
 
     def log(self, level: int, fmt: str, *args: object) -> None:
         text = fmt % args if args else fmt
+        if level <= logging.DEBUG:
+            # librdkafka logs at debug level only when the user set its `debug` property: they
+            # asked for every line (a config dump, a protocol trace), whatever our log level
+            log.info("librdkafka: %s", text)
+            return
         kind = _VARYING.sub("", text.split(": ", 1)[-1])
         now = time.monotonic()
         with self._lock:

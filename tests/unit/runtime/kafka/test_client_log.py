@@ -40,3 +40,16 @@ def test_a_kind_is_reported_again_with_its_count_after_the_interval(
     assert len(lines) == 2
     assert lines[1].endswith("(and 2 more like it)")
     assert client_log.repeats() == 0
+
+
+def test_debug_lines_the_user_asked_for_all_go_through_at_info(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """librdkafka logs at debug level only with its `debug` property set (e.g. `debug: conf`
+    dumps every client's properties, secrets redacted): each line shows, at a worker's INFO."""
+    client_log = ClientLog(repeat_every_s=3600)
+    with caplog.at_level(logging.INFO, logger="processor.kafka"):
+        for prop in ("sasl.password = [redacted]", "sasl.username = app", "acks = all"):
+            client_log.log(logging.DEBUG, FMT, "CONF", "rdkafka#producer-1", prop)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 3 and "sasl.password = [redacted]" in lines[0]
+    assert {r.levelno for r in caplog.records} == {logging.INFO}
