@@ -16,11 +16,9 @@ from typing import Any, TextIO
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, TopicPartition
 
-from processor.errors import ProcessorError
 from processor.runtime.config import WorkerConfig
 from processor.runtime.kafka.clients import restore_consumer_config
-from processor.runtime.kafka.topics import create_command
-from processor.tools.topics_cli import broker_error
+from processor.tools.topics_cli import broker_error, existing_topic
 
 
 def _decoded(data: bytes | None) -> Any:
@@ -72,14 +70,7 @@ def consume(config: WorkerConfig, topic: str, *, from_beginning: bool = False,
     conf.update({"isolation.level": "read_committed", "enable.partition.eof": False})
     consumer = Consumer(conf)
     try:
-        try:
-            md = consumer.list_topics(topic, timeout=10)
-        except KafkaException as exc:
-            raise broker_error(exc, config, "cannot read the cluster metadata") from None
-        meta = md.topics.get(topic)
-        if meta is None or meta.error is not None:
-            raise ProcessorError(f"topic {topic!r} does not exist; create it: "
-                                 f"{create_command(topic, config.bootstrap_servers)}")
+        meta = existing_topic(consumer, config, topic)
         start = OFFSET_BEGINNING if from_beginning else OFFSET_END
         consumer.assign([TopicPartition(topic, p, start) for p in sorted(meta.partitions)])
         shown = 0

@@ -16,14 +16,13 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 import orjson
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import Producer
 
 from processor.errors import ProcessorError
 from processor.runtime.config import WorkerConfig
 from processor.runtime.kafka.clients import producer_config
 from processor.runtime.kafka.produce import produce_when_room
-from processor.runtime.kafka.topics import create_command
-from processor.tools.topics_cli import broker_error
+from processor.tools.topics_cli import existing_topic
 
 FLUSH_TIMEOUT_S = 30.0
 
@@ -79,14 +78,7 @@ def produce(config: WorkerConfig, topic: str, lines: Iterable[str], source: str,
             out: TextIO = sys.stderr) -> int:
     """Write every line's record to `topic` (at most `rate` a second); returns how many."""
     producer = Producer(producer_config(config, None))
-    try:
-        md = producer.list_topics(topic, timeout=10)
-    except KafkaException as exc:
-        raise broker_error(exc, config, "cannot read the cluster metadata") from None
-    meta = md.topics.get(topic)
-    if meta is None or meta.error is not None:
-        raise ProcessorError(f"topic {topic!r} does not exist; create it: "
-                             f"{create_command(topic, config.bootstrap_servers)}")
+    existing_topic(producer, config, topic)
     failed: list[str] = []
 
     def delivered(err: Any, _msg: Any) -> None:

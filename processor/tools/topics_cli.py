@@ -7,7 +7,7 @@ so a secured cluster needs nothing new. A broker that does not answer is one err
 from __future__ import annotations
 
 import sys
-from typing import TextIO
+from typing import Any, TextIO
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
@@ -44,6 +44,20 @@ def topic_partitions(admin: AdminClient, config: WorkerConfig,
     return {name: len(t.partitions) for name, t in md.topics.items() if t.error is None}
 
 
+def existing_topic(client: Any, config: WorkerConfig, topic: str) -> Any:
+    """`topic`'s metadata (a TopicMetadata) through any client's `list_topics`, or one error line:
+    the broker unreachable, or the topic missing with the command that creates it."""
+    try:
+        md = client.list_topics(topic, timeout=TIMEOUT_S)
+    except KafkaException as exc:
+        raise broker_error(exc, config, "cannot read the cluster metadata") from None
+    meta = md.topics.get(topic)
+    if meta is None or meta.error is not None:
+        raise ProcessorError(f"topic {topic!r} does not exist; create it: "
+                             f"{create_command(topic, config.bootstrap_servers)}")
+    return meta
+
+
 def create(config: WorkerConfig, topic: str, *, partitions: int, replication_factor: int,
            configs: dict[str, str], out: TextIO = sys.stdout) -> int:
     admin = _admin(config)
@@ -74,14 +88,7 @@ def list_topics(config: WorkerConfig, *, internal: bool = False, out: TextIO = s
 
 def describe(config: WorkerConfig, topic: str, out: TextIO = sys.stdout) -> int:
     admin = _admin(config)
-    try:
-        md = admin.list_topics(topic, timeout=TIMEOUT_S)
-    except KafkaException as exc:
-        raise broker_error(exc, config, "cannot read the cluster metadata") from None
-    meta = md.topics.get(topic)
-    if meta is None or meta.error is not None:
-        raise ProcessorError(f"topic {topic!r} does not exist; create it: "
-                             f"{create_command(topic, config.bootstrap_servers)}")
+    meta = existing_topic(admin, config, topic)
     replicas = {len(p.replicas) for p in meta.partitions.values()}
     print(f"topic {topic}: {len(meta.partitions)} partitions, replication factor "
           f"{', '.join(map(str, sorted(replicas)))}", file=out)
