@@ -9,10 +9,10 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from processor.errors import SpecError, SpecErrors
 from processor.spec.base import REF_PATTERN
@@ -21,6 +21,7 @@ from processor.spec.models import TopologySpec
 from processor.spec.steps import STEP_KINDS
 
 PathT = tuple[str | int, ...]
+M = TypeVar("M", bound=BaseModel)
 
 
 @dataclass
@@ -183,25 +184,35 @@ def _yaml_error(exc: yaml.MarkedYAMLError, file: str) -> SpecError:
     return SpecError(message, file=file, line=line)
 
 
-def load_spec_text(text: str, file: str = "<string>") -> LoadedSpec:
-    """Parse YAML text and validate it: schema (pydantic), then whole-spec checks."""
+def parse_mapped(text: str, file: str, model: type[M], not_a_mapping: str,
+                 ) -> tuple[M, Any, LineMap, list[SpecError]]:
+    """YAML text -> a validated `model`, its data, the line of every key and item, and the
+    errors that do not stop validation (duplicate keys). A syntax error, a document that is not
+    a mapping (the error says `not_a_mapping`) or a schema error raises SpecErrors, each
+    pointing at its file and line."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.load(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         raise SpecErrors([_yaml_error(exc, file)]) from None
     if node is None or not isinstance(data, dict):
-        raise SpecErrors([SpecError("a topology must be a YAML mapping with name, sources, pipelines",
-                                    file=file, line=1)])
+        raise SpecErrors([SpecError(not_a_mapping, file=file, line=1)])
     lines: dict[PathT, int] = {}
     errors: list[SpecError] = []
     _walk(node, (), lines, errors, file)
     line_map = LineMap(lines)
     try:
-        spec = TopologySpec.model_validate(data)
+        parsed = model.model_validate(data)
     except ValidationError as exc:
         errors.extend(_pydantic_errors(exc, data, line_map, file))
         raise SpecErrors(errors) from None
+    return parsed, data, line_map, errors
+
+
+def load_spec_text(text: str, file: str = "<string>") -> LoadedSpec:
+    """Parse YAML text and validate it: schema (pydantic), then whole-spec checks."""
+    spec, data, line_map, errors = parse_mapped(
+        text, file, TopologySpec, "a topology must be a YAML mapping with name, sources, pipelines")
     loaded = LoadedSpec(spec=spec, file=file, lines=line_map, data=data)
     errors.extend(check_spec(loaded))
     if errors:

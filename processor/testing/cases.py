@@ -11,18 +11,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from processor.errors import SpecError, SpecErrors
 from processor.spec.base import Strict
-from processor.spec.loader import (  # the topology loader's line mapping, reused
-    LineMap,
-    PathT,
-    _pydantic_errors,
-    _walk,
-    _yaml_error,
-    format_path,
-)
+from processor.spec.loader import LineMap, PathT, format_path, parse_mapped
 from processor.timeutil import parse_duration_ms
 
 
@@ -128,22 +121,8 @@ def load_tests(path: Path) -> LoadedTests:
                 if isinstance(exc, FileNotFoundError) else "")
         raise SpecErrors([SpecError(f"cannot read test file: {exc.strerror}{hint}",
                                     file=file)]) from None
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.load(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
-        raise SpecErrors([_yaml_error(exc, file)]) from None
-    if node is None or not isinstance(data, dict):
-        raise SpecErrors([SpecError("a test file must be a YAML mapping with `tests:`",
-                                    file=file, line=1)])
-    lines: dict[PathT, int] = {}
-    errors: list[SpecError] = []
-    _walk(node, (), lines, errors, file)
-    line_map = LineMap(lines)
-    try:
-        tests = TestFile.model_validate(data)
-    except ValidationError as exc:
-        errors.extend(_pydantic_errors(exc, data, line_map, file))
+    tests, data, line_map, errors = parse_mapped(
+        text, file, TestFile, "a test file must be a YAML mapping with `tests:`")
     if errors:
         raise SpecErrors(errors)
     return LoadedTests(path, tests, data, line_map)
