@@ -17,6 +17,7 @@ from processor.errors import SpecError, SpecErrors
 from processor.spec.base import Strict
 from processor.spec.loader import LineMap, PathT, format_path, parse_mapped
 from processor.timeutil import parse_duration_ms
+from processor.timeutil.timestamps import iso_to_ms
 
 
 class InputRecord(Strict):
@@ -27,11 +28,36 @@ class InputRecord(Strict):
     headers: dict[str, str | int] = {}
 
 
+class WatermarkAt(Strict):
+    """Where a watermark step moves a source's event time: `to` (epoch ms, or ISO-8601
+    text; without an offset UTC), on every partition or on `partition`."""
+
+    to: int | str
+    partition: int | None = Field(default=None, ge=0)
+
+    @field_validator("to")
+    @classmethod
+    def _time(cls, v: int | str) -> int | str:
+        if isinstance(v, str):
+            try:
+                iso_to_ms(v)
+            except ValueError:
+                raise ValueError(f"{v!r} is neither epoch milliseconds nor ISO-8601 time "
+                                 "(e.g. 2024-01-01T00:00:10Z)") from None
+        return v
+
+    @property
+    def ms(self) -> int:
+        return self.to if isinstance(self.to, int) else iso_to_ms(self.to)
+
+
 class Step(Strict):
-    """One of: `input: {source: [records]}`, `advance: 30s` (processing time; a duration or
+    """One of: `input: {source: [records]}`, `watermark: {source: TIME}` (event time; `TIME`
+    or `{to: TIME, partition: N}`), `advance: 30s` (processing time; a duration or
     milliseconds), `checkpoint`, `crash` (the last two written as bare words)."""
 
     input: dict[str, list[InputRecord]] | None = None
+    watermark: dict[str, WatermarkAt] | None = None
     advance: int | str | None = None
     checkpoint: bool = False
     crash: bool = False
@@ -42,15 +68,20 @@ class Step(Strict):
         if v in ("checkpoint", "crash"):
             return {v: True}
         if isinstance(v, str) or not isinstance(v, dict):
-            raise ValueError("a step is `input: {source: [records]}`, `advance: DURATION`, "
-                             f"`checkpoint` or `crash`; got {v!r:.60}")
+            raise ValueError("a step is `input: {source: [records]}`, `watermark: {source: TIME}`, "
+                             f"`advance: DURATION`, `checkpoint` or `crash`; got {v!r:.60}")
+        marks = v.get("watermark")
+        if isinstance(marks, dict):  # `source: TIME` is short for `source: {to: TIME}`
+            v = {**v, "watermark": {src: at if isinstance(at, dict) else {"to": at}
+                                    for src, at in marks.items()}}
         return v
 
     @model_validator(mode="after")
     def _one(self) -> Step:
-        if sum((self.input is not None, self.advance is not None, self.checkpoint,
-                self.crash)) != 1:
-            raise ValueError("a step does exactly one thing: input, advance, checkpoint or crash")
+        if sum((self.input is not None, self.watermark is not None, self.advance is not None,
+                self.checkpoint, self.crash)) != 1:
+            raise ValueError("a step does exactly one thing: input, watermark, advance, "
+                             "checkpoint or crash")
         if isinstance(self.advance, str):
             parse_duration_ms(self.advance)
         return self

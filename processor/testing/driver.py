@@ -30,7 +30,13 @@ from processor.runtime.kafka.serdes import Serdes
 from processor.runtime.tasks.task import Task, TaskState
 from processor.spec import LoadedSpec, load_spec
 from processor.state.partitioner import partition_for
-from processor.testing.topics import StoredRecord, Topics, TopicsConsumer, TopicsProducer
+from processor.testing.topics import (
+    Message,
+    StoredRecord,
+    Topics,
+    TopicsConsumer,
+    TopicsProducer,
+)
 
 
 class DriverError(Exception):
@@ -38,7 +44,8 @@ class DriverError(Exception):
 
 
 class TopologyTestDriver:
-    """Pipe records into sources, advance processing time, checkpoint, crash; read the outputs
+    """Pipe records and watermarks into sources, advance processing time, checkpoint, crash;
+    read the outputs
     (committed records, decoded) and the stores. `auto_checkpoint`: checkpoint after each
     `run()` pass, as a worker does every commit interval; off, only `checkpoint()` commits."""
 
@@ -157,6 +164,24 @@ class TopologyTestDriver:
         self.topics.append(end.topic, partition, StoredRecord(kbytes, vbytes, timestamp, hdrs))
         self.topics.stable[(end.topic, partition)] = len(self.topics.logs[(end.topic, partition)])
 
+    def pipe_watermark(self, source: str, watermark: int, *, partition: int | None = None) -> None:
+        """Append a watermark to a source's partitions (all, or `partition`): processed by the
+        next `run()` at its place in the input, it moves the partition's event time to
+        `watermark` (ms) as a record with event time `watermark + max_out_of_orderness` would,
+        without a record: windows ending at or before it close, event-time timers fire, and
+        the watermark reaches the tasks downstream. A crash replays it where it was."""
+        end = self.end_of(source)
+        if self.spec.sources[source].kind != "stream":
+            raise DriverError(f"source {source!r} is a {self.spec.sources[source].kind}: "
+                              "a watermark applies to stream sources")
+        count = self.topics.partitions[end.topic]
+        if partition is not None and not 0 <= partition < count:
+            raise DriverError(f"source {source!r} has {count} partition(s), not {partition}")
+        for p in range(count) if partition is None else (partition,):
+            self.topics.append(end.topic, p, StoredRecord(None, None, watermark,
+                                                          watermark=watermark))
+            self.topics.stable[(end.topic, p)] = len(self.topics.logs[(end.topic, p)])
+
     def run(self) -> None:
         """Process everything readable; with auto checkpoints, checkpoint after each pass and go
         on while a checkpoint made repartitioned records readable downstream."""
@@ -178,9 +203,18 @@ class TopologyTestDriver:
         while self.tables.step(100_000, 0):
             pass
         for task in self.tasks:
-            msgs = self.topics.read(task.topic, task.partition, task.position or 0)
-            if msgs:
-                task.process(msgs)
+            batch: list[Message] = []
+            for m in self.topics.read(task.topic, task.partition, task.position or 0,
+                                      control=True):
+                if m.watermark is None:
+                    batch.append(m)
+                    continue
+                if batch:
+                    task.process(batch)
+                    batch = []
+                task.advance_watermark(m.watermark, m.offset())
+            if batch:
+                task.process(batch)
 
     def advance_time(self, ms: int) -> None:
         """Advance processing time by `ms`: processing-time timers fire and source partitions

@@ -44,6 +44,10 @@ def run_case(topology: Any, loaded: LoadedTests, index: int) -> Outputs:
                         driver.pipe(source, r.key, r.value, r.timestamp, partition=r.partition,
                                     headers=r.headers)
                 driver.run()
+            elif step.watermark is not None:
+                for source, at in step.watermark.items():
+                    driver.pipe_watermark(source, at.ms, partition=at.partition)
+                driver.run()
             elif step.advance is not None:
                 driver.advance_time(step.advance_ms)
             elif step.checkpoint:
@@ -68,12 +72,16 @@ def _check_names(loaded: LoadedTests, topology: Any) -> None:
             errors.append(loaded.error(("partitions", name), f"no source {name!r} in the topology"))
     for i, case in enumerate(loaded.tests.tests):
         for j, step in enumerate(case.steps):
-            if step.input is not None:
-                for source in step.input:
+            for kind, sources in (("input", step.input), ("watermark", step.watermark)):
+                for source in sources or ():
+                    where = ("tests", i, "steps", j, kind, source)
                     if source not in spec.sources:
                         errors.append(loaded.error(
-                            ("tests", i, "steps", j, "input", source),
-                            f"no source {source!r} (sources: {', '.join(spec.sources)})"))
+                            where, f"no source {source!r} (sources: {', '.join(spec.sources)})"))
+                    elif kind == "watermark" and spec.sources[source].kind != "stream":
+                        errors.append(loaded.error(
+                            where, f"source {source!r} is a {spec.sources[source].kind}: a "
+                                   "watermark applies to stream sources"))
         for topic in case.expect:
             if topic not in outputs:
                 errors.append(loaded.error(

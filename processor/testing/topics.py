@@ -23,6 +23,10 @@ class StoredRecord:
     value: bytes | None
     timestamp: int
     headers: list[tuple[str, bytes]] = field(default_factory=list)
+    # a control entry rather than a record: the source partition's event time reached this
+    # watermark (the driver's watermark step). Like Kafka's transaction markers it takes an
+    # offset and no consumer sees it as a record; only the driver's task loop acts on it.
+    watermark: int | None = None
 
 
 class Message:
@@ -43,6 +47,11 @@ class Message:
 
     def offset(self) -> int:
         return self._offset
+
+    @property
+    def watermark(self) -> int | None:
+        """The watermark of a control entry (StoredRecord.watermark); None for a record."""
+        return self._record.watermark if self._record else None
 
     def key(self) -> bytes | None:
         return self._record.key if self._record else None
@@ -74,18 +83,22 @@ class Topics:
     def append(self, topic: str, partition: int, record: StoredRecord) -> None:
         self.logs.setdefault((topic, partition), []).append(record)
 
-    def read(self, topic: str, partition: int, start: int) -> list[Message]:
-        """Committed records of one partition from offset `start` (read_committed)."""
+    def read(self, topic: str, partition: int, start: int, *,
+             control: bool = False) -> list[Message]:
+        """Committed records of one partition from offset `start` (read_committed); control
+        entries (watermarks) only for the driver's task loop, which asks for them."""
         log = self.logs.get((topic, partition), [])
         end = self.stable.get((topic, partition), 0)
-        return [Message(topic, partition, o, log[o]) for o in range(start, end)]
+        return [Message(topic, partition, o, log[o]) for o in range(start, end)
+                if control or log[o].watermark is None]
 
     def committed(self, topic: str) -> list[tuple[int, int, StoredRecord]]:
         """(partition, offset, record) of every committed record, partition by partition."""
         out = []
         for p in range(self.partitions.get(topic, 0)):
             log = self.logs.get((topic, p), [])
-            out += [(p, o, log[o]) for o in range(self.stable.get((topic, p), 0))]
+            out += [(p, o, log[o]) for o in range(self.stable.get((topic, p), 0))
+                    if log[o].watermark is None]
         return out
 
     def commit(self) -> None:
@@ -141,8 +154,8 @@ class TopicsConsumer:
     def consume(self, num_messages: int, timeout: float) -> list[Message]:
         out: list[Message] = []
         for (topic, p), pos in list(self.positions.items()):
-            msgs = self.topics.read(topic, p, pos)[:max(0, num_messages - len(out))]
-            out += msgs
+            msgs = self.topics.read(topic, p, pos, control=True)[:max(0, num_messages - len(out))]
+            out += [m for m in msgs if m.watermark is None]
             pos += len(msgs)
             self.positions[(topic, p)] = pos
             if pos >= self.topics.stable.get((topic, p), 0):

@@ -77,6 +77,11 @@ class PartitionWatermark:
         self.max_ts = m
         return before
 
+    def advance_to(self, watermark: int) -> None:
+        """Event time reached `watermark` without a record: as if one with event time
+        `watermark + max_out_of_orderness` had been seen (never backwards)."""
+        self.max_ts = max(self.max_ts, watermark + self.delay)
+
     def state(self) -> dict[str, Any]:
         return {"max_ts": self.max_ts}
 

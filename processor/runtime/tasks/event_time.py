@@ -100,6 +100,17 @@ class EventTime:
             wm.observe((max(r[2] for r in batch),))
             self.clock.advance(wm.current)
 
+    def advance_to(self, watermark: int) -> None:
+        """A source partition's event time reached `watermark` without a record (a control
+        entry in its input); `after_batch` then closes what it passed."""
+        wm = self.watermark
+        if not isinstance(wm, PartitionWatermark):
+            raise ValueError(f"task {self.task_id} reads a repartition topic: its watermark "
+                             "comes from the upstream partitions, not from a control entry")
+        wm.advance_to(watermark)
+        self.clock.advance(wm.current)
+        self.input_arrived()
+
     def after_batch(self, offset: int) -> bool:
         """Close what the watermark passed, send late records, forward the watermark.
         True when a watermark went downstream (outputs without input progress)."""

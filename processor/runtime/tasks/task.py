@@ -146,6 +146,16 @@ class Task:
         if event_time.tracked:
             self._after_batch(self.position - 1)
 
+    def advance_watermark(self, watermark: int, offset: int) -> None:
+        """The input partition's event time reached `watermark` by a control entry at `offset`
+        rather than a record (the test driver's watermark step): windows and timers it passes
+        close and the watermark goes downstream, as after a batch. The position moves past the
+        entry, so a replay after a crash meets it at the same place."""
+        self._time.advance_to(watermark)
+        self.position = offset + 1
+        if self._time.tracked:
+            self._after_batch(offset)
+
     def tick(self, now_ms: int, now_monotonic: float) -> None:
         """Between batches (every commit interval): mark an input partition idle after its
         `idle_timeout` without records, and fire due processing-time timers."""
