@@ -14,6 +14,7 @@ In both modes local RocksDB is written only after the commit returned (see state
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -51,6 +52,41 @@ class CheckpointFailed(Exception):
     def __init__(self, message: str, *, fatal: bool) -> None:
         self.fatal = fatal
         super().__init__(message)
+
+
+SEND_OFFSETS_TIMEOUT_S = 15.0
+"""librdkafka's own timeout for send_offsets_to_transaction."""
+SEND_OFFSETS_GRACE_S = 5.0
+"""How much longer the call gets before the checkpoint gives up on it (send_offsets below):
+20 s in all, well inside a liveness probe's patience."""
+
+
+def send_offsets(producer: Producer, offsets: list[TopicPartition], group_metadata: Any) -> None:
+    """send_offsets_to_transaction with a deadline of our own. librdkafka 2.16 can block in it
+    far past its timeout once the group coordinator went away, e.g. across a broker restart
+    (confluentinc/librdkafka#5456 and #5511; seen by the fault campaign as a worker stuck in
+    a checkpoint). The call runs in a thread: past the deadline the checkpoint fails, the
+    worker replaces the producer and the stuck call keeps the old one alive until it returns."""
+    outcome: list[BaseException | None] = []
+
+    def call() -> None:
+        try:
+            producer.send_offsets_to_transaction(offsets, group_metadata, SEND_OFFSETS_TIMEOUT_S)
+        except BaseException as exc:  # handed to the caller's thread
+            outcome.append(exc)
+        else:
+            outcome.append(None)
+
+    thread = threading.Thread(target=call, name="send-offsets", daemon=True)
+    thread.start()
+    deadline = SEND_OFFSETS_TIMEOUT_S + SEND_OFFSETS_GRACE_S
+    thread.join(deadline)
+    if not outcome:
+        raise CheckpointFailed(
+            f"send_offsets_to_transaction did not return within {deadline:g}s "
+            "(the group coordinator is unreachable or the client lost track of it)", fatal=False)
+    if outcome[0] is not None:
+        raise outcome[0]
 
 
 class Checkpointer:
@@ -184,7 +220,7 @@ class Checkpointer:
     def _commit_transaction(self, offsets: list[TopicPartition]) -> None:
         producer = self.producer
         if offsets:
-            producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), 30)
+            send_offsets(producer, offsets, self.consumer.consumer_group_metadata())
         faults.point("checkpoint.before_commit")
         for attempt in range(5):
             try:

@@ -7,6 +7,7 @@ that may have been dropped by the group (its loop stood still) writes no changel
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from processor.observability.metrics import Metrics
+from processor.runtime.durability import checkpoint as checkpoint_module
 from processor.runtime.durability.checkpoint import Checkpointer, CheckpointFailed
 from processor.runtime.tasks.task import TaskState
 from processor.state import POSITION_KEY
@@ -112,6 +114,40 @@ def test_exactly_once_retries_a_retriable_commit_error():
     assert [e for e in events if e[0].startswith("commit")] == [
         ("commit_transaction failed",), ("commit_transaction",)]
     assert task.stored == [{"counts": 2}]
+
+
+def test_exactly_once_gives_up_on_send_offsets_stuck_past_its_timeout(monkeypatch):
+    """librdkafka 2.16 can block in send_offsets_to_transaction past its own timeout (the
+    group coordinator gone after a broker restart): the checkpoint fails (not fatal), commits
+    nothing and writes no store; the worker then replaces the producer."""
+    monkeypatch.setattr(checkpoint_module, "SEND_OFFSETS_TIMEOUT_S", 0.05)
+    monkeypatch.setattr(checkpoint_module, "SEND_OFFSETS_GRACE_S", 0.05)
+    cp, producer, events, _ = _setup(exactly_once=True)
+    release = threading.Event()
+    monkeypatch.setattr(producer, "send_offsets_to_transaction",
+                        lambda offsets, metadata, timeout: release.wait(30))
+    task = _Task(producer)
+    try:
+        with pytest.raises(CheckpointFailed, match=r"did not return within 0\.1s") as failed:
+            cp.checkpoint([task])  # type: ignore[list-item]
+    finally:
+        release.set()
+    assert failed.value.fatal is False
+    assert not [e for e in events if e[0].startswith("commit")]
+    assert task.stored == []
+    assert _count(cp, "processor_checkpoints_total", "failed") == 1
+
+
+def test_exactly_once_send_offsets_error_reaches_the_checkpoint(monkeypatch):
+    cp, producer, _, _ = _setup(exactly_once=True)
+
+    def refuse(offsets: Any, metadata: Any, timeout: float) -> None:
+        raise KafkaException(KafkaError(KafkaError._FENCED, fatal=True))
+
+    monkeypatch.setattr(producer, "send_offsets_to_transaction", refuse)
+    with pytest.raises(CheckpointFailed) as failed:
+        cp.checkpoint([_Task(producer)])  # type: ignore[list-item]
+    assert failed.value.fatal is True
 
 
 def test_exactly_once_failed_commit_writes_no_store_and_says_if_fatal():
