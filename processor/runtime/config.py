@@ -87,9 +87,7 @@ class WorkerConfig(BaseSettings):
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     create_topics: bool = True
     create_source_topics: bool = Field(
-        default=False,
-        description="create a missing source topic whose source declares `partitions:`, with "
-                    "that count (others are waited for, then the worker exits)")
+        default=False, description="create a missing source topic that declares `partitions:`")
     replication_factor: int = Field(default=-1, description="-1 = broker default")
     metrics_port: int | None = Field(default=None, ge=0, le=65535,
                                      description="the HTTP port: /metrics /healthz /readyz /state")

@@ -1,6 +1,7 @@
 """A missing source topic on a real broker: with `create_source_topics` on, the worker creates
 one whose source declares `partitions:` with that count and processes what is produced to it; an
-undeclared one is still waited for, and the worker exits 2 naming both ways to make it."""
+undeclared one is still waited for, and the worker exits 2 naming both ways to make it; an
+existing one with another count than declared is used as it is, with a warning."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import orjson
 from confluent_kafka.admin import AdminClient
 
-from processor.tools.generator import produce_json
+from processor.tools.generator import create_topic, produce_json
 from tests.integration.kafka import ROOT, WorkerProcess, read_all, topology_file
 
 
@@ -82,3 +83,23 @@ def test_an_undeclared_source_topic_is_still_waited_for_with_the_setting_on(
                     f"partition count: the tasks' parallelism), {other}. The command: {command}")
     assert "created source topic" not in run.stderr
     assert _partitions(broker.bootstrap, missing) is None
+
+
+def test_an_existing_source_topic_keeps_its_count_when_another_is_declared(
+        broker, tmp_path: Path, unique: str) -> None:
+    source, sink, name = f"old-orders-{unique}", f"old-clean-{unique}", f"keep-src-{unique}"
+    create_topic(broker.bootstrap, source, 2)
+    path = _clean_orders(tmp_path, name, source, sink, partitions=3)
+    produce_json(broker.bootstrap, source, [(f"o{i}", {"user": "u", "amount": i, "country": "fr"})
+                                            for i in range(10)])
+    worker = WorkerProcess(path, broker.bootstrap, tmp_path / "state", tmp_path, idle="3s",
+                           env={"PROCESSOR_CREATE_SOURCE_TOPICS": "true"})
+    assert worker.wait(timeout=120) == 0, worker.log_text()[-3000:]
+    (warning,) = worker.find(f"source topic {source} has 2 partitions, the topology declares 3: "
+                             "the worker uses the broker's count (correct `partitions:` on the "
+                             "source)")
+    assert (warning["level"], warning["partitions"], warning["declared"]) == ("warning", 2, 3)
+    assert not worker.find("created source topic")
+    assert _partitions(broker.bootstrap, source) == 2
+    assert sorted(orjson.loads(v)["amount"] for _, v, _ in read_all(broker.bootstrap, sink)) == \
+        list(range(10))
