@@ -66,7 +66,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                          processing_guarantee=args.guarantee, state_dir=args.state_dir,
                          worker_id=args.worker_id, commit_interval_ms=args.commit_interval,
                          metrics_port=args.metrics_port, log_format=args.log_format,
-                         group_protocol=args.group_protocol)
+                         group_protocol=args.group_protocol,
+                         create_source_topics=args.create_source_topics)
     setup_logging(config.log_level, config.log_format)
     if config.metrics_port:
         _port_free(config.metrics_port)  # fail before joining the group, not after
@@ -237,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--log-format", choices=["auto", "json", "text"],
                    help="auto: text when stderr is a terminal, JSON otherwise (default: the "
                         "config's log_format or PROCESSOR_LOG_FORMAT, else auto)")
+    r.add_argument("--create-source-topics", action="store_true", default=None,
+                   help="create a missing source topic whose source declares `partitions:`, "
+                        "with that count (default: the config's create_source_topics, off)")
     r.add_argument("--stop-when-idle", metavar="DURATION",
                    help="bounded run: stop after no input for this long (e.g. 5s), then report "
                         "what stayed open (default: run until stopped)")

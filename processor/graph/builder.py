@@ -39,13 +39,21 @@ class _Walk:
                 self.steps((*ppath, "steps"), pipeline.steps, streams, own)  # type: ignore[arg-type]
         tables = [scope.table_def(name) for name, src in spec.sources.items()
                   if src.kind in ("global_table", "broadcast")]
+        partitions: dict[str, int] = {}
+        for name, src in spec.sources.items():
+            if src.partitions is not None and \
+                    partitions.setdefault(src.topic, src.partitions) != src.partitions:
+                scope.error(("sources", name, "partitions"),
+                            f"topic {src.topic!r} is declared with {partitions[src.topic]} "
+                            "partitions by another source")
         if scope.errors:
             raise SpecErrors(scope.errors)
         return Topology(spec.name, sorted(scope.subs.values(), key=lambda s: s.id),
                         spec.dlq_topic, spec.dlq.partitions,
                         global_tables=[t for t in tables if t.kind == "global_table"],
                         broadcasts=[t for t in tables if t.kind == "broadcast"],
-                        copartitioned=scope.copartitioned, broadcast=scope.broadcast)
+                        copartitioned=scope.copartitioned, broadcast=scope.broadcast,
+                        source_partitions=partitions)
 
     def steps(self, base: PathT, steps: list[Any], streams: list[Stream], own: str | None) -> None:
         """Place `steps` on every stream (several until a merge meets a step that needs one

@@ -155,6 +155,8 @@ class Topology:
     broadcasts: list[TableDef] = field(default_factory=list)
     # (stream topic, table topic, what joins them): must have equal partition counts
     copartitioned: list[tuple[str, str, str]] = field(default_factory=list)
+    # source topics' `partitions:` as declared, by topic: the count a missing one is created with
+    source_partitions: dict[str, int] = field(default_factory=dict)
     # what this topology's expressions and process functions read as `broadcast`: the worker
     # running it installs its broadcast state here (one per topology, never shared)
     broadcast: BroadcastStates = field(default_factory=BroadcastStates)

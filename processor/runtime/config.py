@@ -86,6 +86,8 @@ class WorkerConfig(BaseSettings):
     max_poll_interval_ms: int = Field(default=300_000, ge=1000)
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     create_topics: bool = True
+    create_source_topics: bool = Field(
+        default=False, description="create a missing source topic that declares `partitions:`")
     replication_factor: int = Field(default=-1, description="-1 = broker default")
     metrics_port: int | None = Field(default=None, ge=0, le=65535,
                                      description="the HTTP port: /metrics /healthz /readyz /state")

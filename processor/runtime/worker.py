@@ -95,6 +95,7 @@ class Worker:
         admin = AdminClient(admin_config(cfg))
         self.collector.partitions.update(ensure_topics(
             admin, self.topology, create=cfg.create_topics,
+            create_sources=cfg.create_source_topics,
             replication_factor=cfg.replication_factor,
             directory=directory_topic(self.topology.name) if cfg.metrics_port is not None else None,
             changelog_configs=cfg.changelog_topic_configs, bootstrap_servers=cfg.bootstrap_servers))

@@ -78,7 +78,8 @@ class SourceSpec(Strict):
     partitions: int | None = Field(
         default=None, ge=1,
         description="the topic's partition count, if known: validate checks co-partitioning with "
-                    "it; the worker checks it against the broker at start")
+                    "it; a worker with create_source_topics creates the topic with it when "
+                    "missing; an existing topic keeps its own (the worker warns if it differs)")
     key: SerdeSpec = SerdeSpec(format="string")
     value: SerdeSpec = SerdeSpec(format="json")
     timestamp: TimestampSpec | None = None

@@ -1,10 +1,16 @@
-"""Create the topics a topology needs (changelogs, repartition topics, sinks, ...); read one to its end."""
+"""Create the topics a topology needs (changelogs, repartition topics, sinks, ...); read one to its end.
+
+A source topic's partition count is the application's parallelism, a user's choice: the worker
+creates a missing one only when the topology declares it (`partitions:`) and the setting
+`create_source_topics` allows; otherwise it waits for it, naming both ways to make it.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
@@ -26,9 +32,60 @@ class TopicError(ProcessorError):
     """A topic the topology needs is missing or has the wrong shape."""
 
 
-def create_command(topic: str, bootstrap_servers: str) -> str:
-    """The command line that creates a missing topic (`processor topics`, processor/tools)."""
-    return f"processor topics create {topic} --partitions 1 --bootstrap-servers {bootstrap_servers}"
+CREATE_SOURCES = ("create_source_topics: true (PROCESSOR_CREATE_SOURCE_TOPICS=true, "
+                  "--create-source-topics)")
+
+
+def create_command(topic: str, bootstrap_servers: str, partitions: int | None = None) -> str:
+    """The command line that creates a missing topic (`processor topics`, processor/tools), with
+    the partition count the topology declares for it, else 1."""
+    return (f"processor topics create {topic} --partitions {partitions or 1} "
+            f"--bootstrap-servers {bootstrap_servers}")
+
+
+@dataclass(frozen=True)
+class SourcePlan:
+    """The missing source topics, as the broker's partition counts show them."""
+
+    create: dict[str, int]  # declared and allowed: the worker creates them with that count
+    waiting: list[str]      # the others: waited for, then the worker exits
+
+
+def plan_sources(topics: list[str], declared: dict[str, int], counts: dict[str, int], *,
+                 create: bool) -> SourcePlan:
+    """Which of `topics` (a topology's input topics) the worker creates, with how many
+    partitions, and which it waits for; existing topics are left as they are."""
+    missing = [t for t in topics if t not in counts]
+    made = {t: declared[t] for t in missing if create and t in declared}
+    return SourcePlan(made, [t for t in missing if t not in made])
+
+
+def partition_mismatches(topics: list[str], declared: dict[str, int],
+                         counts: dict[str, int]) -> list[tuple[str, int, int]]:
+    """(topic, partitions on the broker, declared) of the existing topics that differ."""
+    return [(t, counts[t], declared[t]) for t in topics
+            if t in counts and t in declared and counts[t] != declared[t]]
+
+
+def missing_sources(missing: list[str], declared: dict[str, int], *, create: bool,
+                    bootstrap_servers: str) -> tuple[str, str]:
+    """(the warning while waiting, the error once the wait is over) for source topics the
+    worker does not create: both say the command that creates them and the other way out."""
+    names = ", ".join(missing)
+    how = "; ".join(create_command(t, bootstrap_servers, declared.get(t)) for t in missing)
+    undeclared = [t for t in missing if t not in declared]
+    if undeclared and create:
+        other = (f"or declare `partitions:` on the source of {', '.join(undeclared)} for the "
+                 "worker to create them (create_source_topics is on)")
+    elif undeclared:
+        other = (f"or declare `partitions:` on the source of {', '.join(undeclared)} and set "
+                 f"{CREATE_SOURCES} for the worker to create them")
+    else:
+        other = f"or set {CREATE_SOURCES} for the worker to create them as declared"
+    choose = " (choose the partition count: the tasks' parallelism)" if undeclared else ""
+    return (f"waiting for source topic(s) {names}: create them with {how}, {other}",
+            f"source topic(s) {names} do not exist: create them{choose}, {other}. "
+            f"The command: {how}")
 
 
 def partition_counts(admin: AdminClient, timeout: float = 10.0) -> dict[str, int]:
@@ -41,45 +98,47 @@ def partition_counts(admin: AdminClient, timeout: float = 10.0) -> dict[str, int
 
 
 def ensure_topics(admin: AdminClient, topology: Topology, *, create: bool,
-                  replication_factor: int = -1, wait_for_sources_s: float = 30.0,
-                  directory: str | None = None,
+                  create_sources: bool = False, replication_factor: int = -1,
+                  wait_for_sources_s: float = 30.0, directory: str | None = None,
                   changelog_configs: dict[str, str] | None = None,
                   bootstrap_servers: str = "<host:port>") -> dict[str, int]:
-    """Make sure every internal and sink topic exists; returns partition counts by topic.
+    """Make sure every source, internal and sink topic exists; returns partition counts by topic.
 
     Internal topics get as many partitions as the topic feeding them, so partition N of the
     input, its repartition topic and its changelog all belong to the same task number.
     `changelog_configs` (the worker's `changelog_topic_configs`) override the changelog
-    defaults of topics created here; existing topics keep theirs. Source topics are never
-    created (their partition count is the application's parallelism, a user's choice): a
-    missing one is waited for `wait_for_sources_s`, saying the command that creates it.
+    defaults of topics created here; existing topics keep theirs. A missing source topic is
+    created with its declared `partitions:` when `create_sources`; the others are waited for
+    `wait_for_sources_s` (see `missing_sources`). An existing source topic is never altered: a
+    count other than the declared one is logged, and the broker's count is the one used.
     """
+    declared = topology.source_partitions
     deadline = time.monotonic() + wait_for_sources_s
     told = 0.0
     while True:
         counts = partition_counts(admin)
-        missing = [t for t in topology.input_topics if t not in counts]
-        if not missing:
+        plan = plan_sources(topology.input_topics, declared, counts, create=create_sources)
+        if not plan.waiting:
             break
-        how = "; ".join(create_command(t, bootstrap_servers) for t in missing)
+        waiting, error = missing_sources(plan.waiting, declared, create=create_sources,
+                                         bootstrap_servers=bootstrap_servers)
         if time.monotonic() > deadline:
-            raise TopicError(f"source topic(s) {', '.join(missing)} do not exist; create them "
-                             f"(choose the partition count: the tasks' parallelism): {how}")
+            raise TopicError(error)
         if time.monotonic() - told >= 10.0:  # said once, then every 10 s while waiting
             told = time.monotonic()
-            log.warning(f"waiting for source topic(s) {', '.join(missing)}: create them with "
-                        f"{how}", extra={"topics": missing})
+            log.warning(waiting, extra={"topics": plan.waiting})
         time.sleep(1.0)
+    sizes = counts | plan.create  # what the internal topics' counts follow
 
     wanted: dict[str, tuple[int, dict[str, str]]] = {}
     for sub in topology.subtopologies:
         # sub-topologies are numbered in creation order, so a repartition topic's feeder
         # is always seen before the sub-topology reading it
-        n = counts.get(sub.source.topic) or wanted.get(sub.source.topic, (0, {}))[0]
+        n = sizes.get(sub.source.topic) or wanted.get(sub.source.topic, (0, {}))[0]
         for sink in sub.sinks:
             if sink.internal and sink.partitions_like is not None:
                 # feeds a per-task table join: partition p must meet table partition p
-                wanted[sink.topic] = (counts[sink.partitions_like], dict(REPARTITION_CONFIGS))
+                wanted[sink.topic] = (sizes[sink.partitions_like], dict(REPARTITION_CONFIGS))
             elif sink.internal:  # several feeders (a merge, a join): the widest one's count
                 wider = max(n, wanted.get(sink.topic, (0, {}))[0])
                 wanted[sink.topic] = (wider, dict(REPARTITION_CONFIGS))
@@ -96,8 +155,10 @@ def ensure_topics(admin: AdminClient, topology: Topology, *, create: bool,
     if directory is not None:  # the worker directory of the state API (runtime/serving/directory.py)
         wanted[directory] = (1, {"cleanup.policy": "compact"})
 
-    to_create = []
+    to_create = [NewTopic(t, n, replication_factor) for t, n in plan.create.items()]
     for topic, (n, configs) in wanted.items():
+        if topic in plan.create:  # a sink writing to a source topic created above
+            continue
         have = counts.get(topic)
         if have is not None:
             if have != n and topic.endswith(("-changelog", "-repartition")):
@@ -111,11 +172,19 @@ def ensure_topics(admin: AdminClient, topology: Topology, *, create: bool,
         for topic, fut in admin.create_topics(to_create, operation_timeout=30).items():
             try:
                 fut.result()
-                log.info("created topic", extra={"topic": topic})
+                if topic in plan.create:
+                    log.info("created source topic", extra={"topic": topic,
+                                                            "partitions": plan.create[topic]})
+                else:
+                    log.info("created topic", extra={"topic": topic})
             except KafkaException as exc:
                 if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                     raise TopicError(f"cannot create topic {topic!r}: {exc.args[0].str()}") from None
         counts = _await_topics(admin, [t.topic for t in to_create])
+    for topic, have, n in partition_mismatches(topology.input_topics, declared, counts):
+        log.warning(f"source topic {topic} has {have} partitions, the topology declares {n}: "
+                    "the worker uses the broker's count (correct `partitions:` on the source)",
+                    extra={"topic": topic, "partitions": have, "declared": n})
     check_copartitioning(topology, counts)
     return counts
 
