@@ -277,7 +277,11 @@ class Campaign:
         final = Slot(f"drain-{self.unique}")
         self._spawn(final, idle=self.cfg.drain_idle)
         rc = self._stop(final, "drain: final worker", self.cfg.drain_timeout_s)
-        return {"final_worker_exit": rc, "final_worker_s": round(time.monotonic() - t0, 1)}
+        # its last word (what stayed open, which partitions held the watermark) explains a loss
+        last = self._evidence(final, "drain")["tail"][-12:]
+        return {"final_worker_exit": rc, "final_worker_s": round(time.monotonic() - t0, 1),
+                "final_worker_log": final.proc.log_path.name if final.proc else None,
+                "final_worker_tail": last}
 
     # -- the run -------------------------------------------------------------------------------
 
