@@ -36,6 +36,7 @@ from processor.runtime.durability.checkpoint import CheckpointFailed
 from processor.runtime.durability.restore import Restorer
 from processor.runtime.durability.tables import TableFollower
 from processor.runtime.tasks.task import Task, TaskState
+from processor.timeutil.watermark import NO_WATERMARK
 
 log = logging.getLogger("processor.worker")  # the worker's log lines, as before the split
 
@@ -236,9 +237,12 @@ class TaskManager:
             self._failed_start = CheckpointFailed(
                 f"cannot start task {task.id}: {exc.args[0].str()}", fatal=False)
             return
-        log.info("task running", extra={"task": task.id, "topic": task.topic,
-                                        "partition": task.partition,
-                                        "offset": target if target >= 0 else None})
+        silent = task.silent_upstream()
+        log.info("task running", extra={
+            "task": task.id, "topic": task.topic, "partition": task.partition,
+            "offset": target if target >= 0 else None,
+            "watermark": task.watermark if task.watermark != NO_WATERMARK else None,
+            **({"upstream_never_heard_from": silent} if silent else {})})
 
     def _start_input(self, task: Task) -> int:
         """Seek the task's input to the first offset its state does not hold and resume it."""

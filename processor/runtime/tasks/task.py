@@ -256,6 +256,16 @@ class Task:
 
     # -- checkpoint --------------------------------------------------------------------------
 
+    @property
+    def watermark(self) -> int:
+        """The task's current watermark (NO_WATERMARK before any event time)."""
+        return self.clock.current
+
+    def silent_upstream(self) -> list[str]:
+        """The upstream partitions (topic[partition]) a repartition input never heard from:
+        they hold its watermark at its start (e.g. right after a restore)."""
+        return [h.partition for h in self._time.holding_back() if h.watermark is None]
+
     def open_work(self) -> tuple[dict[str, dict[str, int]], list[Holdback]]:
         """Windows and timers its committed stores hold open, and the input partitions holding
         its watermark back (runtime/tasks/open_work.py)."""

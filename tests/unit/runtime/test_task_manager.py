@@ -16,6 +16,7 @@ from processor.runtime.durability.checkpoint import CheckpointFailed
 from processor.runtime.task_manager import TaskManager
 from processor.runtime.tasks.task import Task, TaskState
 from processor.spec import load_spec_text
+from processor.timeutil.watermark import NO_WATERMARK
 from tests.unit.runtime.kafka_fakes import LogConsumer
 
 SPEC = """
@@ -177,6 +178,11 @@ class _RestoringTask:
 
     def start_position(self) -> int | None:
         return None
+
+    watermark = NO_WATERMARK
+
+    def silent_upstream(self) -> list[str]:
+        return []
 
 
 def test_a_task_starts_only_once_its_stores_and_its_tables_are_caught_up(tmp_path):
