@@ -54,11 +54,16 @@ class CheckpointFailed(Exception):
         super().__init__(message)
 
 
-SEND_OFFSETS_TIMEOUT_S = 15.0
+COMMIT_BUDGET_S = 25.0
+"""How long an exactly-once checkpoint may wait for Kafka (offsets into the transaction, then
+the commit, retried while retriable) before it gives up: the worker then reopens its tasks from
+the last commit, and its loop keeps turning, well inside a liveness probe's patience (the
+worker's own `liveness_timeout_ms` defaults to 60 s). Giving up is safe: replacing the producer
+completes or aborts the transaction on the broker before the tasks restore."""
+SEND_OFFSETS_TIMEOUT_S = 10.0
 """librdkafka's own timeout for send_offsets_to_transaction."""
 SEND_OFFSETS_GRACE_S = 5.0
-"""How much longer the call gets before the checkpoint gives up on it (send_offsets below):
-20 s in all, well inside a liveness probe's patience."""
+"""How much longer the call gets before the checkpoint stops waiting for it (send_offsets)."""
 
 
 def send_offsets(producer: Producer, offsets: list[TopicPartition], group_metadata: Any) -> None:
@@ -192,6 +197,8 @@ class Checkpointer:
                 faults.point("checkpoint.before_commit")
                 if offsets:
                     self.consumer.commit(offsets=offsets, asynchronous=False)
+        except CheckpointFailed:
+            raise
         except Exception as exc:
             err = kafka_error(exc)
             if err is None:
@@ -219,20 +226,26 @@ class Checkpointer:
 
     def _commit_transaction(self, offsets: list[TopicPartition]) -> None:
         producer = self.producer
+        deadline = time.monotonic() + COMMIT_BUDGET_S
         if offsets:
             send_offsets(producer, offsets, self.consumer.consumer_group_metadata())
         faults.point("checkpoint.before_commit")
-        for attempt in range(5):
+        while True:
+            left = deadline - time.monotonic()
             try:
-                producer.commit_transaction(60)
+                producer.commit_transaction(max(1.0, left))
                 break
             except Exception as exc:
                 err = kafka_error(exc)
                 if err is None:
                     raise
-                if err.retriable() and attempt < 4:
+                if err.retriable() and deadline - time.monotonic() > 1.0:
                     log.warning("transaction commit retry", extra={"error": err.str()})
                     continue
+                if err.retriable():
+                    raise CheckpointFailed(
+                        f"transaction not committed within {COMMIT_BUDGET_S:g}s: {err.str()}",
+                        fatal=False) from None
                 raise  # the worker replaces the producer, which aborts this transaction
         self.delivery_errors.clear()
         producer.begin_transaction()

@@ -116,12 +116,27 @@ def test_exactly_once_retries_a_retriable_commit_error():
     assert task.stored == [{"counts": 2}]
 
 
+def test_exactly_once_gives_up_retrying_the_commit_within_its_budget(monkeypatch):
+    """Retriable commit errors (the broker restarting) are retried only within the checkpoint's
+    budget, then the checkpoint fails (not fatal) so the loop turns again and reopens its tasks,
+    instead of standing still past a liveness probe."""
+    monkeypatch.setattr(checkpoint_module, "COMMIT_BUDGET_S", 0.5)
+    retriable = KafkaError(KafkaError.REQUEST_TIMED_OUT, retriable=True)
+    cp, producer, events, _ = _setup(exactly_once=True, commit_errors=[retriable] * 3)
+    task = _Task(producer)
+    with pytest.raises(CheckpointFailed, match=r"not committed within 0\.5s") as failed:
+        cp.checkpoint([task])  # type: ignore[list-item]
+    assert failed.value.fatal is False
+    assert [e for e in events if e[0].startswith("commit")] == [("commit_transaction failed",)]
+    assert task.stored == []
+
+
 def test_exactly_once_gives_up_on_send_offsets_stuck_past_its_timeout(monkeypatch):
     """librdkafka 2.16 can block in send_offsets_to_transaction past its own timeout (the
     group coordinator gone after a broker restart): the checkpoint fails (not fatal), commits
     nothing and writes no store; the worker then replaces the producer."""
     monkeypatch.setattr(checkpoint_module, "SEND_OFFSETS_TIMEOUT_S", 0.05)
-    monkeypatch.setattr(checkpoint_module, "SEND_OFFSETS_GRACE_S", 0.05)
+    monkeypatch.setattr(checkpoint_module, "SEND_OFFSETS_GRACE_S", 0.05)  # 0.1 s in all
     cp, producer, events, _ = _setup(exactly_once=True)
     release = threading.Event()
     monkeypatch.setattr(producer, "send_offsets_to_transaction",
