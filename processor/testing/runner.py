@@ -25,9 +25,10 @@ from processor.testing.cases import (
     LoadedTests,
     default_tests,
     load_tests,
-    write_expectations,
+    without,
 )
 from processor.testing.driver import DriverError, TopologyTestDriver
+from processor.testing.golden import write_expectations
 
 Outputs = dict[str, list[dict[str, Any]]]
 
@@ -94,26 +95,9 @@ def _matches(expected: dict[str, Any], actual: dict[str, Any]) -> bool:
     return True
 
 
-def _without(record: dict[str, Any], paths: list[str]) -> dict[str, Any]:
-    """A copy of `record` without the fields at the dotted `paths`."""
-    if not paths:
-        return record
-    import copy
-
-    out = copy.deepcopy(record)
-    for path in paths:
-        *parents, last = path.split(".")
-        node: Any = out
-        for part in parents:
-            node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict):
-            node.pop(last, None)
-    return out
-
-
 def compare(expected: Expected, actual: list[dict[str, Any]]) -> bool:
-    want = [_without(r, expected.ignore) for r in expected.records]
-    actual = [_without(r, expected.ignore) for r in actual]
+    want = [without(r, expected.ignore) for r in expected.records]
+    actual = [without(r, expected.ignore) for r in actual]
     if expected.ordered:
         if expected.match == "exact":
             return len(want) == len(actual) and all(map(_matches, want, actual))
@@ -139,9 +123,9 @@ def _shown(records: list[dict[str, Any]], like: list[dict[str, Any]]) -> list[st
 def diff(topic: str, expected: Expected, actual: list[dict[str, Any]]) -> str:
     import difflib
 
-    records = [_without(r, expected.ignore) for r in expected.records]
+    records = [without(r, expected.ignore) for r in expected.records]
     want = _shown(records, records)
-    have = _shown([_without(r, expected.ignore) for r in actual], records)
+    have = _shown([without(r, expected.ignore) for r in actual], records)
     if not expected.ordered:
         want, have = sorted(want), sorted(have)
     lines = difflib.unified_diff(want, have, "expected", "actual", lineterm="", n=2)
@@ -183,7 +167,8 @@ def run_file(topology_path: Path, tests_path: Path, *, update: bool = False) -> 
         else:
             print(f"ok   {tests_path}: {case.name} ({ms:.0f} ms)")
     if update:
-        write_expectations(loaded, actuals)
+        write_expectations(loaded, actuals,
+                           {n: s.topic for n, s in loaded_topology.spec.sinks.items()})
     return 1 if failed else 0
 
 
