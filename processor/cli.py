@@ -99,7 +99,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     from processor.testing.runner import cmd_test as run_tests
 
     logging.getLogger("processor").addHandler(logging.NullHandler())  # results say it all
-    return run_tests(args.topology, args.tests, args.update)
+    return run_tests(args.topology, args.tests, args.update, args.cases)
 
 
 def _port_in_use(port: int) -> ProcessorError:
@@ -249,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--update", action="store_true",
                    help="write the actual outputs as each case's expectation (golden files; "
                         "default: %(default)s)")
+    t.add_argument("--case", action="append", dest="cases", metavar="NAME",
+                   help="run only the cases of this name, or matching this glob, e.g. "
+                        "'totals*' (repeatable; default: all cases)")
     t.set_defaults(fn=cmd_test)
 
     q = sub.add_parser("dlq", help="inspect or replay the topology's dead-letter topic")

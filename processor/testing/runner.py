@@ -10,7 +10,9 @@ record's; `match: exact` wants every actual record matched, `subset` only the ex
 
 from __future__ import annotations
 
+import fnmatch
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -135,12 +137,16 @@ def diff(topic: str, expected: Expected, actual: list[dict[str, Any]]) -> str:
     return f"  {topic} ({how}):\n" + "\n".join(f"    {line}" for line in lines)
 
 
-def run_file(topology_path: Path, tests_path: Path, *, update: bool = False) -> int:
+def run_file(topology_path: Path, tests_path: Path, *, update: bool = False,
+             only: Collection[int] | None = None) -> int:
+    """Run the file's cases (those at the indices `only`, when given)."""
     loaded_topology = load_spec(topology_path)
     loaded = load_tests(tests_path)
     _check_names(loaded, loaded_topology)
     failed, actuals = 0, {}
     for i, case in enumerate(loaded.tests.tests):
+        if only is not None and i not in only:
+            continue
         start = time.perf_counter()
         try:
             actual = run_case(loaded_topology, loaded, i)
@@ -196,11 +202,32 @@ def _unexpected_letters(case: Case, actual: Outputs, dlq: str) -> list[str]:
     return out
 
 
-def cmd_test(topology: str, tests: list[str], update: bool) -> int:
-    """The CLI's `processor test`: 0 all passed, 1 a case failed, 2 a file is invalid."""
+def select_cases(files: list[Path], patterns: list[str]) -> dict[Path, set[int]]:
+    """The indices of the cases per file whose name is one of `patterns` or matches one as a
+    glob (`totals*`); a pattern matching no case is an error naming the cases there are."""
+    names = {f: [case.name for case in load_tests(f).tests.tests] for f in files}
+    selected: dict[Path, set[int]] = {f: set() for f in files}
+    for pattern in patterns:
+        hits = [(f, i) for f, cases in names.items() for i, name in enumerate(cases)
+                if name == pattern or fnmatch.fnmatchcase(name, pattern)]
+        if not hits:
+            available = ", ".join(repr(n) for cases in names.values() for n in cases)
+            raise ProcessorError(f"--case {pattern!r}: no such case in "
+                                 f"{', '.join(map(str, files))} (cases: {available or 'none'})")
+        for f, i in hits:
+            selected[f].add(i)
+    return selected
+
+
+def cmd_test(topology: str, tests: list[str], update: bool, cases: list[str] | None = None) -> int:
+    """The CLI's `processor test`: 0 all passed, 1 a case failed, 2 a file is invalid or
+    `cases` names no case."""
     path = Path(topology)
     files = [Path(t) for t in tests] or [default_tests(path)]
+    selected = select_cases(files, cases) if cases else None
     code = 0
     for f in files:
-        code = max(code, run_file(path, f, update=update))
+        if selected is None or selected[f]:
+            code = max(code, run_file(path, f, update=update,
+                                      only=None if selected is None else selected[f]))
     return code
