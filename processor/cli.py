@@ -1,6 +1,6 @@
 """`processor` command line: validate | describe | run | test | produce | consume | topics |
-dlq inspect | dlq replay | dev-broker | demo. Every failure is one `error:` line and an exit
-code, never a traceback."""
+dlq inspect | dlq replay | dev-broker | demo | completion. Every failure is one `error:` line
+and an exit code, never a traceback."""
 
 from __future__ import annotations
 
@@ -176,6 +176,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(seconds=args.seconds, rate=args.rate, example=args.example)
 
 
+def cmd_completion(args: argparse.Namespace) -> int:
+    from processor.tools.completion import bash_script
+
+    print(bash_script(build_parser()), end="")
+    return 0
+
+
 TOPOLOGY_HELP = "the topology YAML file"
 BOOTSTRAP_HELP = ("Kafka bootstrap servers, host:port[,...] (default: $KAFKA_BOOTSTRAP_SERVERS, "
                   "else the config's bootstrap_servers, 127.0.0.1:9092)")
@@ -300,6 +307,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "200 fraud)")
     m.set_defaults(fn=cmd_demo)
     add_data_tools(sub)
+
+    c = sub.add_parser("completion", help='print the shell completion script; enable it with '
+                                          'eval "$(processor completion bash)"')
+    c.add_argument("shell", choices=["bash"], help="the shell (bash)")
+    c.set_defaults(fn=cmd_completion)
     return p
 
 
