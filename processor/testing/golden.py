@@ -97,7 +97,7 @@ def _case(text: str, node: MappingNode, case: Case, outputs: Outputs,
     added = {t: [golden(r, []) for r in recs] for t, recs in outputs.items()
              if recs and t not in covered}
     if added:
-        if value.flow_style:  # `expect: {}` and the like: written out in block style
+        if value.flow_style and not node.flow_style:  # `expect: {}`: written in block style
             edits = [_set_mapping(text, key, value, {**expect, **added})]
         else:
             edits.append(_append(text, value, added))

@@ -135,3 +135,19 @@ def test_an_expectation_it_cannot_rewrite_in_place_leaves_the_file_alone(tmp_pat
     err = capsys.readouterr().err
     assert err.startswith(f"error: {path}: --update could not rewrite the expectations in place")
     assert err.count("\n") == 1 and path.read_text() == text
+
+
+def test_a_case_written_in_flow_style_stays_in_flow_style(tmp_path):
+    path = tmp_path / "flow.test.yaml"
+    path.write_text(f"tests:\n  - {{name: a, steps: [{{input: {{orders: [{O1}]}}}}]}}\n"
+                    f"  - {{name: b, steps: [{{input: {{orders: [{O2}]}}}}], "
+                    "expect: {totals: {ordered: false, records: []}}}\n")
+    _update(path)
+    lines = path.read_text().splitlines()
+    assert len(lines) == 3 and lines[1].endswith(
+        "expect: {revenue-per-user: [{key: u1, value: {user: u1, orders: 1, revenue: 10, "
+        "avg_order: 10.0, largest: 10, country: fr}, timestamp: 1000}]}}")
+    assert lines[2].endswith("expect: {totals: {ordered: false, records: [{key: u2, value: "
+                             "{user: u2, orders: 1, revenue: 3, avg_order: 3.0, largest: 3, "
+                             "country: it}, timestamp: 3000}]}}}")
+    assert main(["test", TOPOLOGY, str(path)]) == 0
