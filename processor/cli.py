@@ -1,6 +1,6 @@
 """`processor` command line: validate | describe | run | test | produce | consume | topics |
-dlq inspect | dlq replay | dev-broker | demo. Every failure is one `error:` line and an exit
-code, never a traceback."""
+dlq inspect | dlq replay | dev-broker | demo | completion. Every failure is one `error:` line
+and an exit code, never a traceback."""
 
 from __future__ import annotations
 
@@ -100,7 +100,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     from processor.testing.runner import cmd_test as run_tests
 
     logging.getLogger("processor").addHandler(logging.NullHandler())  # results say it all
-    return run_tests(args.topology, args.tests, args.update)
+    return run_tests(args.topology, args.tests, args.update, args.cases)
 
 
 def _port_in_use(port: int) -> ProcessorError:
@@ -175,6 +175,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from processor.tools.demo import run_demo
 
     return run_demo(seconds=args.seconds, rate=args.rate, example=args.example)
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    from processor.tools.completion import bash_script
+
+    print(bash_script(build_parser()), end="")
+    return 0
 
 
 TOPOLOGY_HELP = "the topology YAML file"
@@ -253,6 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--update", action="store_true",
                    help="write the actual outputs as each case's expectation (golden files; "
                         "default: %(default)s)")
+    t.add_argument("--case", action="append", dest="cases", metavar="NAME",
+                   help="run only the cases of this name, or matching this glob, e.g. "
+                        "'totals*' (repeatable; default: all cases)")
     t.set_defaults(fn=cmd_test)
 
     q = sub.add_parser("dlq", help="inspect or replay the topology's dead-letter topic")
@@ -301,6 +311,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "200 fraud)")
     m.set_defaults(fn=cmd_demo)
     add_data_tools(sub)
+
+    c = sub.add_parser("completion", help='print the shell completion script; enable it with '
+                                          'eval "$(processor completion bash)"')
+    c.add_argument("shell", choices=["bash"], help="the shell (bash)")
+    c.set_defaults(fn=cmd_completion)
     return p
 
 

@@ -7,6 +7,7 @@ are turned back into lines.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Literal
 
@@ -164,25 +165,17 @@ def default_tests(topology: Path) -> Path:
     return topology.with_name(topology.name.removesuffix(".yaml").removesuffix(".yml") + ".test.yaml")
 
 
-def write_expectations(loaded: LoadedTests, actual: dict[int, dict[str, list[dict[str, Any]]]]) -> None:
-    """--update: each case's `expect` replaced by its actual outputs; inputs kept as written
-    (the file is re-dumped: comments inside are not kept)."""
-    data = loaded.data
-    for i, outputs in actual.items():
-        data["tests"][i]["expect"] = {t: [_golden(r) for r in recs]
-                                      for t, recs in outputs.items() if recs}
-    loaded.path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True,
-                                          default_flow_style=None, width=100), encoding="utf-8")
-
-
-def _golden(record: dict[str, Any]) -> dict[str, Any]:
-    """A record as an expectation: key, value, timestamp and headers, without the headers
-    that differ from run to run (a dead letter's wall-clock time)."""
-    out = {f: record[f] for f in ("key", "value", "timestamp") if f in record}
-    headers = {k: v for k, v in record.get("headers", {}).items() if k not in UNSTABLE_HEADERS}
-    if headers:
-        out["headers"] = headers
+def without(record: dict[str, Any], paths: list[str]) -> dict[str, Any]:
+    """A copy of `record` without the fields at the dotted `paths` (an expectation's
+    `ignore`)."""
+    if not paths:
+        return record
+    out = copy.deepcopy(record)
+    for path in paths:
+        *parents, last = path.split(".")
+        node: Any = out
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(last, None)
     return out
-
-
-UNSTABLE_HEADERS = frozenset({"processor.error.time"})

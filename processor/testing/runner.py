@@ -10,7 +10,9 @@ record's; `match: exact` wants every actual record matched, `subset` only the ex
 
 from __future__ import annotations
 
+import fnmatch
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +27,10 @@ from processor.testing.cases import (
     LoadedTests,
     default_tests,
     load_tests,
-    write_expectations,
+    without,
 )
 from processor.testing.driver import DriverError, TopologyTestDriver
+from processor.testing.golden import write_expectations
 
 Outputs = dict[str, list[dict[str, Any]]]
 
@@ -102,26 +105,9 @@ def _matches(expected: dict[str, Any], actual: dict[str, Any]) -> bool:
     return True
 
 
-def _without(record: dict[str, Any], paths: list[str]) -> dict[str, Any]:
-    """A copy of `record` without the fields at the dotted `paths`."""
-    if not paths:
-        return record
-    import copy
-
-    out = copy.deepcopy(record)
-    for path in paths:
-        *parents, last = path.split(".")
-        node: Any = out
-        for part in parents:
-            node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict):
-            node.pop(last, None)
-    return out
-
-
 def compare(expected: Expected, actual: list[dict[str, Any]]) -> bool:
-    want = [_without(r, expected.ignore) for r in expected.records]
-    actual = [_without(r, expected.ignore) for r in actual]
+    want = [without(r, expected.ignore) for r in expected.records]
+    actual = [without(r, expected.ignore) for r in actual]
     if expected.ordered:
         if expected.match == "exact":
             return len(want) == len(actual) and all(map(_matches, want, actual))
@@ -147,9 +133,9 @@ def _shown(records: list[dict[str, Any]], like: list[dict[str, Any]]) -> list[st
 def diff(topic: str, expected: Expected, actual: list[dict[str, Any]]) -> str:
     import difflib
 
-    records = [_without(r, expected.ignore) for r in expected.records]
+    records = [without(r, expected.ignore) for r in expected.records]
     want = _shown(records, records)
-    have = _shown([_without(r, expected.ignore) for r in actual], records)
+    have = _shown([without(r, expected.ignore) for r in actual], records)
     if not expected.ordered:
         want, have = sorted(want), sorted(have)
     lines = difflib.unified_diff(want, have, "expected", "actual", lineterm="", n=2)
@@ -159,12 +145,16 @@ def diff(topic: str, expected: Expected, actual: list[dict[str, Any]]) -> str:
     return f"  {topic} ({how}):\n" + "\n".join(f"    {line}" for line in lines)
 
 
-def run_file(topology_path: Path, tests_path: Path, *, update: bool = False) -> int:
+def run_file(topology_path: Path, tests_path: Path, *, update: bool = False,
+             only: Collection[int] | None = None) -> int:
+    """Run the file's cases (those at the indices `only`, when given)."""
     loaded_topology = load_spec(topology_path)
     loaded = load_tests(tests_path)
     _check_names(loaded, loaded_topology)
     failed, actuals = 0, {}
     for i, case in enumerate(loaded.tests.tests):
+        if only is not None and i not in only:
+            continue
         start = time.perf_counter()
         try:
             actual = run_case(loaded_topology, loaded, i)
@@ -191,7 +181,8 @@ def run_file(topology_path: Path, tests_path: Path, *, update: bool = False) -> 
         else:
             print(f"ok   {tests_path}: {case.name} ({ms:.0f} ms)")
     if update:
-        write_expectations(loaded, actuals)
+        write_expectations(loaded, actuals,
+                           {n: s.topic for n, s in loaded_topology.spec.sinks.items()})
     return 1 if failed else 0
 
 
@@ -219,11 +210,32 @@ def _unexpected_letters(case: Case, actual: Outputs, dlq: str) -> list[str]:
     return out
 
 
-def cmd_test(topology: str, tests: list[str], update: bool) -> int:
-    """The CLI's `processor test`: 0 all passed, 1 a case failed, 2 a file is invalid."""
+def select_cases(files: list[Path], patterns: list[str]) -> dict[Path, set[int]]:
+    """The indices of the cases per file whose name is one of `patterns` or matches one as a
+    glob (`totals*`); a pattern matching no case is an error naming the cases there are."""
+    names = {f: [case.name for case in load_tests(f).tests.tests] for f in files}
+    selected: dict[Path, set[int]] = {f: set() for f in files}
+    for pattern in patterns:
+        hits = [(f, i) for f, cases in names.items() for i, name in enumerate(cases)
+                if name == pattern or fnmatch.fnmatchcase(name, pattern)]
+        if not hits:
+            available = ", ".join(repr(n) for cases in names.values() for n in cases)
+            raise ProcessorError(f"--case {pattern!r}: no such case in "
+                                 f"{', '.join(map(str, files))} (cases: {available or 'none'})")
+        for f, i in hits:
+            selected[f].add(i)
+    return selected
+
+
+def cmd_test(topology: str, tests: list[str], update: bool, cases: list[str] | None = None) -> int:
+    """The CLI's `processor test`: 0 all passed, 1 a case failed, 2 a file is invalid or
+    `cases` names no case."""
     path = Path(topology)
     files = [Path(t) for t in tests] or [default_tests(path)]
+    selected = select_cases(files, cases) if cases else None
     code = 0
     for f in files:
-        code = max(code, run_file(path, f, update=update))
+        if selected is None or selected[f]:
+            code = max(code, run_file(path, f, update=update,
+                                      only=None if selected is None else selected[f]))
     return code

@@ -4,9 +4,11 @@ dispatch; the work is in tools/produce.py, tools/consume.py and tools/topics_cli
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
+from processor.errors import ProcessorError
 from processor.runtime.config import WorkerConfig
 
 
@@ -35,6 +37,9 @@ def cmd_topics(args: argparse.Namespace) -> int:
 def cmd_produce(args: argparse.Namespace) -> int:
     from processor.tools.produce import produce
 
+    if args.rate is not None and not 0 < args.rate < math.inf:
+        raise ProcessorError(f"--rate {args.rate:g}: a rate is records a second, greater than 0; "
+                             "leave --rate out for no limit")
     config = _tool_config(args)
     if args.file is None:
         produce(config, args.topic, sys.stdin, "stdin", key_field=args.key_field,
@@ -78,8 +83,9 @@ def add_data_tools(sub: argparse._SubParsersAction) -> None:
     pr.add_argument("--envelope", action="store_true",
                     help='each line is {"key", "value", "timestamp" (ms), "headers"}: what '
                          "`consume --json` prints (default: the line is the value)")
-    pr.add_argument("--rate", type=float, metavar="N", help="at most N records a second "
-                                                             "(default: as fast as possible)")
+    pr.add_argument("--rate", type=float, metavar="N",
+                    help="at most N records a second, N > 0 (default: no limit, as fast as "
+                         "possible)")
     connection(pr)
     pr.set_defaults(fn=cmd_produce)
 

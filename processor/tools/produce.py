@@ -76,7 +76,8 @@ def read_records(lines: Iterable[str], source: str, *, key_field: str | None,
 def produce(config: WorkerConfig, topic: str, lines: Iterable[str], source: str, *,
             key_field: str | None = None, envelope: bool = False, rate: float | None = None,
             out: TextIO = sys.stderr) -> int:
-    """Write every line's record to `topic` (at most `rate` a second); returns how many."""
+    """Write every line's record to `topic` (at most `rate` a second, rate > 0, None: no
+    limit); returns how many."""
     producer = Producer(producer_config(config, None))
     existing_topic(producer, config, topic)
     failed: list[str] = []
@@ -88,7 +89,7 @@ def produce(config: WorkerConfig, topic: str, lines: Iterable[str], source: str,
     started = time.monotonic()
     sent = 0
     for rec in read_records(lines, source, key_field=key_field, envelope=envelope):
-        if rate:
+        if rate is not None:
             ahead = started + sent / rate - time.monotonic()
             if ahead > 0:
                 time.sleep(ahead)

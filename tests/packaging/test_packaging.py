@@ -656,6 +656,31 @@ def test_worker_config_schema_matches_the_worker_settings() -> None:
     assert known >= PASSWORD_SETTINGS
 
 
+def test_worker_config_schema_allows_exactly_the_worker_choices() -> None:
+    """A workerConfig setting with a fixed set of values offers the worker's own set (e.g.
+    log_format auto|json|text): none the worker rejects, none it accepts left out."""
+    from typing import Literal, get_args, get_origin
+
+    from processor.runtime.config import WorkerConfig
+
+    properties = json.loads(SCHEMA.read_text(encoding="utf-8"))["properties"]["workerConfig"][
+        "properties"]
+    checked = []
+    for name, prop in properties.items():
+        annotation = WorkerConfig.model_fields[name].annotation
+        literals = [a for a in (annotation, *get_args(annotation)) if get_origin(a) is Literal]
+        if "enum" in prop and literals:
+            assert set(prop["enum"]) == {v for lit in literals for v in get_args(lit)}, name
+            checked.append(name)
+    assert "log_format" in checked
+
+
+def test_log_format_auto_is_accepted(helm: list[str], helm_env: dict[str, str]) -> None:
+    """The chart's default stays json (a container has no terminal); auto renders too."""
+    assert "log_format: json" in _render(helm, helm_env)
+    assert "log_format: auto" in _render(helm, helm_env, "--set", "workerConfig.log_format=auto")
+
+
 @pytest.mark.parametrize("bad", [
     "processingGuarantee=maybe",
     "kafka.bootstrapServers=",
@@ -669,6 +694,7 @@ def test_worker_config_schema_matches_the_worker_settings() -> None:
     "workerConfig.worker_id=w1",
     "workerConfig.sasl_password=hunter2",
     "workerConfig.commit_interval_ms=soon",
+    "workerConfig.log_format=yaml",
     "service.type=ExternalName",
     "podDisruptionBudget.maxUnavailable=some",
     "autoscaling.targetAverageValue=lots",

@@ -127,6 +127,15 @@ def test_a_bad_topic_config_flag_is_one_line(closed_port: int) -> None:
     _one_error_line(run, "--topic-config", "NAME=VALUE")
 
 
+@pytest.mark.parametrize("rate", ["0", "-5", "nan", "inf"])
+def test_a_produce_rate_that_is_no_rate_is_one_line(rate: str, closed_port: int) -> None:
+    """--rate 0 once meant "no limit" silently; leaving --rate out is how to say that."""
+    run = _cli("produce", "orders", "--rate", rate, "--bootstrap-servers",
+               f"127.0.0.1:{closed_port}", stdin='{"a": 1}\n')
+    _one_error_line(run, f"--rate {float(rate):g}: ", "greater than 0", "leave --rate out")
+    assert "Broker" not in run.stderr  # refused before connecting
+
+
 def test_the_demo_with_an_unreachable_broker_is_one_line(closed_port: int) -> None:
     run = _cli("demo", "--seconds", "1",
                env={"KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{closed_port}"})
