@@ -11,7 +11,6 @@ import copy
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, field_validator, model_validator
 
 from processor.errors import SpecError, SpecErrors
