@@ -144,9 +144,11 @@ class EventTime:
 
     def holding_back(self) -> list[Holdback]:
         """The upstream partitions never heard from (they hold this task's watermark at its
-        start), else those at the minimum while another is ahead; none once all are idle."""
+        start), else those at the minimum while another is ahead; none once all are idle, and
+        none for a task whose results do not wait for event time (no timed step, nothing
+        downstream): its marks are not even checkpointed."""
         wm = self.watermark
-        if not isinstance(wm, UpstreamWatermarks) or wm.all_idle:
+        if not self.tracked or not isinstance(wm, UpstreamWatermarks) or wm.all_idle:
             return []
         active = {p: wm.marks.get(p) for p in range(wm.upstream) if p not in wm.idle}
         heard = {p: m for p, m in active.items() if m is not None}

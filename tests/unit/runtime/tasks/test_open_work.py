@@ -87,6 +87,28 @@ def test_silent_upstream_partitions_are_named_and_the_open_windows_counted(tmp_p
         task.close(dirty=False)
 
 
+UNTIMED = WINDOWS.replace("      - window: {tumbling: 1s, emit: final, late: drop}\n", "")
+
+
+def test_a_task_whose_results_do_not_wait_for_event_time_names_no_partition(tmp_path):
+    """An aggregate without a window after a repartition: its upstream marks are not
+    checkpointed (nothing waits for them), so naming silent partitions after a restore would
+    point at a cause that does not exist (seen in a fault campaign's drain report)."""
+    topo = build_topology(load_spec_text(UNTIMED))
+    ctx = BuildContext(emitter_for=lambda end, p: (lambda batch: None),
+                       partitions_of=lambda topic: 4)
+    task = Task(topo.name, topo.subtopologies[1], 0, ctx, tmp_path)
+    if task.state is TaskState.RESTORING:
+        task.restored()
+    try:
+        task.process([record(0, 0, "de", 1_500), report(1, 0, 1_500)])
+        commit(task)
+        assert task.open_work() == ({}, [])
+        assert task.silent_upstream() == []
+    finally:
+        task.close(dirty=False)
+
+
 def test_collect_sums_steps_over_tasks_and_names_each_partition_once():
     class Done:
         def __init__(self, pending: dict[str, dict[str, int]], held: list[Holdback]) -> None:
