@@ -1,5 +1,5 @@
 """`processor` command line: validate | describe | run | test | produce | consume | topics |
-dlq inspect | dlq replay | dev-broker | demo. Every failure is one `error:` line and an exit
+reset | dlq inspect | dlq replay | dev-broker | demo. Every failure is one `error:` line and an exit
 code, never a traceback."""
 
 from __future__ import annotations
