@@ -100,7 +100,8 @@ def kept_topics(topology: Topology, *, delete_dlq: bool) -> dict[str, str]:
     kept = {e.topic: "sink" for s in topology.subtopologies for e in s.sinks if not e.internal}
     for t in (*(t for s in topology.subtopologies for t in s.tables), *topology.global_tables,
               *topology.broadcasts):
-        kept[t.topic] = "table input: read from its start again, not positioned by the reset"
+        kept[t.topic] = ("table input: read without the group, not moved; a table holds "
+                         "its latest values")
     if topology.dlq_topic and not delete_dlq:
         kept[topology.dlq_topic] = "dead letters (--delete-dlq deletes them)"
     return kept
