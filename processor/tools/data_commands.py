@@ -142,14 +142,16 @@ def add_data_tools(sub: argparse._SubParsersAction) -> None:
     rs.add_argument("topology", help="the topology YAML file")
     to = rs.add_mutually_exclusive_group()
     to.add_argument("--to-earliest", action="store_true",
-                    help="restart the inputs at their first record (the default)")
+                    help="restart the inputs at their first record (default: this)")
     to.add_argument("--to-latest", action="store_true",
-                    help="restart the inputs at their end: skip what is there")
+                    help="restart the inputs at their end: skip what is there (default: "
+                         "earliest)")
     to.add_argument("--to-datetime", metavar="ISO8601",
                     help="restart at the first record at or after this time, e.g. "
-                         "2026-01-31T12:00:00Z (no zone: UTC)")
+                         "2026-01-31T12:00:00Z, no zone meaning UTC (default: earliest)")
     to.add_argument("--by-duration", metavar="DURATION",
-                    help="restart at the first record at or after now minus this, e.g. 2h")
+                    help="restart at the first record at or after now minus this, e.g. 2h "
+                         "(default: earliest)")
     rs.add_argument("--delete-dlq", action="store_true",
                     help="also delete the dead-letter topic (default: kept)")
     rs.add_argument("--state-dir", help="this machine's state directory whose application "

@@ -44,8 +44,12 @@ def _reset(sc: RevenueScenario, *args: str) -> subprocess.CompletedProcess[str]:
     return run
 
 
+_ADMINS: dict[str, AdminClient] = {}
+
+
 def _admin(sc: RevenueScenario) -> AdminClient:
-    return AdminClient({"bootstrap.servers": sc.bootstrap})
+    """One client per broker: a client destroyed fails the futures it still owes."""
+    return _ADMINS.setdefault(sc.bootstrap, AdminClient({"bootstrap.servers": sc.bootstrap}))
 
 
 def _committed(sc: RevenueScenario) -> dict[tuple[str, int], int]:
