@@ -154,7 +154,8 @@ def test_reset_to_earliest_then_rerun_equals_a_fresh_run(broker, tmp_path: Path,
         "inputs at their start, the repartition topic's offsets dropped with it"
     assert not set(internal) & _topics(sc) and sc.output in _topics(sc), "sink kept"
 
-    _run_bounded(sc, "a")
+    rerun = _run_bounded(sc, "a")
+    assert not rerun.find(GUARD_WARNING), "no stale store on a machine the reset cleaned"
     assert_revenue_matches(_results_since(sc, before), revenue_oracle(sc.produced))
     new_ids = _topic_ids(sc, internal)
     assert all(new_ids[t] != old_ids[t] for t in internal), "re-created: new topic ids"
@@ -165,7 +166,9 @@ def test_a_worker_with_stale_state_after_a_reset_clears_it(broker, tmp_path: Pat
     point into the deleted changelog; A restores nothing from them and equals the oracle."""
     sc = RevenueScenario(broker.bootstrap, tmp_path, unique)
     sc.produce(3000)
-    _run_bounded(sc, "a")
+    assert not _run_bounded(sc, "a").find(GUARD_WARNING)
+    restarted = _run_bounded(sc, "a")  # the same changelogs: the stores are kept
+    assert not restarted.find(GUARD_WARNING) and restarted.find("store restored")
     before = _ends(sc, sc.output)
     done = _reset(sc, "--state-dir", str(tmp_path / "elsewhere"))
     assert done.returncode == 0, done.stderr
