@@ -1,6 +1,6 @@
 """`processor` command line: validate | describe | run | test | produce | consume | topics |
-dlq inspect | dlq replay | dev-broker | demo | completion. Every failure is one `error:` line
-and an exit code, never a traceback."""
+dlq inspect | dlq replay | dev-broker | demo | completion | reset. Every failure is one
+`error:` line and an exit code, never a traceback."""
 
 from __future__ import annotations
 

@@ -30,6 +30,7 @@ from processor.observability.progress import ProgressBar
 from processor.runtime import faults
 from processor.runtime.config import WorkerConfig
 from processor.runtime.durability.checkpoint import Checkpointer, CheckpointFailed, is_fatal, kafka_error
+from processor.runtime.durability.restore import changelog_identities
 from processor.runtime.durability.tables import TableFollower
 from processor.runtime.gc_tuning import tune_gc
 from processor.runtime.global_state import GlobalState
@@ -134,6 +135,8 @@ class Worker:
         restorer.hooks.append(lambda n: n and self.metrics.restore_records.inc(n))
         restorer.hooks.append(lambda n: n and faults.point("restore.chunk"))
         restorer.on_progress = self.telemetry.restore_progress
+        restorer.changelog_ids = changelog_identities(  # a re-created changelog: stale stores
+            admin, [s.changelog_topic for s in self.topology.stores])
         tm = self.task_manager
         self.consumer.subscribe(self.topology.source_topics, on_assign=tm.on_assign,
                                 on_revoke=tm.on_revoke, on_lost=tm.on_lost)

@@ -21,6 +21,9 @@ META_CHANGELOG_OFFSET = "changelog_offset"
 META_POSITION = "position"
 META_UPSTREAM = "upstream"
 META_TIME = "time"
+# the identity (Kafka topic id) of the changelog topic the store is a prefix of: a topic deleted
+# and re-created (`processor reset`) gets a new one, so the store is known to be stale
+META_CHANGELOG_ID = "changelog_id"
 
 
 def _options() -> Options:
@@ -61,6 +64,12 @@ class RocksStore:
     def changelog_offset(self) -> int:
         """Next changelog offset to restore from (0 = replay the whole changelog)."""
         return self.meta_int(META_CHANGELOG_OFFSET) or 0
+
+    @property
+    def changelog_id(self) -> str | None:
+        """The identity of the changelog topic this store was last restored or written from."""
+        raw = self._db.get(_META + META_CHANGELOG_ID.encode())
+        return None if raw is None else raw.decode()
 
     @property
     def position(self) -> int | None:
@@ -105,6 +114,14 @@ class RocksStore:
 
     def close(self) -> None:
         self._db.close()
+
+    def clear(self) -> None:
+        """Drop every entry and the checkpoint, in place (the object stays valid): the store is
+        empty, as a fresh one restoring its changelog from the beginning."""
+        self._db.close()
+        self.wipe(self.path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._db = Rdict(str(self.path), options=_options(), access_type=AccessType.read_write())
 
     @staticmethod
     def wipe(path: Path) -> None:

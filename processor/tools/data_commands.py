@@ -1,5 +1,6 @@
-"""The data tools' commands: `processor produce | consume | topics` (argument wiring and
-dispatch; the work is in tools/produce.py, tools/consume.py and tools/topics_cli.py)."""
+"""The data tools' commands: `processor produce | consume | topics | reset` (argument wiring
+and dispatch; the work is in tools/produce.py, tools/consume.py, tools/topics_cli.py and
+tools/reset.py)."""
 
 from __future__ import annotations
 
@@ -12,13 +13,13 @@ from processor.errors import ProcessorError
 from processor.runtime.config import WorkerConfig
 
 
-def _tool_config(args: argparse.Namespace) -> WorkerConfig:
+def _tool_config(args: argparse.Namespace, **overrides: object) -> WorkerConfig:
     """The worker's connection settings for a data tool (file < environment < flags)."""
     from processor.observability.logging import setup_logging
     from processor.runtime.config import load_config
 
     setup_logging("WARNING", "text")
-    return load_config(args.config, bootstrap_servers=args.bootstrap_servers)
+    return load_config(args.config, bootstrap_servers=args.bootstrap_servers, **overrides)
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
@@ -66,8 +67,25 @@ def cmd_consume(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reset(args: argparse.Namespace) -> int:
+    from processor.graph import build_topology
+    from processor.spec import load_spec
+    from processor.timeutil import parse_duration_ms
+    from processor.tools.reset import parse_target, reset
+
+    topology = build_topology(load_spec(args.topology))
+    config = _tool_config(args, state_dir=args.state_dir)
+    target = parse_target(to_latest=args.to_latest, to_datetime=args.to_datetime,
+                          by_duration_ms=parse_duration_ms(args.by_duration)
+                          if args.by_duration else None)
+    reset(topology, config, target, delete_dlq=args.delete_dlq, dry_run=args.dry_run,
+          as_json=args.json)
+    return 0
+
+
 def add_data_tools(sub: argparse._SubParsersAction) -> None:
-    """produce | consume | topics: put records on a topic, read them back, manage topics."""
+    """produce | consume | topics | reset: put records on a topic, read them back, manage
+    topics, reset an application for reprocessing."""
     def connection(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--bootstrap-servers", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"),
                         help="broker address (default: $KAFKA_BOOTSTRAP_SERVERS, else the "
@@ -123,3 +141,30 @@ def add_data_tools(sub: argparse._SubParsersAction) -> None:
     for sp in (tc, tl, td):
         connection(sp)
         sp.set_defaults(fn=cmd_topics)
+
+    rs = sub.add_parser("reset", help="reprocess from a point: move the input offsets, delete "
+                                      "the internal topics and this machine's state (workers "
+                                      "stopped)")
+    rs.add_argument("topology", help="the topology YAML file")
+    to = rs.add_mutually_exclusive_group()
+    to.add_argument("--to-earliest", action="store_true",
+                    help="restart the inputs at their first record (default: this)")
+    to.add_argument("--to-latest", action="store_true",
+                    help="restart the inputs at their end: skip what is there (default: "
+                         "earliest)")
+    to.add_argument("--to-datetime", metavar="ISO8601",
+                    help="restart at the first record at or after this time, e.g. "
+                         "2026-01-31T12:00:00Z, no zone meaning UTC (default: earliest)")
+    to.add_argument("--by-duration", metavar="DURATION",
+                    help="restart at the first record at or after now minus this, e.g. 2h "
+                         "(default: earliest)")
+    rs.add_argument("--delete-dlq", action="store_true",
+                    help="also delete the dead-letter topic (default: kept)")
+    rs.add_argument("--state-dir", help="this machine's state directory whose application "
+                                        "state is removed (default: the config's state_dir)")
+    rs.add_argument("--dry-run", action="store_true",
+                    help="print the plan, change nothing (default: %(default)s)")
+    rs.add_argument("--json", action="store_true",
+                    help="print the plan as one JSON object (default: text)")
+    connection(rs)
+    rs.set_defaults(fn=cmd_reset)

@@ -15,6 +15,16 @@ changes were never restored (records lost; found by the fault campaign). So a st
 only once its EOF reaches the high watermark: the transaction committed (its writes are read)
 or aborted, which the broker does at the latest at the transaction timeout; past
 `open_txn_wait_s` the restore gives up waiting and says so.
+
+A local store is only a prefix of *its* changelog topic. After `processor reset` deleted and
+re-created the changelogs, a worker on another machine still holds its old stores, whose
+recorded offsets point into the old topic: restoring the new one from there, or keeping the
+old state, would be wrong without a sound. So, as Kafka Streams does with corrupted task state,
+a store is cleared and restored from the beginning when (1) the changelog's topic id (KIP-516,
+`changelog_identities`) differs from the one the store recorded, or (2) the changelog ends
+below the store's offset (the consumer's `auto.offset.reset` took it back to the start, or the
+partition ends before it), each with a warning naming task, store and partition. A store
+records the id of the changelog it restores from before it reads or writes a record of it.
 """
 
 from __future__ import annotations
@@ -25,14 +35,59 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    TopicCollection,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient
 
 from processor.runtime.kafka.batch import by_partition
 from processor.runtime.tasks.task import Task
 from processor.state import POSITION_KEY, RocksStore, decode_position
-from processor.state.store import META_CHANGELOG_OFFSET
+from processor.state.store import META_CHANGELOG_ID, META_CHANGELOG_OFFSET
 
 log = logging.getLogger("processor.restore")
+_NO_TOPIC_ID = "AAAAAAAAAAAAAAAAAAAAAA"  # the all-zero Uuid: a broker without topic ids
+
+
+def changelog_identities(admin: AdminClient, topics: list[str],
+                         timeout: float = 10.0) -> dict[str, str]:
+    """The topic id of each changelog topic that has one; a broker that gives none (or fails
+    to answer) leaves the guard to the offset check alone."""
+    if not topics:
+        return {}
+    try:
+        futures = admin.describe_topics(TopicCollection(topics), request_timeout=timeout)
+    except KafkaException:
+        return {}
+    ids = {}
+    for topic, fut in futures.items():
+        try:
+            uid = str(fut.result().topic_id)
+        except KafkaException as exc:
+            log.warning("no topic id for a changelog: re-created topics are detected by their "
+                        "end offset only", extra={"topic": topic, "error": exc.args[0].str()})
+            continue
+        if uid != _NO_TOPIC_ID:
+            ids[topic] = uid
+    return ids
+
+
+def stale_reason(*, recorded_id: str | None, current_id: str | None, start: int,
+                 seen: int | None = None) -> str | None:
+    """Why a local store cannot continue from its checkpoint, or None. `start`: the store's
+    changelog offset; `seen`: the first offset the changelog delivered (a record's, or the EOF
+    offset of an empty read), None before anything was read."""
+    if recorded_id is not None and current_id is not None and recorded_id != current_id:
+        return (f"the changelog topic was re-created (topic id {current_id}, the store's "
+                f"{recorded_id})")
+    if seen is not None and seen < start:
+        return f"the changelog ends before the store's offset {start} (read from {seen})"
+    return None
 
 
 @dataclass
@@ -56,6 +111,8 @@ class Restorer:
     # partition still restoring: the worker's gauges and the CLI's progress bar
     on_progress: Callable[[list[tuple[str, int, int, int | None]]], None] | None = None
     open_txn_wait_s: float = 120.0
+    # changelog topic -> topic id (changelog_identities); a topic missing here is unchecked
+    changelog_ids: dict[str, str] = field(default_factory=dict)
     # store partitions at EOF behind an open transaction: (waiting since, EOF offset)
     blocked: dict[tuple[str, int], tuple[float, int]] = field(default_factory=dict)
 
@@ -69,6 +126,13 @@ class Restorer:
         pending = []
         for name, store in task.stores.items():
             topic = task.changelogs[name]
+            current = self.changelog_ids.get(topic)
+            why = stale_reason(recorded_id=store.changelog_id, current_id=current,
+                               start=store.changelog_offset)
+            if why is not None:
+                self._clear(task, name, task.partition, why)
+            if current is not None and store.changelog_id != current:
+                store.apply({}, {META_CHANGELOG_ID: current.encode()})
             start = store.changelog_offset or OFFSET_BEGINNING
             pending.append(TopicPartition(topic, task.partition, start))
             self.active[(topic, task.partition)] = _Progress(task, name, max(start, 0))
@@ -114,6 +178,10 @@ class Restorer:
         for key, end in finished:
             prog = self.active.get(key)
             if prog is not None and not self._behind_open_transaction(key, end):
+                if prog.restored == 0 and (why := stale_reason(
+                        recorded_id=None, current_id=None, start=prog.start, seen=end)):
+                    self._clear(prog.task, prog.store, key[1], why)
+                    prog.start = 0
                 self._finish(key, prog, end)
         self._give_up_waiting()
         for hook in self.hooks:
@@ -162,6 +230,11 @@ class Restorer:
         return out
 
     def _apply(self, prog: _Progress, chunk: list) -> int:
+        if prog.restored == 0 and (why := stale_reason(
+                recorded_id=None, current_id=None, start=prog.start, seen=chunk[0].offset())):
+            # the consumer went back to the start (auto.offset.reset): replay into an empty store
+            self._clear(prog.task, prog.store, chunk[0].partition(), why)
+            prog.start = 0
         store: RocksStore = prog.task.stores[prog.store]
         writes: dict[bytes, bytes | None] = {}
         meta: dict[str, int | bytes] = {META_CHANGELOG_OFFSET: chunk[-1].offset() + 1}
@@ -174,6 +247,15 @@ class Restorer:
         store.apply(writes, meta)
         prog.restored += len(chunk)
         return len(chunk)
+
+    def _clear(self, task: Task, store: str, partition: int, why: str) -> None:
+        log.warning("local store does not match its changelog: cleared, restoring from the "
+                    "beginning", extra={"task": task.id, "store": store, "partition": partition,
+                                        "reason": why})
+        task.stores[store].clear()
+        cid = self.changelog_ids.get(task.changelogs[store])
+        if cid is not None:
+            task.stores[store].apply({}, {META_CHANGELOG_ID: cid.encode()})
 
     def _finish(self, key: tuple[str, int], prog: _Progress, end: int) -> None:
         prog.task.stores[prog.store].apply({}, {META_CHANGELOG_OFFSET: end})

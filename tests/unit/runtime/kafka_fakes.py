@@ -41,7 +41,8 @@ class Msg:
 
 class LogConsumer:
     """Partitions as lists of (key, value); assigned partitions are read from their offset and
-    report EOF each time they reach their end (as with `enable.partition.eof`)."""
+    report EOF each time they reach their end (as with `enable.partition.eof`); an offset
+    beyond the end reads from the start (`auto.offset.reset: earliest`)."""
 
     def __init__(self, logs: dict[tuple[str, int], list[tuple[bytes | None, bytes | None]]]) -> None:
         self.logs = logs
@@ -54,7 +55,8 @@ class LogConsumer:
         self.assigns.append([(tp.topic, tp.partition, tp.offset) for tp in tps])
         for tp in tps:
             key = (tp.topic, tp.partition)
-            self.positions[key] = 0 if tp.offset == OFFSET_BEGINNING else tp.offset
+            beyond = tp.offset > len(self.logs.get(key, []))  # auto.offset.reset: earliest
+            self.positions[key] = 0 if tp.offset == OFFSET_BEGINNING or beyond else tp.offset
             self._at_eof.discard(key)
 
     def incremental_unassign(self, tps: list[TopicPartition]) -> None:

@@ -67,6 +67,7 @@ UNREACHABLE = [
     ("topics", "create", "orders", "--partitions", "3"),
     ("consume", "orders", "--count", "1"),
     ("produce", "orders"),
+    ("reset", TOPOLOGY, "--dry-run"),
 ]
 
 
@@ -105,6 +106,7 @@ MISSING_FILE = [
     ("topics", "list", "--config", "missing.yaml"),
     ("consume", "orders", "--config", "missing.yaml"),
     ("produce", "orders", "--file", "missing.jsonl", "--bootstrap-servers", "127.0.0.1:1"),
+    ("reset", "missing.yaml"),
 ]
 
 
@@ -115,7 +117,8 @@ def test_a_missing_file_is_one_line(args: tuple[str, ...]) -> None:
 
 @pytest.mark.parametrize("args", [
     ("run", TOPOLOGY), ("describe", TOPOLOGY, "--show-config"), ("topics", "list"),
-    ("consume", "orders"), ("produce", "orders"), ("dlq", "inspect", TOPOLOGY)])
+    ("consume", "orders"), ("produce", "orders"), ("dlq", "inspect", TOPOLOGY),
+    ("reset", TOPOLOGY)])
 def test_a_bad_setting_is_one_line(args: tuple[str, ...]) -> None:
     run = _cli(*args, env={"PROCESSOR_COMMIT_INTERVAL_MS": "soon"})
     _one_error_line(run, "commit_interval_ms", "not a duration")
@@ -140,3 +143,8 @@ def test_the_demo_with_an_unreachable_broker_is_one_line(closed_port: int) -> No
     run = _cli("demo", "--seconds", "1",
                env={"KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{closed_port}"})
     _one_error_line(run, "Broker transport failure", "KAFKA_BOOTSTRAP_SERVERS")
+
+
+def test_a_bad_reset_time_is_one_line() -> None:
+    _one_error_line(_cli("reset", TOPOLOGY, "--to-datetime", "yesterday"),
+                    "--to-datetime 'yesterday': expected an ISO 8601 time")

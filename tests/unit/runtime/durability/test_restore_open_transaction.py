@@ -60,6 +60,7 @@ class _Consumer:
 @dataclass
 class _Store:
     changelog_offset: int | None = None
+    changelog_id: str | None = None
     applied: list[dict[str, Any]] = field(default_factory=list)
 
     def apply(self, writes: dict[bytes, bytes | None], meta: dict[str, Any]) -> None:
