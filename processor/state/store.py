@@ -21,6 +21,7 @@ META_CHANGELOG_OFFSET = "changelog_offset"
 META_POSITION = "position"
 META_UPSTREAM = "upstream"
 META_TIME = "time"
+META_LAYOUT = "layout"  # the state layout the data was written with (graph/layout.py)
 
 
 def _options() -> Options:
@@ -56,6 +57,11 @@ class RocksStore:
     def time(self) -> bytes | None:
         """Event-time state (JSON, timeutil/watermark.py) matching `position`, if any."""
         return self._db.get(_META + META_TIME.encode())
+
+    @property
+    def layout(self) -> bytes | None:
+        """The recorded state layout (canonical JSON), None for state from before layouts."""
+        return self._db.get(_META + META_LAYOUT.encode())
 
     @property
     def changelog_offset(self) -> int:
