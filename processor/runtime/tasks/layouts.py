@@ -49,6 +49,7 @@ class StoreLayouts:
         self.layouts = dict(layouts)
         self.encoded = {name: layout.to_json() for name, layout in layouts.items()}
         self.partition = partition
+        self._recorded: set[str] = set()
 
     def check(self, stores: Mapping[str, RocksStore]) -> None:
         """Raise StateLayoutMismatch for the first store whose state this topology would
@@ -65,7 +66,12 @@ class StoreLayouts:
         """The layout to write to the store's changelog and metadata at this checkpoint: the
         topology's, unless the store already holds it."""
         encoded = self.encoded.get(name)
-        return None if encoded is None or store.layout == encoded else encoded
+        if encoded is None or name in self._recorded:
+            return None
+        if store.layout == encoded:  # only this task writes it: no need to read it again
+            self._recorded.add(name)
+            return None
+        return encoded
 
     def meta(self, name: str, store: RocksStore) -> dict[str, int | bytes]:
         """The layout metadata to write with the store's checkpoint (empty when recorded)."""

@@ -15,6 +15,7 @@ name: app
 sources:
   orders: {topic: orders}
   payments: {topic: payments}
+  refunds: {topic: refunds}
 pipelines:
   - from: orders
     name: orders
@@ -36,6 +37,13 @@ pipelines:
   - from: orders
     steps:
       - process: {python: "json:loads", store: custom}
+  - from: orders
+    name: o2
+    steps:
+      - reconcile: {with: [payments], timeout: 1m, store: groups}
+  - from: orders
+    steps:
+      - aggregate: {store: reduced, r: {python: "operator:add", initial: 0}}
 """
 
 C, M, X = Verdict.COMPATIBLE, Verdict.MIGRATION, Verdict.INCOMPATIBLE  # X: incompatible
@@ -88,6 +96,14 @@ CASES = [
     ("operator changed", "      - process: {python: \"json:loads\", store: custom}",
      "      - aggregate: {store: custom, n: count()}", X,
      "store custom: operator process -> aggregate"),
+    ("reconcile input added", "with: [payments]", "with: [payments, refunds]", X,
+     "store groups: inputs o2, payments -> o2, payments, refunds"),
+    ("reconcile input renamed", "name: o2", "name: o3", C,
+     "store groups: inputs renamed o2, payments -> o3, payments"),
+    ("reducer reference changed", "operator:add", "operator:mul", X,
+     "store reduced: field 'r': reducer operator:add -> operator:mul"),
+    ("reducer initial value changed", "initial: 0", "initial: 1", C,
+     "store reduced: field 'r': initial value or merge function changed"),
     ("application renamed", "name: app", "name: app2", M,
      "changelog app-totals-changelog -> app2-totals-changelog"),
 ]
