@@ -1,5 +1,5 @@
-"""`processor` command line: validate | describe | run | test | produce | consume | topics |
-dlq inspect | dlq replay | dev-broker | demo | completion | reset. Every failure is one
+"""`processor` command line: validate | describe | upgrade-check | run | test | produce | consume |
+topics | dlq inspect | dlq replay | dev-broker | demo | completion | reset. Every failure is one
 `error:` line and an exit code, never a traceback."""
 
 from __future__ import annotations
@@ -52,6 +52,12 @@ def cmd_describe(args: argparse.Namespace) -> int:
         print("Worker configuration (file < PROCESSOR_* environment; secrets masked):")
         print(yaml.safe_dump(config.masked(), sort_keys=True, default_flow_style=False).rstrip())
     return 0
+
+
+def cmd_upgrade_check(args: argparse.Namespace) -> int:
+    from processor.tools.upgrade_check import upgrade_check
+
+    return upgrade_check(args.old, args.new, as_json=args.json)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -221,6 +227,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also print the effective worker configuration (defaults + environment; "
                         "default: %(default)s)")
     d.set_defaults(fn=cmd_describe)
+
+    u = sub.add_parser("upgrade-check", help="may NEW run on the state OLD left? exit 0 "
+                       "compatible, 3 needs a savepoint migration, 4 incompatible, 2 a bad file")
+    u.add_argument("old", metavar="OLD.yaml", help="the topology the state was written by")
+    u.add_argument("new", metavar="NEW.yaml", help="the changed topology")
+    u.add_argument("--json", action="store_true", help="the verdict, reasons, internal topics "
+                   "and both state layouts as JSON (default: %(default)s)")
+    u.set_defaults(fn=cmd_upgrade_check)
 
     r = sub.add_parser("run", help="run a worker for a topology (joins the consumer group)")
     r.add_argument("topology", help=TOPOLOGY_HELP)

@@ -100,6 +100,8 @@ class StepNode:
     late: TopicEnd | None = None  # where a window's late records go
     on_error: str = "dlq"  # dlq | skip | fail for records this step fails on
     table: TableDef | None = None  # the table a join step reads
+    # a stateful step: what decides how its store's bytes are read (graph/layout.py)
+    state: dict[str, Any] | None = None
 
 
 @dataclass

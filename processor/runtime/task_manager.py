@@ -30,6 +30,7 @@ from confluent_kafka import (
 )
 
 from processor.graph import BuildContext, Topology
+from processor.graph.layout import state_layout
 from processor.observability.metrics import Metrics
 from processor.runtime.config import WorkerConfig
 from processor.runtime.durability.checkpoint import CheckpointFailed
@@ -73,6 +74,7 @@ class TaskManager:
         self._on_change = on_change
         self._touch = touch
         self.tasks: dict[TP, Task] = {}
+        self._layouts = state_layout(topology).stores  # checked and recorded by each task
         self.assigned_once = False  # the group gave this worker its first assignment: /readyz
         # restoring tasks: what each still waits for ("stores", "table <name>")
         self._waiting: dict[str, set[str]] = {}
@@ -154,7 +156,7 @@ class TaskManager:
                 continue
             sub = self.topology.subtopology_for(topic)
             task = Task(self.topology.name, sub, partition, self._context_for(partition),
-                        self.config.state_dir)
+                        self.config.state_dir, self._layouts)
             self.tasks[(topic, partition)] = task
             fresh.append(task)
         restoring = [TopicPartition(t.topic, t.partition) for t in fresh

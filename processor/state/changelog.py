@@ -24,6 +24,10 @@ import orjson
 from processor.state.store import META_POSITION, META_TIME, META_UPSTREAM
 
 POSITION_KEY = b"\x00__processor_position__"
+LAYOUT_KEY = b"\x00__processor_layout__"
+"""A changelog record under this key holds the store's state layout (graph/layout.py), written
+at a task's first checkpoint when the changelog holds none or another one; compaction keeps
+the latest. Restore puts it in the store's metadata, where the task compares it."""
 CHANGELOG_CONFIGS = {
     "cleanup.policy": "compact",
     "min.compaction.lag.ms": "0",

@@ -24,6 +24,7 @@ META_TIME = "time"
 # the identity (Kafka topic id) of the changelog topic the store is a prefix of: a topic deleted
 # and re-created (`processor reset`) gets a new one, so the store is known to be stale
 META_CHANGELOG_ID = "changelog_id"
+META_LAYOUT = "layout"  # the state layout the data was written with (graph/layout.py)
 
 
 def _options() -> Options:
@@ -59,6 +60,11 @@ class RocksStore:
     def time(self) -> bytes | None:
         """Event-time state (JSON, timeutil/watermark.py) matching `position`, if any."""
         return self._db.get(_META + META_TIME.encode())
+
+    @property
+    def layout(self) -> bytes | None:
+        """The recorded state layout (canonical JSON), None for state from before layouts."""
+        return self._db.get(_META + META_LAYOUT.encode())
 
     @property
     def changelog_offset(self) -> int:

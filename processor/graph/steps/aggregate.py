@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from processor.graph.layout import aggregate_facts
 from processor.graph.model import BuildContext, StepNode
 from processor.graph.scope import Scope, StepAt, StepKind, Stream, append_node, auto_name
 from processor.operators import Aggregate, Operator, compile_aggregation
@@ -40,7 +41,10 @@ def _aggregate_node(scope: Scope, at: StepAt, stream: Stream) -> StepNode | None
     def build(ctx: BuildContext) -> Operator:
         return Aggregate(name, store_name, agg, encode, spec.emit, ctx.cache_max_entries)
 
-    return StepNode(at.path, "aggregate", fields_label(fields), build, store=store)
+    node = StepNode(at.path, "aggregate", fields_label(fields), build, store=store)
+    node.state = {"operator": "aggregate", "key_format": stream.key_format,
+                  "fields": aggregate_facts(fields)}
+    return node
 
 
 def fields_label(fields: list[Any]) -> str:

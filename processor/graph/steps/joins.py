@@ -190,8 +190,20 @@ def _stream_join(scope: Scope, path: PathT, step: IntervalJoinStep | ReconcileSt
     node = StepNode(path, kind, _label(step, names), _builder(step, format_path(path), store,
                                                                 names, mismatch), store=storedef)
     node.on_error = scope.policy(step)
+    node.state = _state_facts(step, names)
     joined.append(node)
     return joined
+
+
+def _state_facts(step: IntervalJoinStep | ReconcileStep, names: list[str]) -> dict[str, Any]:
+    """What decides how a join's store is read (graph/layout.py); keys come from its topic."""
+    if isinstance(step, IntervalJoinStep):
+        s = step.interval_join
+        return {"operator": "interval_join", "key_format": "json", "type": s.type,
+                "sides": names, "before": s.before, "after": s.after}
+    r = step.reconcile
+    return {"operator": "reconcile", "key_format": "json", "sides": names, "timeout": r.timeout,
+            "mismatch": r.mismatch}
 
 
 def _label(step: IntervalJoinStep | ReconcileStep, names: list[str]) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from processor.errors import ExpressionError
+from processor.graph.layout import aggregate_facts, window_facts
 from processor.graph.model import BuildContext, StepNode
 from processor.graph.scope import Scope, StepAt, StepKind, Stream, append_node, auto_name
 from processor.graph.steps.aggregate import fields_label
@@ -105,7 +106,11 @@ def _window_node(scope: Scope, path: PathT, step: WindowStep, following: Aggrega
         return op
 
     label = _window_label(wspec) + "; " + fields_label(fields)
-    return StepNode(path, "window", label, build, store=store, late=late)
+    node = StepNode(path, "window", label, build, store=store, late=late)
+    node.state = {"operator": "window", "key_format": stream.key_format,
+                  "window": window_facts(wspec), "allowed_lateness": wspec.allowed_lateness,
+                  "emit": wspec.emit, "fields": aggregate_facts(fields)}
+    return node
 
 
 def process_step(scope: Scope, at: StepAt, streams: list[Stream]) -> list[Stream] | None:
@@ -136,7 +141,10 @@ def _process_node(scope: Scope, at: StepAt, stream: Stream) -> StepNode | None:
         return op
 
     label = spec.python + (f" (timers: {spec.on_timer})" if spec.on_timer else "")
-    return StepNode(path, "process", label, build, store=store)
+    node = StepNode(path, "process", label, build, store=store)
+    node.state = {"operator": "process", "key_format": stream.key_format,
+                  "function": spec.python, "on_timer": spec.on_timer}
+    return node
 
 
 KINDS = {

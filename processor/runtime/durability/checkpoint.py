@@ -25,7 +25,7 @@ from processor.observability.metrics import Metrics
 from processor.runtime import faults
 from processor.runtime.kafka.produce import produce_when_room
 from processor.runtime.tasks.task import Task, TaskState
-from processor.state import POSITION_KEY
+from processor.state import LAYOUT_KEY, POSITION_KEY
 
 log = logging.getLogger("processor.checkpoint")
 
@@ -125,6 +125,10 @@ class Checkpointer:
             for key, value in writes.items():
                 produce_when_room(self.producer, topic, value, key, partition=task.partition,
                                   on_delivery=self._changelog_delivered)
+            layout = task.layout_record(store)
+            if layout is not None:  # first checkpoint on this state: its layout (layouts.py)
+                produce_when_room(self.producer, topic, layout, LAYOUT_KEY,
+                                  partition=task.partition, on_delivery=self._changelog_delivered)
             if position is not None:  # None: the task has not read any input yet
                 produce_when_room(self.producer, topic, position, POSITION_KEY,
                                   partition=task.partition, on_delivery=self._changelog_delivered)

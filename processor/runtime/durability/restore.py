@@ -47,8 +47,8 @@ from confluent_kafka.admin import AdminClient
 
 from processor.runtime.kafka.batch import by_partition
 from processor.runtime.tasks.task import Task
-from processor.state import POSITION_KEY, RocksStore, decode_position
-from processor.state.store import META_CHANGELOG_ID, META_CHANGELOG_OFFSET
+from processor.state import LAYOUT_KEY, POSITION_KEY, RocksStore, decode_position
+from processor.state.store import META_CHANGELOG_ID, META_CHANGELOG_OFFSET, META_LAYOUT
 
 log = logging.getLogger("processor.restore")
 _NO_TOPIC_ID = "AAAAAAAAAAAAAAAAAAAAAA"  # the all-zero Uuid: a broker without topic ids
@@ -242,6 +242,8 @@ class Restorer:
             k = m.key()
             if k == POSITION_KEY:
                 meta.update(decode_position(m.value()))
+            elif k == LAYOUT_KEY:
+                meta[META_LAYOUT] = m.value()
             else:
                 writes[k] = m.value()
         store.apply(writes, meta)

@@ -16,10 +16,12 @@ from __future__ import annotations
 import dataclasses
 import enum
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from processor.graph import BuildContext, SubTopology
+from processor.graph.layout import StoreLayout
 from processor.operators import Batch, StepFailed
 from processor.operators.base import Operator, TimedOperator
 from processor.operators.sink import Sink
@@ -28,6 +30,7 @@ from processor.runtime.tasks.chains import ChainTree, StepAt
 from processor.runtime.tasks.decode import InputDecoder
 from processor.runtime.tasks.event_time import EventTime
 from processor.runtime.tasks.failures import FailureHandler
+from processor.runtime.tasks.layouts import StoreLayouts
 from processor.runtime.tasks.open_work import Holdback
 from processor.runtime.tasks.position import UpstreamMarks, start_position, store_meta
 from processor.state import RocksStore, encode_position
@@ -47,7 +50,7 @@ class Task:
     """Runs one sub-topology's chains over batches from one partition."""
 
     def __init__(self, topology: str, sub: SubTopology, partition: int, ctx: BuildContext,
-                 state_dir: Path) -> None:
+                 state_dir: Path, layouts: Mapping[str, StoreLayout] | None = None) -> None:
         self.sub = sub
         src = sub.source
         self.topic = src.topic
@@ -73,6 +76,9 @@ class Task:
             for _, _, op in self.stateful
         }
         self.changelogs = {s.name: s.changelog_topic for s in sub.stores}
+        # the topology's layout of each store: checked at restore, recorded at checkpoints
+        self._layouts = StoreLayouts({n: v for n, v in (layouts or {}).items()
+                                      if n in self.stores}, partition)
         self._failures = FailureHandler(self.id, self.topic, partition, policies, src.on_error,
                                         ctx.dead_letter, internal=src.internal,
                                         timestamp_field=src.timestamp_field)
@@ -103,7 +109,9 @@ class Task:
 
     def restored(self) -> None:
         """Stores are caught up: bind operators, skipping input each store already holds, and
-        resume event time and the upstream marks where the stores' checkpoint left them."""
+        resume event time and the upstream marks where the stores' checkpoint left them. State
+        written with a layout this topology would misread stops here (layouts.py)."""
+        self._layouts.check(self.stores)
         stores = [self.stores[op.store_name] for _, _, op in self.stateful]
         for (_, _, op), store in zip(self.stateful, stores, strict=True):
             pos = store.position
@@ -119,6 +127,10 @@ class Task:
         if self.position is None:
             return None
         return encode_position(self.position, self._upstream_marks(), self._time.state())
+
+    def layout_record(self, store: str) -> bytes | None:
+        """The changelog layout record for this checkpoint, when the store lacks it."""
+        return self._layouts.to_record(store, self.stores[store])
 
     def _upstream_marks(self) -> bytes | None:
         return self._marks.encode() if self._internal else None
@@ -290,6 +302,7 @@ class Task:
         upstream, time_state = self._upstream_marks(), self._time.state()
         for name, store in self.stores.items():
             meta = store_meta(self.position, upstream, time_state, changelog_next.get(name))
+            meta.update(self._layouts.meta(name, store))
             store.apply(self.pending.get(name, {}), meta)
         self.pending = {}
         for _, _, op in self.stateful:

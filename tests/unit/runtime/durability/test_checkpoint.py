@@ -49,6 +49,9 @@ class _Task:
     def position_record(self) -> bytes | None:
         return None if self.position is None else b'{"position":%d}' % self.position
 
+    def layout_record(self, store: str) -> bytes | None:
+        return None  # recorded earlier (tests/unit/runtime/tasks/test_layouts.py writes one)
+
     def committed(self, changelog_next: dict[str, int]) -> None:
         self.stored.append(changelog_next)
         self.pending = {}
