@@ -33,9 +33,10 @@ class Verdict(enum.IntEnum):
 
 EXIT_CODES = {Verdict.COMPATIBLE: 0, Verdict.MIGRATION: 3, Verdict.INCOMPATIBLE: 4}
 
-TODAY = ("to run it today, start the new topology under a new application `name:` (it begins "
-         "with empty state and reads its inputs from the start) and retire the old one; "
-         "savepoint migrations are not available yet")
+TODAY = ("to run it today, reprocess: stop the workers and run `processor reset TOPOLOGY` (it "
+         "deletes the state and moves the inputs back to the start), or start the new topology "
+         "under a new application `name:` and retire the old one; savepoint migrations are not "
+         "available yet")
 """What a user can do about a change that is not compatible, with the commands that exist."""
 
 _EMPTY = {"count": "0", "sum": "0", "avg": "0", "min": "null", "max": "null", "first": "null",
