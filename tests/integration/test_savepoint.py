@@ -17,8 +17,17 @@ import orjson
 import pytest
 
 from processor.examples.revenue import revenue_oracle
-from tests.integration.kafka import ROOT, WorkerProcess, topology_file
+from processor.tools.generator import produce_json
+from tests.integration.kafka import ROOT, WorkerProcess, read_all, topology_file
 from tests.integration.scenario import RevenueScenario
+from tests.integration.test_event_time import (
+    HOUR_MS,
+    GmvScenario,
+    _assert_matches,
+    _flush_records,
+    _jittered_orders,
+    gmv_oracle,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -143,3 +152,57 @@ def test_savepoint_keeps_records_in_flight_after_kill(broker, tmp_path: Path,
     assert sum(inflight["records"].values()) > 0, manifest
     assert sum(manifest["source_offsets"][sc.input]["committed"].values()) < HALF
     _restore_and_finish(sc, savepoint)
+
+
+@pytest.mark.parametrize("stop", ["clean", "kill"])
+def test_savepoint_keeps_open_windows_and_event_time(broker, tmp_path: Path, unique: str,
+                                                     stop: str) -> None:
+    """Tumbling windows after a repartition (topologies/gmv_dashboard.yaml): windows open at
+    the cut, the watermark state and the in-band watermark reports go through the savepoint;
+    every window is emitted once, with the oracle's result, none late."""
+    broker.require_aborted_isolation("that no window is emitted twice across the cut")
+    sc = GmvScenario(broker.bootstrap, tmp_path, unique, "exactly_once")
+    orders = _jittered_orders(8000, seed=3)
+    first, second = orders[:4000], orders[4000:]
+    produce_json(sc.bootstrap, sc.input, first)
+    env = {"PROCESSOR_BATCH_SIZE": "300"}
+    if stop == "kill":
+        env["PROCESSOR_CRASH_AT"] = "checkpoint.after_commit:25"
+    a = sc.worker(idle="5s", commit_interval="20ms", env=env)
+    assert a.wait(180) == (-9 if stop == "kill" else 0), a.log_text()[-4000:]
+    savepoint = tmp_path / "sp"
+    run = _cli("savepoint", "create", str(sc.topology), "--to", str(savepoint),
+               "--bootstrap-servers", sc.bootstrap)
+    deadline = time.monotonic() + 120
+    while run.returncode != 0 and time.monotonic() < deadline:
+        _refused(run, "active worker")
+        time.sleep(2)
+        run = _cli("savepoint", "create", str(sc.topology), "--to", str(savepoint),
+                   "--bootstrap-servers", sc.bootstrap)
+    _ok(run)
+    manifest = _manifest(savepoint)
+    records = manifest["stores"]["gmv"]["position_records"]
+    assert all("time" in r and "upstream" in r for r in records.values()), records
+    if stop == "clean":
+        assert len(records) == 4
+    else:
+        inflight = manifest["inflight"][f"gmv-{unique}-gmv-repartition"]["records"]
+        assert sum(inflight.values()) > 0, manifest
+
+    b = topology_file(tmp_path, "gmv_dashboard.yaml", f"gmv-{unique}-b", {
+        "name: gmv-dashboard": f"name: gmv-{unique}-b",
+        "topic: orders": f"topic: {sc.input}",
+        "topic: gmv-per-second": f"topic: {sc.output}",
+        "topic: gmv-late-orders": f"topic: {sc.late}",
+    })
+    _ok(_cli("savepoint", "restore", str(savepoint), str(b), "--bootstrap-servers", sc.bootstrap))
+    produce_json(sc.bootstrap, sc.input, second)
+    produce_json(sc.bootstrap, sc.input,
+                 _flush_records(4, max(o["ts"] for _, o in orders) + HOUR_MS))
+    worker_b = WorkerProcess(b, sc.bootstrap, tmp_path / "state-b", tmp_path,
+                             env={"PROCESSOR_BATCH_SIZE": "300"})
+    assert worker_b.wait(240) == 0, worker_b.log_text()[-4000:]
+    got, repeats = sc.results()
+    _assert_matches(got, gmv_oracle(orders))
+    assert repeats == 0, f"{repeats} windows emitted twice across the cut"
+    assert read_all(broker.bootstrap, sc.late) == [], "no order is late in this input"
