@@ -269,6 +269,7 @@ def _readable(data: bytes | None) -> str:
     if data is None:
         return "null"
     try:
-        return data.decode()
+        text = data.decode()
     except UnicodeDecodeError:
         return "0x" + data.hex()
+    return text if text.isprintable() else "0x" + data.hex()

@@ -71,7 +71,7 @@ def add_savepoint(sub: argparse._SubParsersAction, topology_help: str) -> None:
                                         "stopped application to a directory")
     sc.add_argument("topology", help=topology_help)
     sc.add_argument("--to", required=True, metavar="DIR",
-                    help="the savepoint directory to create (must not exist)")
+                    help="the savepoint directory to create; it must not exist (required: no default)")
     connection(sc)
     si = ssub.add_parser("inspect", help="summarise a savepoint, or print a store's entries")
     si.add_argument("dir", help="the savepoint directory")

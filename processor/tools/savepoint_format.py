@@ -8,8 +8,9 @@ Plain files, readable with `cat`, `jq` and `head`:
                                                the records committed upstream, not yet consumed
 
 A line is `{"key": K, "value": V}` where K and V are the JSON of the record's bytes when those
-bytes are JSON written compactly (re-encoding gives the same bytes), else `"key_b64"` /
-`"value_b64"` (base64): a restore writes back exactly the bytes it read. In-flight lines also
+bytes are JSON written compactly (re-encoding gives the same bytes); else `"key_text"` /
+`"value_text"` (a string) when they are printable UTF-8 (e.g. a string-format key), else
+`"key_b64"` / `"value_b64"` (base64): a restore writes back exactly the bytes it read. In-flight lines also
 carry `"offset"` (in the old topic) and `"timestamp"` (ms).
 
 A savepoint is written into a temporary sibling directory renamed to DIR at the end: a crash
@@ -38,7 +39,8 @@ class SavepointError(ProcessorError):
 
 
 def encode_bytes(name: str, data: bytes | None) -> dict[str, Any]:
-    """`{name: json}` when `data` is compact JSON (byte-exact round trip), else `{name_b64: ...}`."""
+    """`{name: json}` when `data` is compact JSON (byte-exact round trip), else `{name_text: ...}`
+    when it is printable UTF-8, else `{name_b64: ...}`."""
     if data is None:
         return {name: None}
     try:
@@ -47,6 +49,12 @@ def encode_bytes(name: str, data: bytes | None) -> dict[str, Any]:
             return {name: parsed}
     except orjson.JSONDecodeError:
         pass
+    try:
+        text = data.decode()
+        if text.isprintable():
+            return {f"{name}_text": text}
+    except UnicodeDecodeError:
+        pass
     return {f"{name}_b64": base64.b64encode(data).decode()}
 
 
@@ -54,6 +62,8 @@ def decode_bytes(line: dict[str, Any], name: str) -> bytes | None:
     """The bytes `encode_bytes` stored under `name`."""
     if f"{name}_b64" in line:
         return base64.b64decode(line[f"{name}_b64"])
+    if f"{name}_text" in line:
+        return line[f"{name}_text"].encode()
     value = line.get(name)
     return None if value is None else orjson.dumps(value)
 
