@@ -146,8 +146,8 @@ def create(topology: Topology, topology_path: Path, config: WorkerConfig, to: Pa
     began = time.monotonic()
     app = topology.name
     admin = AdminClient(admin_config(config))
+    counts = partition_counts(admin)  # fails at once, naming the setting, when the broker is unreachable
     require_stopped(admin, app, "taking a savepoint")
-    counts = partition_counts(admin)
     committed = committed_offsets(admin, app)
     consumer = reader(config)
     stores: dict[str, Any] = {}
@@ -162,7 +162,9 @@ def create(topology: Topology, topology_path: Path, config: WorkerConfig, to: Pa
                 latest: dict[int, dict[bytes, bytes]] = {p: {} for p in range(counts[topic])}
                 marks: dict[int, dict[str, Any]] = {}
                 starts = {(topic, p): 0 for p in range(counts[topic])}
+                read = 0
                 for m in read_partitions(consumer, starts, progress=progress, what=topic):
+                    read += 1
                     part, k, v = m.partition(), m.key(), m.value()
                     if k == POSITION_KEY:
                         marks[part] = orjson.loads(v)
@@ -175,7 +177,7 @@ def create(topology: Topology, topology_path: Path, config: WorkerConfig, to: Pa
                         out.store_entry(store.name, part, k, v)
                 positions[store.name] = {p: int(r["position"]) for p, r in marks.items()}
                 stores[store.name] = {
-                    "changelog": topic, "partitions": counts[topic],
+                    "changelog": topic, "partitions": counts[topic], "changelog_records_read": read,
                     "entries": {str(p): len(e) for p, e in latest.items()},
                     "position_records": {str(p): marks[p] for p in sorted(marks)}}
             inflight: dict[str, Any] = {}

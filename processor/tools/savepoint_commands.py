@@ -39,10 +39,11 @@ def cmd_savepoint(args: argparse.Namespace) -> int:
 
         manifest = create(topology, Path(args.topology), config, Path(args.to))
         print(summary(manifest))
-        entries = sum(sum(s["entries"].values()) for s in manifest["stores"].values())
+        read = sum(s["changelog_records_read"] for s in manifest["stores"].values())
         inflight = sum(sum(t["records"].values()) for t in manifest["inflight"].values())
-        print(f"written to {args.to} in {manifest['seconds']:.1f}s "
-              f"({_rate(entries + inflight, manifest['bytes'], manifest['seconds'])})")
+        print(f"written to {args.to} in {manifest['seconds']:.1f}s: {read} changelog and "
+              f"{inflight} in-flight records read, {_mb(manifest['bytes'])} written "
+              f"({_rate(read + inflight, manifest['bytes'], manifest['seconds'])})")
         return 0
     from processor.tools.savepoint_restore import restore
 

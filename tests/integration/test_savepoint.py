@@ -139,18 +139,19 @@ def test_savepoint_keeps_records_in_flight_after_kill(broker, tmp_path: Path,
     broker.require_aborted_isolation("outputs without duplicates across the cut")
     sc = RevenueScenario(broker.bootstrap, tmp_path, unique)
     sc.produce(HALF, seed=1)
-    # small batches, frequent commits: killed right after its 4th commit, A leaves repartition
-    # records committed upstream that its aggregate had not consumed yet
+    # batches of at most 100, frequent commits: 3000 records upstream, then their repartition
+    # records downstream; killed at the 45th batch (of some 60), A leaves repartition records
+    # committed upstream that its aggregate had not consumed yet
     worker_a = sc.worker(idle="6s", commit_interval="20ms",
-                         env={"PROCESSOR_BATCH_SIZE": "300",
-                              "PROCESSOR_CRASH_AT": "checkpoint.after_commit:4"})
+                         env={"PROCESSOR_BATCH_SIZE": "100",
+                              "PROCESSOR_CRASH_AT": "batch.processed:45"})
     assert worker_a.wait(240) == -9, worker_a.log_text()[-4000:]
     savepoint = tmp_path / "sp"
     _create_when_stopped(sc, savepoint)
     manifest = _manifest(savepoint)
     inflight = manifest["inflight"][f"{sc.name}-totals-repartition"]
     assert sum(inflight["records"].values()) > 0, manifest
-    assert sum(manifest["source_offsets"][sc.input]["committed"].values()) < HALF
+    assert sum(manifest["source_offsets"][sc.input]["committed"].values()) <= HALF
     _restore_and_finish(sc, savepoint)
 
 
@@ -165,9 +166,11 @@ def test_savepoint_keeps_open_windows_and_event_time(broker, tmp_path: Path, uni
     orders = _jittered_orders(8000, seed=3)
     first, second = orders[:4000], orders[4000:]
     produce_json(sc.bootstrap, sc.input, first)
-    env = {"PROCESSOR_BATCH_SIZE": "300"}
+    env = {"PROCESSOR_BATCH_SIZE": "100"}
     if stop == "kill":
-        env["PROCESSOR_CRASH_AT"] = "checkpoint.after_commit:25"
+        # 4000 records in batches of at most 100 upstream, then the repartition records: the
+        # 60th batch (of some 80) comes mid-input, with windows open and records in flight
+        env["PROCESSOR_CRASH_AT"] = "batch.processed:60"
     a = sc.worker(idle="5s", commit_interval="20ms", env=env)
     assert a.wait(180) == (-9 if stop == "kill" else 0), a.log_text()[-4000:]
     savepoint = tmp_path / "sp"
@@ -182,10 +185,8 @@ def test_savepoint_keeps_open_windows_and_event_time(broker, tmp_path: Path, uni
     _ok(run)
     manifest = _manifest(savepoint)
     records = manifest["stores"]["gmv"]["position_records"]
-    assert all("time" in r and "upstream" in r for r in records.values()), records
-    if stop == "clean":
-        assert len(records) == 4
-    else:
+    assert records and all("time" in r and "upstream" in r for r in records.values()), records
+    if stop == "kill":
         inflight = manifest["inflight"][f"gmv-{unique}-gmv-repartition"]["records"]
         assert sum(inflight.values()) > 0, manifest
 

@@ -67,6 +67,7 @@ UNREACHABLE = [
     ("topics", "create", "orders", "--partitions", "3"),
     ("consume", "orders", "--count", "1"),
     ("produce", "orders"),
+    ("savepoint", "create", TOPOLOGY, "--to", "never-written"),
 ]
 
 
@@ -105,6 +106,8 @@ MISSING_FILE = [
     ("topics", "list", "--config", "missing.yaml"),
     ("consume", "orders", "--config", "missing.yaml"),
     ("produce", "orders", "--file", "missing.jsonl", "--bootstrap-servers", "127.0.0.1:1"),
+    ("savepoint", "create", "missing.yaml", "--to", "never-written"),
+    ("savepoint", "restore", "missing.sp", TOPOLOGY),
 ]
 
 
