@@ -104,6 +104,10 @@ def read_partitions(consumer: Consumer, starts: dict[tuple[str, int], int], *,
                     consumer.incremental_unassign([TopicPartition(*key)])
                 elif key in highs and blocked_since is None:
                     blocked_since = time.monotonic()
+                    if progress is not None:
+                        print(f"savepoint: {key[0]}[{key[1]}] ends in an open transaction: "
+                              "waiting for the broker to commit or abort it", file=progress,
+                              flush=True)
                 continue
             if key not in highs:
                 continue
@@ -148,7 +152,6 @@ def create(topology: Topology, topology_path: Path, config: WorkerConfig, to: Pa
     admin = AdminClient(admin_config(config))
     counts = partition_counts(admin)  # fails at once, naming the setting, when the broker is unreachable
     require_stopped(admin, app, "taking a savepoint")
-    committed = committed_offsets(admin, app)
     consumer = reader(config)
     stores: dict[str, Any] = {}
     positions: dict[str, dict[int, int]] = {}
@@ -180,6 +183,9 @@ def create(topology: Topology, topology_path: Path, config: WorkerConfig, to: Pa
                     "changelog": topic, "partitions": counts[topic], "changelog_records_read": read,
                     "entries": {str(p): len(e) for p, e in latest.items()},
                     "position_records": {str(p): marks[p] for p in sorted(marks)}}
+            # read after the changelogs: a transaction a killed worker had already committed is
+            # complete by now, in its changelog writes and in its offsets alike
+            committed = committed_offsets(admin, app)
             inflight: dict[str, Any] = {}
             starts = _inflight_starts(topology, counts, committed, positions)
             for (topic, part), start in starts.items():
