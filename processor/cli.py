@@ -1,6 +1,6 @@
 """`processor` command line: validate | describe | upgrade-check | run | test | produce | consume |
-topics | dlq inspect | dlq replay | dev-broker | demo | completion | reset. Every failure is one
-`error:` line and an exit code, never a traceback."""
+topics | dlq inspect | dlq replay | savepoint | dev-broker | demo | completion | reset. Every
+failure is one `error:` line and an exit code, never a traceback."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from confluent_kafka import KafkaException
 
 from processor.errors import ProcessorError, RecordError, SpecErrors
 from processor.tools.data_commands import add_data_tools
+from processor.tools.savepoint_commands import add_savepoint
 
 log = logging.getLogger("processor.cli")
 
@@ -325,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "200 fraud)")
     m.set_defaults(fn=cmd_demo)
     add_data_tools(sub)
+    add_savepoint(sub, TOPOLOGY_HELP)
 
     c = sub.add_parser("completion", help='print the shell completion script; enable it with '
                                           'eval "$(processor completion bash)"')

@@ -68,6 +68,7 @@ UNREACHABLE = [
     ("consume", "orders", "--count", "1"),
     ("produce", "orders"),
     ("reset", TOPOLOGY, "--dry-run"),
+    ("savepoint", "create", TOPOLOGY, "--to", "never-written"),
 ]
 
 
@@ -107,6 +108,8 @@ MISSING_FILE = [
     ("consume", "orders", "--config", "missing.yaml"),
     ("produce", "orders", "--file", "missing.jsonl", "--bootstrap-servers", "127.0.0.1:1"),
     ("reset", "missing.yaml"),
+    ("savepoint", "create", "missing.yaml", "--to", "never-written"),
+    ("savepoint", "restore", "missing.sp", TOPOLOGY),
 ]
 
 

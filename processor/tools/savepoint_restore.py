@@ -1,0 +1,228 @@
+"""`processor savepoint restore`: start an application from a savepoint (same partition counts).
+
+The target application (the topology's name: a new one for blue/green) must be pristine: no
+members, no committed offsets, its changelog and repartition topics absent or empty. Then:
+
+1. its topics are created as a worker would (runtime/kafka/topics.py `ensure_topics`);
+2. the in-flight records are produced to its repartition topics, same partition, same
+   envelope bytes: the upstream marks inside (`[slot, source offset, seq, value]`) refer to the
+   *source* topics' offsets, which do not change, so the readers' de-dup marks stay valid;
+3. every store entry goes to its changelog partition, followed by a position record: the
+   source-reading tasks keep their position (same source topics, same offsets); a
+   repartition-reading task's position is the new offset of the first in-flight record it had
+   not absorbed (its old position mapped through the re-produced records' offsets);
+   upstream marks and event-time state are kept as they were;
+4. the group's offsets are committed last (AdminClient): the source topics' to the
+   savepoint's, the repartition topics' to where their in-flight records start.
+
+A worker then restores the stores from the changelogs and `_start_input` (runtime/task_manager.py)
+resumes each task at its position: nothing is processed twice, nothing skipped. Restore is
+not transactional: one that fails part-way leaves a non-pristine application, which a second
+restore refuses (reset the application first).
+"""
+
+from __future__ import annotations
+
+import bisect
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+import orjson
+from confluent_kafka import ConsumerGroupTopicPartitions, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from processor.graph import Topology
+from processor.runtime.config import WorkerConfig
+from processor.runtime.kafka.clients import admin_config, producer_config
+from processor.runtime.kafka.produce import produce_when_room
+from processor.runtime.kafka.topics import ensure_topics, partition_counts
+from processor.state.changelog import POSITION_KEY
+from processor.tools.savepoint import committed_offsets, reader, require_stopped
+from processor.tools.savepoint_format import (
+    SavepointError,
+    decode_bytes,
+    inflight_path,
+    read_lines,
+    read_manifest,
+    store_path,
+)
+
+
+class _Deliveries:
+    """Delivery reports: failures raise at the next check; offsets kept where asked."""
+
+    def __init__(self) -> None:
+        self.error: str | None = None
+        self.offsets: dict[tuple[str, int], list[int]] = {}
+
+    def tracking(self, topic: str, partition: int) -> Callable[[Any, Any], None]:
+        got = self.offsets.setdefault((topic, partition), [])
+
+        def report(err: Any, msg: Any) -> None:
+            if err is not None:
+                self.error = self.error or f"{topic}[{partition}]: {err.str()}"
+            else:
+                got.append(msg.offset())
+        return report
+
+    def failed(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self.error = self.error or f"{msg.topic()}[{msg.partition()}]: {err.str()}"
+
+    def check(self) -> None:
+        if self.error:
+            raise SavepointError(f"restore failed writing {self.error}; reset the application "
+                                 "before restoring again")
+
+
+def _renamed(topic: str, old_app: str, new_app: str) -> str:
+    return new_app + topic[len(old_app):] if topic.startswith(old_app) else topic
+
+
+def _check_compatible(manifest: dict[str, Any], topology: Topology) -> None:
+    saved = set(manifest["stores"])
+    wanted = {s.name for s in topology.stores}
+    if saved != wanted:
+        raise SavepointError(f"the topology's stores {sorted(wanted)} are not the savepoint's "
+                             f"{sorted(saved)}")
+    old, new = manifest["application"], topology.name
+    saved_topics = {_renamed(t, old, new) for t in manifest["inflight"]}
+    internal = {s.source.topic for s in topology.subtopologies if s.source.internal}
+    if saved_topics != internal:
+        raise SavepointError(f"the topology's repartition topics {sorted(internal)} are not the "
+                             f"savepoint's {sorted(saved_topics)} (renamed to {new!r})")
+
+
+def _check_pristine(config: WorkerConfig, admin: AdminClient, topology: Topology,
+                    counts: dict[str, int], manifest: dict[str, Any]) -> dict[tuple[str, int], int]:
+    """Refuse an application that is not new; returns the end offsets of its existing internal
+    topics (all empty): where the records written into them will start."""
+    app = topology.name
+    require_stopped(admin, app, "restoring into it")
+    if committed_offsets(admin, app):
+        raise SavepointError(f"application {app!r} has committed offsets: restore only into a "
+                             "new application, or reset this one first")
+    for topic, saved in manifest["source_offsets"].items():
+        have = counts.get(topic)
+        if have is not None and have != saved["partitions"]:
+            raise SavepointError(f"source topic {topic!r} has {have} partitions, the savepoint "
+                                 f"{saved['partitions']}: restoring into another partition count "
+                                 "is not supported yet")
+    internal = [s.changelog_topic for s in topology.stores]
+    internal += [s.source.topic for s in topology.subtopologies if s.source.internal]
+    probe = reader(config)
+    ends = {}
+    try:
+        for topic in internal:
+            for p in range(counts.get(topic, 0)):
+                low, high = probe.get_watermark_offsets(TopicPartition(topic, p), timeout=15)
+                if high > low:
+                    raise SavepointError(f"internal topic {topic!r} of {app!r} is not empty "
+                                         f"(partition {p}: {high - low} records): restore only "
+                                         "into a new application, or reset this one first")
+                ends[(topic, p)] = high
+    finally:
+        probe.close()
+    return ends
+
+
+def _new_position(old: int, sent: list[tuple[int, int]], end: int) -> int:
+    """The new offset of the first re-produced record at or after old offset `old`."""
+    i = bisect.bisect_left(sent, (old, -1))
+    return sent[i][1] if i < len(sent) else end
+
+
+def restore(root: Path, topology: Topology, config: WorkerConfig, *,
+            progress: TextIO = sys.stderr) -> dict[str, Any]:
+    """Restore the savepoint at `root` into `topology`'s application; returns what was written."""
+    began = time.monotonic()
+    manifest = read_manifest(root)
+    _check_compatible(manifest, topology)
+    admin = AdminClient(admin_config(config))
+    counts = partition_counts(admin)
+    bases = _check_pristine(config, admin, topology, counts, manifest)
+    counts = ensure_topics(admin, topology, create=True, replication_factor=config.replication_factor,
+                           changelog_configs=config.changelog_topic_configs,
+                           bootstrap_servers=config.bootstrap_servers, wait_for_sources_s=10)
+    old_app, app = manifest["application"], topology.name
+    producer = Producer(producer_config(config, None))
+    reports = _Deliveries()
+    written = {"records": 0, "bytes": 0}
+
+    def send(topic: str, key: bytes | None, value: bytes | None, partition: int,
+             timestamp: int = 0, on_delivery: Any = reports.failed) -> None:
+        produce_when_room(producer, topic, value, key, partition=partition, timestamp=timestamp,
+                          on_delivery=on_delivery)
+        written["records"] += 1
+        written["bytes"] += len(key or b"") + len(value or b"")
+
+    # in-flight records first: the repartition readers' positions depend on their new offsets
+    group_offsets: list[TopicPartition] = []
+    mapped: dict[str, dict[int, tuple[list[tuple[int, int]], int]]] = {}
+    for old_topic, saved in manifest["inflight"].items():
+        topic = _renamed(old_topic, old_app, app)
+        if counts[topic] != saved["partitions"]:
+            raise SavepointError(f"{topic!r} has {counts[topic]} partitions, the savepoint's "
+                                 f"{old_topic!r} {saved['partitions']}")
+        for part in range(saved["partitions"]):
+            base = bases.get((topic, part), 0)
+            lines = list(read_lines(inflight_path(root, old_topic, part)))
+            track = reports.tracking(topic, part)
+            for line in lines:
+                send(topic, decode_bytes(line, "key"), decode_bytes(line, "value"), part,
+                     line.get("timestamp") or 0, track)
+            producer.flush(60)
+            reports.check()
+            new = reports.offsets.get((topic, part), [])
+            if len(new) != len(lines):
+                raise SavepointError(f"{topic}[{part}]: {len(new)} of {len(lines)} in-flight "
+                                     "records acknowledged")
+            sent = [(int(line["offset"]), n) for line, n in zip(lines, new, strict=True)]
+            end = new[-1] + 1 if new else base
+            mapped.setdefault(old_topic, {})[part] = (sent, end)
+            group_offsets.append(TopicPartition(topic, part, sent[0][1] if sent else base))
+
+    feeds = {s.name: s.subtopology for s in topology.stores}
+    internal_input = {sub.id: _source_of(manifest, sub.source.topic, app, old_app)
+                      for sub in topology.subtopologies if sub.source.internal}
+    told = time.monotonic()
+    for name, saved in manifest["stores"].items():
+        changelog = next(s.changelog_topic for s in topology.stores if s.name == name)
+        if counts[changelog] != saved["partitions"]:
+            raise SavepointError(f"changelog {changelog!r} has {counts[changelog]} partitions, "
+                                 f"the savepoint's store {name!r} {saved['partitions']}")
+        for part in range(saved["partitions"]):
+            for line in read_lines(store_path(root, name, part)):
+                send(changelog, decode_bytes(line, "key"), decode_bytes(line, "value"), part)
+                if time.monotonic() - told > 2:
+                    told = time.monotonic()
+                    print(f"savepoint restore: {written['records']} records written",
+                          file=progress, flush=True)
+            record = saved["position_records"].get(str(part))
+            if record is None:
+                continue
+            old_topic = internal_input.get(feeds[name])
+            if old_topic is not None:
+                sent, end = mapped[old_topic][part]
+                record = {**record, "position": _new_position(int(record["position"]), sent, end)}
+            send(changelog, POSITION_KEY, orjson.dumps(record), part)
+    producer.flush(120)
+    reports.check()
+    if producer.flush(0):
+        raise SavepointError("restore failed: records still unacknowledged after 120 s")
+
+    for topic, saved in manifest["source_offsets"].items():
+        group_offsets += [TopicPartition(topic, int(p), off) for p, off in saved["committed"].items()]
+    if group_offsets:
+        request = ConsumerGroupTopicPartitions(app, group_offsets)
+        admin.alter_consumer_group_offsets([request], request_timeout=30)[app].result()
+    return {**written, "seconds": round(time.monotonic() - began, 3),
+            "offsets_committed": len(group_offsets)}
+
+
+def _source_of(manifest: dict[str, Any], topic: str, app: str, old_app: str) -> str:
+    """The savepoint's name of a repartition topic of the new application."""
+    return next(t for t in manifest["inflight"] if _renamed(t, old_app, app) == topic)
