@@ -25,10 +25,12 @@ from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaError, 
 from confluent_kafka.admin import AdminClient
 
 from processor.graph import Topology
+from processor.graph.compat import Verdict, store_reasons
+from processor.graph.layout import StoreLayout, state_layout
 from processor.runtime.config import WorkerConfig
 from processor.runtime.kafka.clients import admin_config, restore_consumer_config
 from processor.runtime.kafka.topics import partition_counts
-from processor.state.changelog import POSITION_KEY
+from processor.state.changelog import LAYOUT_KEY, POSITION_KEY
 from processor.tools.savepoint_format import (
     SavepointError,
     SavepointWriter,
@@ -144,6 +146,19 @@ def _inflight_starts(topology: Topology, counts: dict[str, int],
     return starts
 
 
+def check_recorded_layouts(current: StoreLayout, recorded: dict[int, bytes]) -> None:
+    """The layouts a store's changelog records must be readable as the topology's: a savepoint
+    taken with the wrong topology file would describe (and restore) the state wrongly."""
+    for part, raw in sorted(recorded.items()):
+        reasons = [r for r in store_reasons(StoreLayout.from_json(raw), current)
+                   if r.verdict > Verdict.COMPATIBLE]
+        if reasons:
+            raise SavepointError(
+                f"store {current.store} (partition {part}) holds state written with another "
+                "layout than this topology's: " + "; ".join(r.render() for r in reasons)
+                + " (is this the topology the application runs?)")
+
+
 def create(topology: Topology, topology_path: Path, config: WorkerConfig, to: Path, *,
            progress: TextIO = sys.stderr) -> dict[str, Any]:
     """Write the savepoint of a stopped application; returns its manifest."""
@@ -155,6 +170,7 @@ def create(topology: Topology, topology_path: Path, config: WorkerConfig, to: Pa
     consumer = reader(config)
     stores: dict[str, Any] = {}
     positions: dict[str, dict[int, int]] = {}
+    layouts = state_layout(topology).stores
     try:
         with SavepointWriter(to) as out:
             for store in topology.stores:
@@ -164,6 +180,7 @@ def create(topology: Topology, topology_path: Path, config: WorkerConfig, to: Pa
                                          f"{app!r} ever run?")
                 latest: dict[int, dict[bytes, bytes]] = {p: {} for p in range(counts[topic])}
                 marks: dict[int, dict[str, Any]] = {}
+                recorded: dict[int, bytes] = {}  # layout records (runtime/tasks/layouts.py)
                 starts = {(topic, p): 0 for p in range(counts[topic])}
                 read = 0
                 for m in read_partitions(consumer, starts, progress=progress, what=topic):
@@ -171,6 +188,8 @@ def create(topology: Topology, topology_path: Path, config: WorkerConfig, to: Pa
                     part, k, v = m.partition(), m.key(), m.value()
                     if k == POSITION_KEY:
                         marks[part] = orjson.loads(v)
+                    elif k == LAYOUT_KEY:
+                        recorded[part] = v
                     elif v is None:
                         latest[part].pop(k, None)
                     else:
@@ -178,10 +197,12 @@ def create(topology: Topology, topology_path: Path, config: WorkerConfig, to: Pa
                 for part, entries in latest.items():
                     for k, v in entries.items():
                         out.store_entry(store.name, part, k, v)
+                check_recorded_layouts(layouts[store.name], recorded)
                 positions[store.name] = {p: int(r["position"]) for p, r in marks.items()}
                 stores[store.name] = {
                     "changelog": topic, "partitions": counts[topic], "changelog_records_read": read,
                     "entries": {str(p): len(e) for p, e in latest.items()},
+                    "layout": layouts[store.name].to_dict(),
                     "position_records": {str(p): marks[p] for p in sorted(marks)}}
             # read after the changelogs: a transaction a killed worker had already committed is
             # complete by now, in its changelog writes and in its offsets alike

@@ -1,7 +1,8 @@
 """`processor savepoint restore`: start an application from a savepoint (same partition counts).
 
 The target application (the topology's name: a new one for blue/green) must be pristine: no
-members, no committed offsets, its changelog and repartition topics absent or empty. Then:
+members, no committed offsets, its changelog and repartition topics absent or empty; its
+stores' layouts must read the savepoint's (graph/compat.py, as `upgrade-check`). Then:
 
 1. its topics are created as a worker would (runtime/kafka/topics.py `ensure_topics`);
 2. the in-flight records are produced to its repartition topics, same partition, same
@@ -11,7 +12,8 @@ members, no committed offsets, its changelog and repartition topics absent or em
    source-reading tasks keep their position (same source topics, same offsets); a
    repartition-reading task's position is the new offset of the first in-flight record it had
    not absorbed (its old position mapped through the re-produced records' offsets);
-   upstream marks and event-time state are kept as they were;
+   upstream marks and event-time state are kept as they were; a layout record per store
+   partition (the target's layout, which the worker checks: runtime/tasks/layouts.py);
 4. the group's offsets are committed last (AdminClient): the source topics' to the
    savepoint's, the repartition topics' to where their in-flight records start.
 
@@ -35,11 +37,13 @@ from confluent_kafka import ConsumerGroupTopicPartitions, Producer, TopicPartiti
 from confluent_kafka.admin import AdminClient
 
 from processor.graph import Topology
+from processor.graph.compat import Verdict, store_reasons
+from processor.graph.layout import StoreLayout, state_layout
 from processor.runtime.config import WorkerConfig
 from processor.runtime.kafka.clients import admin_config, producer_config
 from processor.runtime.kafka.produce import produce_when_room
 from processor.runtime.kafka.topics import ensure_topics, partition_counts
-from processor.state.changelog import POSITION_KEY
+from processor.state.changelog import LAYOUT_KEY, POSITION_KEY
 from processor.tools.savepoint import committed_offsets, reader, require_stopped
 from processor.tools.savepoint_format import (
     SavepointError,
@@ -88,6 +92,19 @@ def _check_compatible(manifest: dict[str, Any], topology: Topology) -> None:
     if saved != wanted:
         raise SavepointError(f"the topology's stores {sorted(wanted)} are not the savepoint's "
                              f"{sorted(saved)}")
+    layouts = state_layout(topology).stores
+    for name, store in manifest["stores"].items():
+        if "layout" not in store:
+            continue
+        target = layouts[name]
+        saved_layout = StoreLayout.from_json(orjson.dumps(store["layout"]))
+        # the changelog's name follows the application, which a restore may change
+        saved_layout = StoreLayout(saved_layout.store, target.changelog, saved_layout.facts)
+        reasons = [r for r in store_reasons(saved_layout, target) if r.verdict > Verdict.COMPATIBLE]
+        if reasons:
+            raise SavepointError("the savepoint's state cannot be read by this topology: "
+                                 + "; ".join(r.render() for r in reasons)
+                                 + " (migrating state between layouts is not supported yet)")
     old, new = manifest["application"], topology.name
     saved_topics = {_renamed(t, old, new) for t in manifest["inflight"]}
     internal = {s.source.topic for s in topology.subtopologies if s.source.internal}
@@ -189,6 +206,7 @@ def restore(root: Path, topology: Topology, config: WorkerConfig, *,
     internal_input = {sub.id: _source_of(manifest, sub.source.topic, app, old_app)
                       for sub in topology.subtopologies if sub.source.internal}
     told = time.monotonic()
+    layouts = state_layout(topology).stores
     for name, saved in manifest["stores"].items():
         changelog = next(s.changelog_topic for s in topology.stores if s.name == name)
         if counts[changelog] != saved["partitions"]:
@@ -201,6 +219,8 @@ def restore(root: Path, topology: Topology, config: WorkerConfig, *,
                     told = time.monotonic()
                     print(f"savepoint restore: {written['records']} records written",
                           file=progress, flush=True)
+            # the layout the worker checks the restored state against (runtime/tasks/layouts.py)
+            send(changelog, LAYOUT_KEY, layouts[name].to_json(), part)
             record = saved["position_records"].get(str(part))
             if record is None:
                 continue
