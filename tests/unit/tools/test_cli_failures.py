@@ -37,11 +37,24 @@ def busy_port() -> Iterator[int]:
 
 def _cli(*args: str, stdin: str = "", env: dict[str, str] | None = None
          ) -> subprocess.CompletedProcess[str]:
+    return _wait(_start(*args, env=env), stdin)
+
+
+def _start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("PROCESSOR_")}
     full_env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
-    return subprocess.run([sys.executable, "-m", "processor", *args], cwd=REPO, text=True,
-                          input=stdin, capture_output=True, timeout=90,
-                          env={**full_env, **(env or {})})
+    return subprocess.Popen([sys.executable, "-m", "processor", *args], cwd=REPO, text=True,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env={**full_env, **(env or {})})
+
+
+def _wait(proc: subprocess.Popen[str], stdin: str = "") -> subprocess.CompletedProcess[str]:
+    try:
+        out, err = proc.communicate(stdin, timeout=90)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def _one_error_line(run: subprocess.CompletedProcess[str], *needles: str, code: int = 2) -> str:
@@ -72,11 +85,20 @@ UNREACHABLE = [
 ]
 
 
-@pytest.mark.parametrize("args", UNREACHABLE, ids=lambda a: " ".join(a[:2]))
-def test_an_unreachable_broker_is_one_line(args: tuple[str, ...], closed_port: int) -> None:
+@pytest.fixture(scope="module")
+def unreachable_runs(closed_port: int) -> dict[tuple[str, ...], subprocess.CompletedProcess[str]]:
+    """Every UNREACHABLE command, started together: each waits out librdkafka's ~10 s metadata
+    timeout, so one after another they took over 100 s of the unit suite."""
     address = f"127.0.0.1:{closed_port}"
-    run = _cli(*args, "--bootstrap-servers", address, stdin='{"id": 1}\n')
-    line = _one_error_line(run, "Broker transport failure")
+    procs = {args: _start(*args, "--bootstrap-servers", address) for args in UNREACHABLE}
+    return {args: _wait(proc, '{"id": 1}\n') for args, proc in procs.items()}
+
+
+@pytest.mark.parametrize("args", UNREACHABLE, ids=lambda a: " ".join(a[:2]))
+def test_an_unreachable_broker_is_one_line(
+        args: tuple[str, ...],
+        unreachable_runs: dict[tuple[str, ...], subprocess.CompletedProcess[str]]) -> None:
+    line = _one_error_line(unreachable_runs[args], "Broker transport failure")
     assert "bootstrap_servers" in line  # what to do: the setting to check
 
 
