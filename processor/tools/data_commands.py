@@ -83,16 +83,18 @@ def cmd_reset(args: argparse.Namespace) -> int:
     return 0
 
 
+def connection(sp: argparse.ArgumentParser) -> None:
+    """The options every command that talks to the broker takes: where, and with which config."""
+    sp.add_argument("--bootstrap-servers", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"),
+                    help="broker address (default: $KAFKA_BOOTSTRAP_SERVERS, else the "
+                         "config's bootstrap_servers)")
+    sp.add_argument("--config", help="worker config YAML: its connection and security "
+                                     "settings are used (default: none, the environment's)")
+
+
 def add_data_tools(sub: argparse._SubParsersAction) -> None:
     """produce | consume | topics | reset: put records on a topic, read them back, manage
     topics, reset an application for reprocessing."""
-    def connection(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--bootstrap-servers", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"),
-                        help="broker address (default: $KAFKA_BOOTSTRAP_SERVERS, else the "
-                             "config's bootstrap_servers)")
-        sp.add_argument("--config", help="worker config YAML: its connection and security "
-                                         "settings are used (default: none, the environment's)")
-
     pr = sub.add_parser("produce", help="write JSON lines (stdin or --file) to a topic")
     pr.add_argument("topic", help="the topic to write to")
     pr.add_argument("--file", help="read this file (default: stdin)")

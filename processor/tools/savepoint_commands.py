@@ -4,10 +4,10 @@ in tools/savepoint.py, tools/savepoint_restore.py and tools/savepoint_format.py)
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from processor.errors import ProcessorError
+from processor.tools.data_commands import connection
 
 
 def _mb(n: int) -> str:
@@ -58,13 +58,6 @@ def cmd_savepoint(args: argparse.Namespace) -> int:
 
 def add_savepoint(sub: argparse._SubParsersAction, topology_help: str) -> None:
     """savepoint create | inspect | restore."""
-    def connection(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--bootstrap-servers", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"),
-                        help="broker address (default: $KAFKA_BOOTSTRAP_SERVERS, else the "
-                             "config's bootstrap_servers)")
-        sp.add_argument("--config", help="worker config YAML: its connection and security "
-                                         "settings are used (default: none, the environment's)")
-
     s = sub.add_parser("savepoint", help="snapshot a stopped application's state; inspect it; "
                                          "start an application from it")
     ssub = s.add_subparsers(dest="savepoint_command", required=True)
