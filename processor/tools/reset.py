@@ -39,6 +39,7 @@ from processor.graph import Topology
 from processor.runtime.config import WorkerConfig
 from processor.runtime.kafka.clients import admin_config
 from processor.runtime.serving.directory import directory_topic
+from processor.tools.consumer_group import committed_offsets, group_members
 from processor.tools.topics_cli import TIMEOUT_S, broker_error, topic_partitions
 
 
@@ -183,22 +184,24 @@ class _Group:
             raise broker_error(exc, self.config, doing) from None
 
     def refuse_if_active(self) -> None:
-        desc = self._result(self.admin.describe_consumer_groups(
-            [self.group], request_timeout=TIMEOUT_S)[self.group],
-            f"cannot describe consumer group {self.group!r}")
-        if desc.members:
-            who = ", ".join(f"{m.member_id} on {m.host.lstrip('/')}" for m in desc.members)
+        try:
+            members = group_members(self.admin, self.group, TIMEOUT_S)
+        except KafkaException as exc:
+            raise broker_error(exc, self.config,
+                               f"cannot describe consumer group {self.group!r}") from None
+        if members:
+            who = ", ".join(f"{m.member_id} on {m.host.lstrip('/')}" for m in members)
             raise ProcessorError(
-                f"consumer group {self.group!r} has {len(desc.members)} active member(s): {who}; "
+                f"consumer group {self.group!r} has {len(members)} active member(s): {who}; "
                 "stop every worker of the application before a reset (a reset under running "
                 "workers corrupts their state)")
 
     def committed(self) -> dict[tuple[str, int], int]:
-        res = self._result(self.admin.list_consumer_group_offsets(
-            [ConsumerGroupTopicPartitions(self.group)], request_timeout=TIMEOUT_S)[self.group],
-            f"cannot read the committed offsets of {self.group!r}")
-        return {(tp.topic, tp.partition): tp.offset for tp in res.topic_partitions
-                if tp.offset >= 0}
+        try:
+            return committed_offsets(self.admin, self.group, TIMEOUT_S)
+        except KafkaException as exc:
+            raise broker_error(exc, self.config,
+                               f"cannot read the committed offsets of {self.group!r}") from None
 
     def targets(self, partitions: dict[str, int], target: Target) -> dict[tuple[str, int], int]:
         tps = [TopicPartition(t, p) for t, n in partitions.items() for p in range(n)]

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import orjson
-from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from processor.graph import Topology
@@ -31,6 +31,7 @@ from processor.runtime.config import WorkerConfig
 from processor.runtime.kafka.clients import admin_config, restore_consumer_config
 from processor.runtime.kafka.topics import partition_counts
 from processor.state.changelog import LAYOUT_KEY, POSITION_KEY
+from processor.tools.consumer_group import committed_offsets, group_members
 from processor.tools.savepoint_format import (
     SavepointError,
     SavepointWriter,
@@ -43,31 +44,17 @@ from processor.tools.savepoint_format import (
 OPEN_TXN_WAIT_S = 120.0
 
 
-def group_members(admin: AdminClient, group: str) -> int:
-    """Members of the consumer group now (0 when the group is empty or unknown)."""
-    try:
-        desc = admin.describe_consumer_groups([group], request_timeout=15)[group].result()
-    except KafkaException as exc:
-        if exc.args[0].code() == KafkaError.GROUP_ID_NOT_FOUND:
-            return 0
-        raise
-    return len(desc.members or [])
-
-
 def require_stopped(admin: AdminClient, group: str, doing: str) -> None:
-    members = group_members(admin, group)
+    try:
+        members = len(group_members(admin, group))
+    except KafkaException as exc:
+        if exc.args[0].code() != KafkaError.GROUP_ID_NOT_FOUND:
+            raise
+        members = 0  # no such group: nothing runs
     if members:
         raise SavepointError(
             f"application {group!r} has {members} active worker(s): stop them before {doing} "
             f"(a member killed with -9 stays in the group until its session times out)")
-
-
-def committed_offsets(admin: AdminClient, group: str) -> dict[tuple[str, int], int]:
-    """The group's committed offsets by (topic, partition)."""
-    req = ConsumerGroupTopicPartitions(group)
-    result = admin.list_consumer_group_offsets([req], request_timeout=15)[group].result()
-    return {(tp.topic, tp.partition): tp.offset for tp in result.topic_partitions or []
-            if tp.offset >= 0 and tp.error is None}
 
 
 def cluster_id(admin: AdminClient) -> str | None:

@@ -44,7 +44,8 @@ from processor.runtime.kafka.clients import admin_config, producer_config
 from processor.runtime.kafka.produce import produce_when_room
 from processor.runtime.kafka.topics import ensure_topics, partition_counts
 from processor.state.changelog import LAYOUT_KEY, POSITION_KEY
-from processor.tools.savepoint import committed_offsets, reader, require_stopped
+from processor.tools.consumer_group import committed_offsets
+from processor.tools.savepoint import reader, require_stopped
 from processor.tools.savepoint_format import (
     SavepointError,
     decode_bytes,
