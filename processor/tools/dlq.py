@@ -22,8 +22,10 @@ from typing import Any, TextIO
 import orjson
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from processor.errors import ProcessorError
 from processor.graph import Topology
 from processor.runtime.config import WorkerConfig
+from processor.runtime.durability.checkpoint import CheckpointFailed, send_offsets
 from processor.runtime.kafka import deadletter as dl
 from processor.runtime.kafka.clients import admin_config, consumer_config, producer_config
 from processor.runtime.kafka.produce import produce_when_room
@@ -174,6 +176,10 @@ def _put_back(producer: Producer, m: Any, h: dict[str, str], target: str, value:
 def _commit(producer: Producer, consumer: Consumer, topic: str, done: dict[int, int]) -> None:
     """Letters so far and the group's progress past them, atomically."""
     positions = [TopicPartition(topic, p, o) for p, o in done.items()]
-    producer.send_offsets_to_transaction(positions, consumer.consumer_group_metadata(), 30)
+    try:  # with a deadline: librdkafka 2.16 can hang here past its own timeout
+        send_offsets(producer, positions, consumer.consumer_group_metadata())
+    except CheckpointFailed as exc:
+        raise ProcessorError(f"replay stopped, nothing of this batch committed: {exc}; run it "
+                             "again to resume after the last committed batch") from None
     producer.commit_transaction(30)
     producer.begin_transaction()
