@@ -19,6 +19,29 @@ def _rate(n: int, b: int, seconds: float) -> str:
     return f"{n / s:,.0f} records/s, {b / s / 1e6:.1f} MB/s"
 
 
+def parse_renames(pairs: list[str]) -> dict[str, str]:
+    """`--rename-store OLD=NEW` values as {OLD: NEW}."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        old, sep, new = pair.partition("=")
+        if not sep or not old or not new or old == new:
+            raise ProcessorError(f"--rename-store {pair!r}: expected OLD=NEW, two store names")
+        if old in out:
+            raise ProcessorError(f"--rename-store {old}=...: given twice")
+        out[old] = new
+    return out
+
+
+def migration_options(sp: argparse.ArgumentParser) -> None:
+    """How a restore maps the savepoint's stores onto a changed topology."""
+    sp.add_argument("--rename-store", action="append", default=[], metavar="OLD=NEW",
+                    help="restore the savepoint's store OLD into the topology's store NEW "
+                         "(repeatable; default: stores restore into the same name)")
+    sp.add_argument("--drop-store", action="append", default=[], metavar="NAME",
+                    help="drop the state of the savepoint's store NAME, which the topology no "
+                         "longer has (repeatable; default: such a store is refused)")
+
+
 def cmd_savepoint(args: argparse.Namespace) -> int:
     if args.savepoint_command == "inspect":
         from processor.tools.savepoint import inspect
@@ -47,7 +70,10 @@ def cmd_savepoint(args: argparse.Namespace) -> int:
         return 0
     from processor.tools.savepoint_restore import restore
 
-    done = restore(Path(args.dir), topology, config)
+    done = restore(Path(args.dir), topology, config, renames=parse_renames(args.rename_store),
+                   drops=args.drop_store)
+    for line in done["migrated"]:
+        print(line)
     print(f"restored {args.dir} into application {topology.name!r}: {done['records']} records "
           f"({_mb(done['bytes'])}) in {done['seconds']:.1f}s "
           f"({_rate(done['records'], done['bytes'], done['seconds'])}), "
@@ -74,9 +100,11 @@ def add_savepoint(sub: argparse._SubParsersAction, topology_help: str) -> None:
                     help="only this partition's entries (default: all partitions)")
     si.add_argument("--limit", type=int, metavar="N", help="at most N entries (default: all)")
     sr = ssub.add_parser("restore", help="start the topology's application (a new one, or one "
-                                         "reset) from a savepoint; same partition counts")
+                                         "reset) from a savepoint; same partition counts; "
+                                         "migrates added/removed aggregate fields")
     sr.add_argument("dir", help="the savepoint directory")
     sr.add_argument("topology", help=topology_help + "; its name is the application restored into")
+    migration_options(sr)
     connection(sr)
     for sp in (sc, si, sr):
         sp.set_defaults(fn=cmd_savepoint)
