@@ -128,6 +128,8 @@ def _check_options(saved: Mapping[str, Any], targets: Mapping[str, StoreLayout],
     have = ", ".join(saved) or "none"
     into: dict[str, str] = {}
     for old, new in renames.items():
+        if old in drops:
+            raise SavepointError(f"store {old!r}: both --rename-store and --drop-store")
         if old not in saved:
             raise SavepointError(f"--rename-store {old}={new}: the savepoint has no store "
                                  f"{old!r} (it has: {have})")
@@ -140,8 +142,6 @@ def _check_options(saved: Mapping[str, Any], targets: Mapping[str, StoreLayout],
         if new in saved and new not in renames and new not in drops:
             raise SavepointError(f"--rename-store {old}={new}: store {new!r} of the topology "
                                  f"already restores the savepoint's store {new!r}")
-        if old in drops:
-            raise SavepointError(f"store {old!r}: both --rename-store and --drop-store")
         into[new] = old
     for name in drops:
         if name not in saved:
