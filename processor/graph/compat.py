@@ -223,6 +223,20 @@ def store_reasons(old: StoreLayout, new: StoreLayout) -> list[Reason]:
     return [Reason(r.verdict, subject, r.text) for r in out]
 
 
+def likely_rename(gone: StoreLayout, candidates: list[StoreLayout]) -> StoreLayout | None:
+    """The store of `candidates` that `gone` was probably renamed to: the same layout, else
+    the first whose state a savepoint migration turns `gone`'s into (same operator and key)."""
+    twin = next((s for s in candidates if s.fingerprint == gone.fingerprint), None)
+    if twin is not None:
+        return twin
+    for s in candidates:
+        reasons = store_reasons(StoreLayout(gone.store, s.changelog, gone.facts), s)
+        if s.operator == gone.operator and max((r.verdict for r in reasons),
+                                               default=Verdict.COMPATIBLE) <= Verdict.MIGRATION:
+            return s
+    return None
+
+
 def _delete_hint(topic: str) -> str:
     return (f"delete it once no rollback needs it: kafka-topics.sh --bootstrap-server HOST:PORT "
             f"--delete --topic {topic}")
@@ -240,16 +254,19 @@ def classify(old: StateLayout, new: StateLayout) -> Classification:
     removed = [s for n, s in old.stores.items() if n not in new.stores]
     added = [s for n, s in new.stores.items() if n not in old.stores]
     for gone in list(removed):
-        twin = next((s for s in added if s.fingerprint == gone.fingerprint), None)
+        twin = likely_rename(gone, added)
         if twin is None:
             continue
         removed.remove(gone)
         added.remove(twin)
-        reasons.append(Reason(Verdict.MIGRATION, f"store {twin.store}", f"same layout as removed "
+        same = ("same layout as" if twin.fingerprint == gone.fingerprint
+                else "a layout a savepoint restore migrates from that of")
+        reasons.append(Reason(Verdict.MIGRATION, f"store {twin.store}", f"{same} removed "
                               f"store {gone.store}: probably a rename, and {gone.store}'s state "
                               f"would be lost (the new store starts empty from {twin.changelog}; a "
                               f"savepoint restore with --rename-store {gone.store}={twin.store} "
                               "carries it over)"))
+        reasons += store_reasons(StoreLayout(gone.store, twin.changelog, gone.facts), twin)
         topics.created.append(twin.changelog)
         topics.orphaned.append(gone.changelog)
     for s in removed:

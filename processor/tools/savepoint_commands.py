@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from processor.errors import ProcessorError
-from processor.tools.data_commands import connection
+from processor.tools.data_commands import connection, migration_options, parse_renames
 
 
 def _mb(n: int) -> str:
@@ -17,29 +17,6 @@ def _mb(n: int) -> str:
 def _rate(n: int, b: int, seconds: float) -> str:
     s = max(seconds, 1e-3)
     return f"{n / s:,.0f} records/s, {b / s / 1e6:.1f} MB/s"
-
-
-def parse_renames(pairs: list[str]) -> dict[str, str]:
-    """`--rename-store OLD=NEW` values as {OLD: NEW}."""
-    out: dict[str, str] = {}
-    for pair in pairs:
-        old, sep, new = pair.partition("=")
-        if not sep or not old or not new or old == new:
-            raise ProcessorError(f"--rename-store {pair!r}: expected OLD=NEW, two store names")
-        if old in out:
-            raise ProcessorError(f"--rename-store {old}=...: given twice")
-        out[old] = new
-    return out
-
-
-def migration_options(sp: argparse.ArgumentParser) -> None:
-    """How a restore maps the savepoint's stores onto a changed topology."""
-    sp.add_argument("--rename-store", action="append", default=[], metavar="OLD=NEW",
-                    help="restore the savepoint's store OLD into the topology's store NEW "
-                         "(repeatable; default: stores restore into the same name)")
-    sp.add_argument("--drop-store", action="append", default=[], metavar="NAME",
-                    help="drop the state of the savepoint's store NAME, which the topology no "
-                         "longer has (repeatable; default: such a store is refused)")
 
 
 def cmd_savepoint(args: argparse.Namespace) -> int:

@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 
 from processor.graph import Topology
-from processor.graph.compat import REPROCESS, Verdict, store_reasons
+from processor.graph.compat import REPROCESS, Verdict, likely_rename, store_reasons
 from processor.graph.layout import StoreLayout, state_layout
 from processor.operators.accumulators import entry_rewriter, reshaper
 from processor.tools.savepoint_format import SavepointError, decode_bytes, encode_bytes
@@ -160,12 +160,13 @@ def _unmatched(saved: Mapping[str, Any], targets: Mapping[str, StoreLayout], tak
     out = []
     for name in names:
         layout = saved[name].get("layout")
-        fp = StoreLayout.from_json(orjson.dumps(layout)).fingerprint if layout else None
-        twin = next((t.store for t in free if fp is not None and t.fingerprint == fp), None)
+        twin = (likely_rename(StoreLayout.from_json(orjson.dumps(layout)), free)
+                if layout else None)
         if twin is not None:
-            out.append(f"store {twin}: same layout as savepoint store {name}: probably a "
-                       f"rename, and {name}'s state would be lost: restore with --rename-store "
-                       f"{name}={twin} (or --drop-store {name} to drop its state)")
+            out.append(f"store {twin.store}: its layout matches savepoint store {name}'s: "
+                       f"probably a rename, and {name}'s state would be lost: restore with "
+                       f"--rename-store {name}={twin.store} (or --drop-store {name} to drop "
+                       "its state)")
         else:
             out.append(f"savepoint store {name}: the topology has no such store: --drop-store "
                        f"{name} drops its state, --rename-store {name}=NEW restores it into "

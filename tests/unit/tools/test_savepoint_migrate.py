@@ -173,7 +173,7 @@ def test_an_appended_field_rewrites_the_entries() -> None:
 def test_a_renamed_store_needs_the_mapping_and_takes_its_in_flight_records() -> None:
     saved = _manifest(_topology(), {"shop-totals-repartition": 4})
     renamed = _topology(store="sums")
-    with pytest.raises(SavepointError, match=r"store sums: same layout as savepoint store totals: "
+    with pytest.raises(SavepointError, match=r"store sums: its layout matches savepoint store totals.s: "
                        r"probably a rename.*--rename-store totals=sums"):
         plan_migration(saved, renamed)
     plan = plan_migration(saved, renamed, {"totals": "sums"})
@@ -253,3 +253,25 @@ def test_restore_refuses_before_touching_the_broker(tmp_path: Path) -> None:
         assert run.returncode == 2, run.stderr
         lines = run.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and why in lines[0], lines
+
+
+def test_upgrade_check_names_the_migration_commands_and_a_renamed_store_with_new_fields(
+        tmp_path: Path) -> None:
+    old, new = tmp_path / "old.yaml", tmp_path / "new.yaml"
+    old.write_text(TOPOLOGY.format(name="shop", store="totals", extra="", pipelines=""))
+    new.write_text(TOPOLOGY.format(name="shop", store="sums", pipelines="",
+                                   extra="          c: count()\n"))
+    run = subprocess.run([sys.executable, "-m", "processor", "upgrade-check", str(old), str(new)],
+                         cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 3, run.stdout
+    assert ("needs a savepoint migration: store sums: a layout a savepoint restore migrates from "
+            "that of removed store totals: probably a rename") in run.stdout
+    assert ("needs a savepoint migration: store sums: field 'c' (count()) added at the end: "
+            "existing accumulators need it appended with its initial value 0 (a savepoint "
+            "restore appends it") in run.stdout
+    assert ("`processor savepoint create OLD.yaml --to DIR`, then `processor reset NEW.yaml "
+            "--to-savepoint DIR`") in run.stdout
+    saved = _manifest(build_topology(load_spec_text(old.read_text())))
+    with pytest.raises(SavepointError, match=r"store sums: its layout matches savepoint store "
+                       r"totals's: probably a rename.*--rename-store totals=sums"):
+        plan_migration(saved, build_topology(load_spec_text(new.read_text())))
