@@ -253,12 +253,15 @@ def classify(old: StateLayout, new: StateLayout) -> Classification:
             topics.orphaned.append(old.stores[name].changelog)
     removed = [s for n, s in old.stores.items() if n not in new.stores]
     added = [s for n, s in new.stores.items() if n not in old.stores]
+    moved: dict[str, str] = {}  # a renamed store's repartition topic: old name -> new
     for gone in list(removed):
         twin = likely_rename(gone, added)
         if twin is None:
             continue
         removed.remove(gone)
         added.remove(twin)
+        moved[f"{old.application}-{gone.store}-repartition"] = (
+            f"{new.application}-{twin.store}-repartition")
         same = ("same layout as" if twin.fingerprint == gone.fingerprint
                 else "a layout a savepoint restore migrates from that of")
         reasons.append(Reason(Verdict.MIGRATION, f"store {twin.store}", f"{same} removed "
@@ -283,8 +286,12 @@ def classify(old: StateLayout, new: StateLayout) -> Classification:
             topics.created.append(t)
         elif b is None:
             topics.orphaned.append(t)
-            reasons.append(Reason(Verdict.COMPATIBLE, f"repartition topic {t}", "no longer used: "
-                                  "records still in it are not processed by the new topology; "
+            if moved.get(t) in new.repartitions:
+                why = (f"renamed with its store to {moved[t]}: a savepoint restore with "
+                       "--rename-store re-produces the records in flight into it; ")
+            else:
+                why = "no longer used: records still in it are not processed by the new topology; "
+            reasons.append(Reason(Verdict.COMPATIBLE, f"repartition topic {t}", why
                                   + _delete_hint(t)))
         elif a != b:
             topics.changed.append(t)
