@@ -21,8 +21,6 @@ import copy
 from collections.abc import Callable
 from typing import Any
 
-import orjson
-
 from processor.operators.aggregate import SLOTS, initial_slots
 
 Reshape = Callable[[list[Any]], list[Any]]
@@ -80,15 +78,12 @@ _BY_WINDOW: dict[str, tuple[bytes, Callable[[Any, Reshape], Any]]] = {
     "sliding": (b"K", _sliding), "count": (b"C", _count)}
 
 
-def entry_rewriter(facts: dict[str, Any], fn: Reshape) -> Callable[[bytes, bytes], bytes]:
-    """`rewrite(key, value)`: a store entry's value with every accumulator in it passed through
-    `fn`, for a store of layout `facts` (an `aggregate` or a `window` operator)."""
+def entry_rewriter(facts: dict[str, Any], fn: Reshape) -> tuple[bytes, Callable[[Any], Any]]:
+    """For a store of layout `facts` (an `aggregate` or a `window` operator): the key prefix of
+    the entries holding accumulators, and the rewrite of such an entry's decoded value that
+    passes every accumulator in it through `fn` (its result is encoded with orjson, as the
+    operator writes it)."""
     if facts["operator"] == "aggregate":
-        return lambda key, value: orjson.dumps(fn(orjson.loads(value)))
+        return b"", fn
     prefix, walk = _BY_WINDOW[facts["window"]["kind"]]
-
-    def rewrite(key: bytes, value: bytes) -> bytes:
-        if not key.startswith(prefix):
-            return value
-        return orjson.dumps(walk(orjson.loads(value), fn))
-    return rewrite
+    return prefix, lambda value: walk(value, fn)

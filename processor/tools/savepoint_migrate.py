@@ -41,7 +41,7 @@ class StoreMigration:
     source: str
     target: str
     entries: int
-    rewrite: Callable[[bytes, bytes], bytes] | None = None
+    rewrite: tuple[bytes, Callable[[Any], Any]] | None = None  # operators/accumulators.py
     changes: list[str] = field(default_factory=list)
 
     def lines(self, lines: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
@@ -49,15 +49,21 @@ class StoreMigration:
         if self.rewrite is None:
             yield from lines
             return
+        prefix, rewrite = self.rewrite
         for line in lines:
-            key, value = decode_bytes(line, "key"), decode_bytes(line, "value")
-            if key is not None and value is not None:
-                try:
-                    value = self.rewrite(key, value)
-                except (ValueError, TypeError) as exc:  # orjson.JSONDecodeError is a ValueError
-                    raise SavepointError(f"store {self.source}: entry {key!r} is not the "
-                                         f"state its layout describes ({exc})") from None
-            yield {**encode_bytes("key", key), **encode_bytes("value", value)}
+            key = decode_bytes(line, "key")
+            if key is None or not key.startswith(prefix):
+                yield line  # no accumulator in it (a window marker): kept byte for byte
+                continue
+            try:
+                # an operator's value is compact JSON: the line holds it parsed
+                value = line["value"] if "value" in line else orjson.loads(
+                    decode_bytes(line, "value") or b"")
+                value = rewrite(value)
+            except (ValueError, TypeError) as exc:  # orjson.JSONDecodeError is a ValueError
+                raise SavepointError(f"store {self.source}: entry {key!r} is not the state "
+                                     f"its layout describes ({exc})") from None
+            yield {**encode_bytes("key", key), "value": value}
 
 
 @dataclass

@@ -90,21 +90,25 @@ def test_window_entries_rewritten_and_markers_kept() -> None:
     def add(acc: list[Any]) -> list[Any]:
         return [*acc, "new"]
 
-    def facts(kind: str) -> dict[str, Any]:
+    def rewrite(facts: dict[str, Any], key: bytes, value: bytes) -> bytes:
+        prefix, walk = entry_rewriter(facts, add)
+        return orjson.dumps(walk(orjson.loads(value))) if key.startswith(prefix) else value
+
+    def window(kind: str) -> dict[str, Any]:
         return {"operator": "window", "window": {"kind": kind}}
 
-    fixed = entry_rewriter(facts("hopping"), add)
-    assert fixed(b"W" + bytes(16) + b"k", b"[1,2]") == b'[1,2,"new"]'
-    assert fixed(b"M", b"120") == b"120"
-    session = entry_rewriter(facts("session"), add)
-    assert session(b"Kk", b"[[0,10,[1]],[20,30,[2]]]") == b'[[0,10,[1,"new"]],[20,30,[2,"new"]]]'
-    assert session(b"E" + bytes(8) + b"k", b"") == b""
-    sliding = entry_rewriter(facts("sliding"), add)
-    assert sliding(b"Kk", b'[[[5,{"x":1}]],[[5,[1]]],5]') == b'[[[5,{"x":1}]],[[5,[1,"new"]]],5]'
-    count = entry_rewriter(facts("count"), add)
-    assert count(b"Ck", b"[7,[[3,[1],4,9]]]") == b'[7,[[3,[1,"new"],4,9]]]'
-    plain = entry_rewriter({"operator": "aggregate"}, add)
-    assert plain(b"Wxyz", b"[1]") == b'[1,"new"]'  # a plain aggregate's key is any key
+    fixed = window("hopping")
+    assert rewrite(fixed, b"W" + bytes(16) + b"k", b"[1,2]") == b'[1,2,"new"]'
+    assert rewrite(fixed, b"M", b"120") == b"120"
+    session = window("session")
+    assert rewrite(session, b"Kk", b"[[0,10,[1]],[20,30,[2]]]") == (
+        b'[[0,10,[1,"new"]],[20,30,[2,"new"]]]')
+    assert rewrite(session, b"E" + bytes(8) + b"k", b"") == b""
+    assert rewrite(window("sliding"), b"Kk", b'[[[5,{"x":1}]],[[5,[1]]],5]') == (
+        b'[[[5,{"x":1}]],[[5,[1,"new"]]],5]')
+    assert rewrite(window("count"), b"Ck", b"[7,[[3,[1],4,9]]]") == b'[7,[[3,[1,"new"],4,9]]]'
+    # a plain aggregate's key is any key
+    assert rewrite({"operator": "aggregate"}, b"Wxyz", b"[1]") == b'[1,"new"]'
 
 
 # -- plans ---------------------------------------------------------------------------------------
