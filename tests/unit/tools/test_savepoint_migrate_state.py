@@ -22,6 +22,7 @@ import orjson
 import pytest
 
 from processor.graph import build_topology
+from processor.graph.layout import state_layout
 from processor.operators import Aggregate, compile_aggregation, parse_field
 from processor.serde import serde_for
 from processor.spec import load_spec_text
@@ -100,17 +101,11 @@ def _migrate(entries: list[tuple[bytes, bytes]], old, new) -> list[tuple[bytes, 
     """A's store entries as a savepoint holds them, through the restore's migration."""
     manifest = {"application": "shop", "inflight": {},
                 "stores": {name: {"layout": layout.to_dict(), "entries": {"0": len(entries)}}
-                           for name, layout in _layouts(old).items()}}
+                           for name, layout in state_layout(old).stores.items()}}
     plan = plan_migration(manifest, new).stores["s"]
     assert plan.rewrite is not None and plan.changes
     lines = [orjson.loads(entry_line(k, v)) for k, v in entries]
     return [(decode_bytes(x, "key"), decode_bytes(x, "value")) for x in plan.lines(lines)]
-
-
-def _layouts(topology):
-    from processor.graph.layout import state_layout
-
-    return state_layout(topology).stores
 
 
 # -- plain aggregates --------------------------------------------------------------------------
