@@ -5,7 +5,9 @@ Each difference between the state layouts (graph/layout.py) gets one reason with
 - compatible: the new topology reads the existing state as the old one wrote it (a stateless
   step changed, a store or pipeline added, a store removed);
 - needs a savepoint migration: the state is still meaningful but its bytes must be rewritten
-  or moved first (an aggregate field added at the end or removed, a store renamed);
+  or moved first (an aggregate field added at the end or removed, a store renamed, the
+  application renamed): `savepoint restore` and `reset --to-savepoint` carry it out
+  (tools/savepoint_migrate.py);
 - incompatible: the state means something else under the new topology (a field's function
   changed, fields reordered, a window's shape, the state's key or a join's kind changed).
 
@@ -33,13 +35,26 @@ class Verdict(enum.IntEnum):
 
 EXIT_CODES = {Verdict.COMPATIBLE: 0, Verdict.MIGRATION: 3, Verdict.INCOMPATIBLE: 4}
 
-TODAY = ("to run it today, reprocess: stop the workers and run `processor reset TOPOLOGY` (it "
-         "deletes the state and moves the inputs back to the start), or start the new topology "
-         "under a new application `name:` and retire the old one; savepoint migrations are not "
-         "available yet")
-"""What a user can do about a change that is not compatible, with the commands that exist."""
+REPROCESS = ("to run it, reprocess: stop the workers and run `processor reset TOPOLOGY` (it "
+             "deletes the state and moves the inputs back to the start), or start the new "
+             "topology under a new application `name:` and retire the old one")
+"""What a user can do about an incompatible change."""
 
-_EMPTY = {"count": "0", "sum": "0", "avg": "0", "min": "null", "max": "null", "first": "null",
+MIGRATE = ("to keep the state, migrate it through a savepoint: stop the workers, `processor "
+           "savepoint create OLD.yaml --to DIR`, then `processor reset NEW.yaml --to-savepoint "
+           "DIR` (the same application) or `processor savepoint restore DIR NEW.yaml` (a new "
+           "application `name:`), adding `--rename-store OLD=NEW` for a renamed store; or "
+           + REPROCESS[len("to run it, "):])
+"""What a user can do about a change that needs a savepoint migration (the commands)."""
+
+
+def advice(verdict: Verdict) -> str:
+    """The sentence a verdict worse than compatible ends with."""
+    text = MIGRATE if verdict is Verdict.MIGRATION else REPROCESS
+    return text[0].upper() + text[1:]
+
+
+_EMPTY = {"count": "0", "sum": "0", "avg": "null", "min": "null", "max": "null", "first": "null",
           "last": "null"}
 
 
@@ -103,7 +118,8 @@ def _fields_reasons(old: list[dict], new: list[dict]) -> list[Reason]:
     for name in before:
         if name not in after:
             out.append((Verdict.MIGRATION, f"field {name!r} ({_field_desc(before[name])}) "
-                        "removed: the slots after it would be read by the wrong fields"))
+                        "removed: the slots after it would be read by the wrong fields (a savepoint "
+                        "restore drops its slots)"))
     last_common = max((i for i, n in enumerate(after) if n in before), default=-1)
     for i, name in enumerate(after):
         if name in before:
@@ -118,7 +134,8 @@ def _fields_reasons(old: list[dict], new: list[dict]) -> list[Reason]:
                        else _EMPTY.get(f["function"], "null"))
             out.append((Verdict.MIGRATION, f"field {name!r} ({_field_desc(f)}) added at the "
                         f"end: existing accumulators need it appended with its initial value "
-                        f"{initial}"))
+                        f"{initial} (a savepoint restore appends it: it then aggregates the "
+                        "records after the restore)"))
     return [Reason(v, "", t) for v, t in out]
 
 
@@ -179,7 +196,8 @@ def store_reasons(old: StoreLayout, new: StoreLayout) -> list[Reason]:
     out: list[Reason] = []
     if old.changelog != new.changelog:
         out.append(Reason(Verdict.MIGRATION, "", f"changelog {old.changelog} -> {new.changelog} "
-                          "(the application was renamed): the new one starts with empty state"))
+                          "(the application was renamed): the new one starts with empty state (a "
+                          "savepoint restore carries the state over)"))
     if a["operator"] != b["operator"]:
         out.append(Reason(Verdict.INCOMPATIBLE, "", f"operator {a['operator']} -> "
                           f"{b['operator']}: the state was written by another kind of step"))
@@ -205,6 +223,20 @@ def store_reasons(old: StoreLayout, new: StoreLayout) -> list[Reason]:
     return [Reason(r.verdict, subject, r.text) for r in out]
 
 
+def likely_rename(gone: StoreLayout, candidates: list[StoreLayout]) -> StoreLayout | None:
+    """The store of `candidates` that `gone` was probably renamed to: the same layout, else
+    the first whose state a savepoint migration turns `gone`'s into (same operator and key)."""
+    twin = next((s for s in candidates if s.fingerprint == gone.fingerprint), None)
+    if twin is not None:
+        return twin
+    for s in candidates:
+        reasons = store_reasons(StoreLayout(gone.store, s.changelog, gone.facts), s)
+        if s.operator == gone.operator and max((r.verdict for r in reasons),
+                                               default=Verdict.COMPATIBLE) <= Verdict.MIGRATION:
+            return s
+    return None
+
+
 def _delete_hint(topic: str) -> str:
     return (f"delete it once no rollback needs it: kafka-topics.sh --bootstrap-server HOST:PORT "
             f"--delete --topic {topic}")
@@ -221,15 +253,23 @@ def classify(old: StateLayout, new: StateLayout) -> Classification:
             topics.orphaned.append(old.stores[name].changelog)
     removed = [s for n, s in old.stores.items() if n not in new.stores]
     added = [s for n, s in new.stores.items() if n not in old.stores]
+    moved: dict[str, str] = {}  # a renamed store's repartition topic: old name -> new
     for gone in list(removed):
-        twin = next((s for s in added if s.fingerprint == gone.fingerprint), None)
+        twin = likely_rename(gone, added)
         if twin is None:
             continue
         removed.remove(gone)
         added.remove(twin)
-        reasons.append(Reason(Verdict.MIGRATION, f"store {twin.store}", f"same layout as removed "
+        moved[f"{old.application}-{gone.store}-repartition"] = (
+            f"{new.application}-{twin.store}-repartition")
+        same = ("same layout as" if twin.fingerprint == gone.fingerprint
+                else "a layout a savepoint restore migrates from that of")
+        reasons.append(Reason(Verdict.MIGRATION, f"store {twin.store}", f"{same} removed "
                               f"store {gone.store}: probably a rename, and {gone.store}'s state "
-                              f"would be lost (the new store starts empty from {twin.changelog})"))
+                              f"would be lost (the new store starts empty from {twin.changelog}; a "
+                              f"savepoint restore with --rename-store {gone.store}={twin.store} "
+                              "carries it over)"))
+        reasons += store_reasons(StoreLayout(gone.store, twin.changelog, gone.facts), twin)
         topics.created.append(twin.changelog)
         topics.orphaned.append(gone.changelog)
     for s in removed:
@@ -246,8 +286,12 @@ def classify(old: StateLayout, new: StateLayout) -> Classification:
             topics.created.append(t)
         elif b is None:
             topics.orphaned.append(t)
-            reasons.append(Reason(Verdict.COMPATIBLE, f"repartition topic {t}", "no longer used: "
-                                  "records still in it are not processed by the new topology; "
+            if moved.get(t) in new.repartitions:
+                why = (f"renamed with its store to {moved[t]}: a savepoint restore with "
+                       "--rename-store re-produces the records in flight into it; ")
+            else:
+                why = "no longer used: records still in it are not processed by the new topology; "
+            reasons.append(Reason(Verdict.COMPATIBLE, f"repartition topic {t}", why
                                   + _delete_hint(t)))
         elif a != b:
             topics.changed.append(t)

@@ -83,9 +83,15 @@ def parse_field(name: str, spec: str | Any) -> FieldAgg:
     return FieldAgg(name, func, expr=expr)
 
 
-_SLOTS = {"count": 1, "sum": 1, "min": 1, "max": 1, "avg": 2, "first": 2, "last": 1, "python": 1}
+SLOTS = {"count": 1, "sum": 1, "min": 1, "max": 1, "avg": 2, "first": 2, "last": 1, "python": 1}
+"""How many accumulator slots each function's field takes (its slot group)."""
 _INITIAL = {"count": [0], "sum": [0], "min": [None], "max": [None], "avg": [0, 0],
             "first": [0, None], "last": [None]}
+
+
+def initial_slots(func: str, initial: Any = None) -> list[Any]:
+    """A field's slot group before any record: `initial` (a copy) for a python reducer."""
+    return [copy.deepcopy(initial)] if func == "python" else list(_INITIAL[func])
 
 
 def _field_code(f: FieldAgg, i: int, r: int) -> tuple[list[str], list[int]]:
@@ -183,19 +189,17 @@ def compile_aggregation(fields: list[FieldAgg], broadcast: BroadcastStates | Non
     for r, f in enumerate(fields):
         if f.func == "python":
             env[f"_reducer_{r}"] = load_callable(f.reducer or "")
-            initial.append(copy.deepcopy(f.initial))
             if f.merge:
                 env[f"_merge_{r}"] = load_callable(f.merge)
             else:
                 no_merge.append(f.name)
-        else:
-            initial.extend(_INITIAL[f.func])
+        initial.extend(initial_slots(f.func, f.initial))
         lines, slots = _field_code(f, slot, r)
         update_lines.extend("    " + line for line in lines)
         assigned.extend(slots)
         result_items.append(f"{f.name!r}: {_result_code(f, slot)}")
         merge_items.extend(_merge_code(f, slot, r))
-        slot += _SLOTS[f.func]
+        slot += SLOTS[f.func]
     update_lines.extend(f"    s[{i}] = n{i}" for i in assigned)
     source = "\n".join(update_lines) + "\n\ndef _result(s):\n    return {" + ", ".join(result_items) + "}\n"
     if not no_merge:

@@ -1,6 +1,6 @@
 """The data tools' commands: `processor produce | consume | topics | reset` (argument wiring
-and dispatch; the work is in tools/produce.py, tools/consume.py, tools/topics_cli.py and
-tools/reset.py)."""
+and dispatch; the work is in tools/produce.py, tools/consume.py, tools/topics_cli.py,
+tools/reset.py and tools/reset_savepoint.py), and the options they share with `savepoint`."""
 
 from __future__ import annotations
 
@@ -68,19 +68,55 @@ def cmd_consume(args: argparse.Namespace) -> int:
 
 
 def cmd_reset(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from processor.graph import build_topology
     from processor.spec import load_spec
     from processor.timeutil import parse_duration_ms
     from processor.tools.reset import parse_target, reset
 
+    renames = parse_renames(args.rename_store)
+    if (renames or args.drop_store) and args.to_savepoint is None:
+        raise ProcessorError("--rename-store and --drop-store apply to a restore: add "
+                             "--to-savepoint DIR")
     topology = build_topology(load_spec(args.topology))
     config = _tool_config(args, state_dir=args.state_dir)
+    if args.to_savepoint is not None:
+        from processor.tools.reset_savepoint import reset_to_savepoint
+
+        reset_to_savepoint(topology, config, Path(args.to_savepoint), renames=renames,
+                           drops=args.drop_store, delete_dlq=args.delete_dlq,
+                           dry_run=args.dry_run, as_json=args.json)
+        return 0
     target = parse_target(to_latest=args.to_latest, to_datetime=args.to_datetime,
                           by_duration_ms=parse_duration_ms(args.by_duration)
                           if args.by_duration else None)
     reset(topology, config, target, delete_dlq=args.delete_dlq, dry_run=args.dry_run,
           as_json=args.json)
     return 0
+
+
+def parse_renames(pairs: list[str]) -> dict[str, str]:
+    """`--rename-store OLD=NEW` values as {OLD: NEW}."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        old, sep, new = pair.partition("=")
+        if not sep or not old or not new or old == new:
+            raise ProcessorError(f"--rename-store {pair!r}: expected OLD=NEW, two store names")
+        if old in out:
+            raise ProcessorError(f"--rename-store {old}=...: given twice")
+        out[old] = new
+    return out
+
+
+def migration_options(sp: argparse.ArgumentParser) -> None:
+    """How a restore maps the savepoint's stores onto a changed topology."""
+    sp.add_argument("--rename-store", action="append", default=[], metavar="OLD=NEW",
+                    help="restore the savepoint's store OLD into the topology's store NEW "
+                         "(repeatable; default: stores restore into the same name)")
+    sp.add_argument("--drop-store", action="append", default=[], metavar="NAME",
+                    help="drop the state of the savepoint's store NAME, which the topology no "
+                         "longer has (repeatable; default: such a store is refused)")
 
 
 def connection(sp: argparse.ArgumentParser) -> None:
@@ -160,6 +196,10 @@ def add_data_tools(sub: argparse._SubParsersAction) -> None:
     to.add_argument("--by-duration", metavar="DURATION",
                     help="restart at the first record at or after now minus this, e.g. 2h "
                          "(default: earliest)")
+    to.add_argument("--to-savepoint", metavar="DIR",
+                    help="restart from a savepoint's offsets and state: reset, then restore DIR "
+                         "into the application (default: earliest)")
+    migration_options(rs)
     rs.add_argument("--delete-dlq", action="store_true",
                     help="also delete the dead-letter topic (default: kept)")
     rs.add_argument("--state-dir", help="this machine's state directory whose application "
@@ -167,6 +207,7 @@ def add_data_tools(sub: argparse._SubParsersAction) -> None:
     rs.add_argument("--dry-run", action="store_true",
                     help="print the plan, change nothing (default: %(default)s)")
     rs.add_argument("--json", action="store_true",
-                    help="print the plan as one JSON object (default: text)")
+                    help="print the plan as one JSON object; with --to-savepoint a second one, "
+                         "the restore's (default: text)")
     connection(rs)
     rs.set_defaults(fn=cmd_reset)

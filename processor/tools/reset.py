@@ -29,6 +29,7 @@ import orjson
 from confluent_kafka import (
     ConsumerGroupTopicPartitions,
     IsolationLevel,
+    KafkaError,
     KafkaException,
     TopicPartition,
 )
@@ -45,13 +46,18 @@ from processor.tools.topics_cli import TIMEOUT_S, broker_error, topic_partitions
 
 @dataclass(frozen=True)
 class Target:
-    """Where the inputs restart: `earliest`, `latest`, or the first record at or after
-    `timestamp_ms` (the end of a partition with none)."""
+    """Where the inputs restart: `earliest`, `latest`, the first record at or after
+    `timestamp_ms` (the end of a partition with none), or a savepoint's `offsets` (committed by
+    the restore that follows the reset: tools/reset_savepoint.py)."""
 
     kind: str
     timestamp_ms: int | None = None
+    savepoint: str | None = None
+    offsets: dict[tuple[str, int], int] | None = None
 
     def describe(self) -> str:
+        if self.kind == "savepoint":
+            return f"the offsets of savepoint {self.savepoint}"
         if self.timestamp_ms is None:
             return self.kind
         at = datetime.fromtimestamp(self.timestamp_ms / 1000, UTC).isoformat(timespec="milliseconds")
@@ -128,14 +134,20 @@ class ResetPlan:
     dry_run: bool = False
     # the group's committed offsets on the deleted topics: dropped with them
     dropped_offsets: list[tuple[str, int]] = field(default_factory=list)
+    # to a savepoint: the group is deleted, the restore commits the offsets
+    delete_group: bool = False
 
     def render(self) -> str:
         dry = self.dry_run
         head = (f"dry run, nothing changed: reset of {self.application!r}" if dry
                 else f"reset {self.application!r}")
-        lines = [f"{head} (consumer group {self.application}) to {self.target}",
-                 ("input offsets to set:" if dry else "input offsets set:") if self.moves
-                 else "input offsets: no input topic exists"]
+        lines = [f"{head} (consumer group {self.application}) to {self.target}"]
+        if self.delete_group:
+            lines.append(f"consumer group {self.application}: {'to delete' if dry else 'deleted'} "
+                         "(a restore goes into an application without committed offsets)")
+        setting = "input offsets the restore commits:" if self.delete_group else (
+            "input offsets to set:" if dry else "input offsets set:")
+        lines.append(setting if self.moves else "input offsets: no input topic exists")
         lines += [f"  {m.topic}[{m.partition}]: {'none' if m.old is None else m.old} -> {m.new}"
                   for m in self.moves]
         lines.append(("topics to delete: " if dry else "topics deleted: ")
@@ -157,9 +169,10 @@ class ResetPlan:
 
 def plan_moves(partitions: dict[str, int], committed: dict[tuple[str, int], int],
                targets: dict[tuple[str, int], int]) -> list[OffsetMove]:
-    """One move per partition of each input topic (`partitions`: the counts)."""
+    """One move per partition of each input topic (`partitions`: the counts) with a target (a
+    savepoint may have none for a partition it never committed)."""
     return [OffsetMove(t, p, committed.get((t, p)), targets[(t, p)])
-            for t in sorted(partitions) for p in range(partitions[t])]
+            for t in sorted(partitions) for p in range(partitions[t]) if (t, p) in targets]
 
 
 def committed_to_drop(committed: dict[tuple[str, int], int], deleted: list[str]
@@ -204,6 +217,8 @@ class _Group:
                                f"cannot read the committed offsets of {self.group!r}") from None
 
     def targets(self, partitions: dict[str, int], target: Target) -> dict[tuple[str, int], int]:
+        if target.kind == "savepoint":
+            return {tp: off for tp, off in (target.offsets or {}).items() if tp[0] in partitions}
         tps = [TopicPartition(t, p) for t, n in partitions.items() for p in range(n)]
         if not tps:
             return {}
@@ -233,6 +248,16 @@ class _Group:
                   if tp.error is not None]
         if failed:
             raise ProcessorError(f"offsets not set for {', '.join(failed)}")
+
+    def delete_group(self) -> None:
+        """Delete the (empty) group with its committed offsets; none existing is fine."""
+        fut = self.admin.delete_consumer_groups([self.group], request_timeout=TIMEOUT_S)[self.group]
+        try:
+            fut.result()
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.GROUP_ID_NOT_FOUND:
+                raise broker_error(exc, self.config,
+                                   f"cannot delete consumer group {self.group!r}") from None
 
     def delete_topics(self, topics: list[str], timeout_s: float = 60.0) -> None:
         """Delete and wait until the metadata no longer shows them: a worker started next
@@ -279,11 +304,15 @@ def reset(topology: Topology, config: WorkerConfig, target: Target, *, delete_dl
                      plan_moves(inputs, committed, group.targets(inputs, target)), delete,
                      {t: why for t, why in kept_topics(topology, delete_dlq=delete_dlq).items()
                       if t in counts}, state_dir, state_dir.exists(),
-                     dry_run, committed_to_drop(committed, delete))
+                     dry_run, committed_to_drop(committed, delete), target.kind == "savepoint")
     if not dry_run:
-        group.move(plan.moves)
+        if not plan.delete_group:
+            group.move(plan.moves)
         group.delete_topics(plan.delete)
         shutil.rmtree(state_dir, ignore_errors=True)
-        group.await_dropped(plan.delete)
+        if plan.delete_group:
+            group.delete_group()  # its offsets on the deleted topics go with it
+        else:
+            group.await_dropped(plan.delete)
     print(plan.as_json().decode() if as_json else plan.render(), file=out)
     return plan

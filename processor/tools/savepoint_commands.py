@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from processor.errors import ProcessorError
-from processor.tools.data_commands import connection
+from processor.tools.data_commands import connection, migration_options, parse_renames
 
 
 def _mb(n: int) -> str:
@@ -47,7 +47,10 @@ def cmd_savepoint(args: argparse.Namespace) -> int:
         return 0
     from processor.tools.savepoint_restore import restore
 
-    done = restore(Path(args.dir), topology, config)
+    done = restore(Path(args.dir), topology, config, renames=parse_renames(args.rename_store),
+                   drops=args.drop_store)
+    for line in done["migrated"]:
+        print(line)
     print(f"restored {args.dir} into application {topology.name!r}: {done['records']} records "
           f"({_mb(done['bytes'])}) in {done['seconds']:.1f}s "
           f"({_rate(done['records'], done['bytes'], done['seconds'])}), "
@@ -74,9 +77,11 @@ def add_savepoint(sub: argparse._SubParsersAction, topology_help: str) -> None:
                     help="only this partition's entries (default: all partitions)")
     si.add_argument("--limit", type=int, metavar="N", help="at most N entries (default: all)")
     sr = ssub.add_parser("restore", help="start the topology's application (a new one, or one "
-                                         "reset) from a savepoint; same partition counts")
+                                         "reset) from a savepoint; same partition counts; "
+                                         "migrates added/removed aggregate fields")
     sr.add_argument("dir", help="the savepoint directory")
     sr.add_argument("topology", help=topology_help + "; its name is the application restored into")
+    migration_options(sr)
     connection(sr)
     for sp in (sc, si, sr):
         sp.set_defaults(fn=cmd_savepoint)

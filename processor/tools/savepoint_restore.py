@@ -2,7 +2,8 @@
 
 The target application (the topology's name: a new one for blue/green) must be pristine: no
 members, no committed offsets, its changelog and repartition topics absent or empty; its
-stores' layouts must read the savepoint's (graph/compat.py, as `upgrade-check`). Then:
+stores must read the savepoint's, as they are or migrated (tools/savepoint_migrate.py: fields
+appended or removed, stores renamed or dropped on request). Then:
 
 1. its topics are created as a worker would (runtime/kafka/topics.py `ensure_topics`);
 2. the in-flight records are produced to its repartition topics, same partition, same
@@ -28,7 +29,7 @@ from __future__ import annotations
 import bisect
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -37,8 +38,7 @@ from confluent_kafka import ConsumerGroupTopicPartitions, Producer, TopicPartiti
 from confluent_kafka.admin import AdminClient
 
 from processor.graph import Topology
-from processor.graph.compat import Verdict, store_reasons
-from processor.graph.layout import StoreLayout, state_layout
+from processor.graph.layout import state_layout
 from processor.runtime.config import WorkerConfig
 from processor.runtime.kafka.clients import admin_config, producer_config
 from processor.runtime.kafka.produce import produce_when_room
@@ -54,6 +54,7 @@ from processor.tools.savepoint_format import (
     read_manifest,
     store_path,
 )
+from processor.tools.savepoint_migrate import plan_migration
 
 
 class _Deliveries:
@@ -81,37 +82,6 @@ class _Deliveries:
         if self.error:
             raise SavepointError(f"restore failed writing {self.error}; reset the application "
                                  "before restoring again")
-
-
-def _renamed(topic: str, old_app: str, new_app: str) -> str:
-    return new_app + topic[len(old_app):] if topic.startswith(old_app) else topic
-
-
-def _check_compatible(manifest: dict[str, Any], topology: Topology) -> None:
-    saved = set(manifest["stores"])
-    wanted = {s.name for s in topology.stores}
-    if saved != wanted:
-        raise SavepointError(f"the topology's stores {sorted(wanted)} are not the savepoint's "
-                             f"{sorted(saved)}")
-    layouts = state_layout(topology).stores
-    for name, store in manifest["stores"].items():
-        if "layout" not in store:
-            continue
-        target = layouts[name]
-        saved_layout = StoreLayout.from_json(orjson.dumps(store["layout"]))
-        # the changelog's name follows the application, which a restore may change
-        saved_layout = StoreLayout(saved_layout.store, target.changelog, saved_layout.facts)
-        reasons = [r for r in store_reasons(saved_layout, target) if r.verdict > Verdict.COMPATIBLE]
-        if reasons:
-            raise SavepointError("the savepoint's state cannot be read by this topology: "
-                                 + "; ".join(r.render() for r in reasons)
-                                 + " (migrating state between layouts is not supported yet)")
-    old, new = manifest["application"], topology.name
-    saved_topics = {_renamed(t, old, new) for t in manifest["inflight"]}
-    internal = {s.source.topic for s in topology.subtopologies if s.source.internal}
-    if saved_topics != internal:
-        raise SavepointError(f"the topology's repartition topics {sorted(internal)} are not the "
-                             f"savepoint's {sorted(saved_topics)} (renamed to {new!r})")
 
 
 def _check_pristine(config: WorkerConfig, admin: AdminClient, topology: Topology,
@@ -154,18 +124,21 @@ def _new_position(old: int, sent: list[tuple[int, int]], end: int) -> int:
 
 
 def restore(root: Path, topology: Topology, config: WorkerConfig, *,
+            renames: Mapping[str, str] | None = None, drops: Collection[str] = (),
             progress: TextIO = sys.stderr) -> dict[str, Any]:
-    """Restore the savepoint at `root` into `topology`'s application; returns what was written."""
+    """Restore the savepoint at `root` into `topology`'s application, migrating its stores as
+    `plan_migration` says (`renames`: savepoint store -> store; `drops`: savepoint stores not
+    restored); returns what was written."""
     began = time.monotonic()
     manifest = read_manifest(root)
-    _check_compatible(manifest, topology)
+    migration = plan_migration(manifest, topology, renames, drops)
     admin = AdminClient(admin_config(config))
     counts = partition_counts(admin)
     bases = _check_pristine(config, admin, topology, counts, manifest)
     counts = ensure_topics(admin, topology, create=True, replication_factor=config.replication_factor,
                            changelog_configs=config.changelog_topic_configs,
                            bootstrap_servers=config.bootstrap_servers, wait_for_sources_s=10)
-    old_app, app = manifest["application"], topology.name
+    app = topology.name
     producer = Producer(producer_config(config, None))
     reports = _Deliveries()
     written = {"records": 0, "bytes": 0}
@@ -181,7 +154,9 @@ def restore(root: Path, topology: Topology, config: WorkerConfig, *,
     group_offsets: list[TopicPartition] = []
     mapped: dict[str, dict[int, tuple[list[tuple[int, int]], int]]] = {}
     for old_topic, saved in manifest["inflight"].items():
-        topic = _renamed(old_topic, old_app, app)
+        topic = migration.topic(old_topic)
+        if topic is None:
+            continue  # its store was dropped
         if counts[topic] != saved["partitions"]:
             raise SavepointError(f"{topic!r} has {counts[topic]} partitions, the savepoint's "
                                  f"{old_topic!r} {saved['partitions']}")
@@ -204,17 +179,18 @@ def restore(root: Path, topology: Topology, config: WorkerConfig, *,
             group_offsets.append(TopicPartition(topic, part, sent[0][1] if sent else base))
 
     feeds = {s.name: s.subtopology for s in topology.stores}
-    internal_input = {sub.id: _source_of(manifest, sub.source.topic, app, old_app)
+    internal_input = {sub.id: migration.saved_topic(sub.source.topic)
                       for sub in topology.subtopologies if sub.source.internal}
     told = time.monotonic()
     layouts = state_layout(topology).stores
-    for name, saved in manifest["stores"].items():
+    for name, plan in migration.stores.items():
+        saved = manifest["stores"][plan.source]
         changelog = next(s.changelog_topic for s in topology.stores if s.name == name)
         if counts[changelog] != saved["partitions"]:
             raise SavepointError(f"changelog {changelog!r} has {counts[changelog]} partitions, "
-                                 f"the savepoint's store {name!r} {saved['partitions']}")
+                                 f"the savepoint's store {plan.source!r} {saved['partitions']}")
         for part in range(saved["partitions"]):
-            for line in read_lines(store_path(root, name, part)):
+            for line in plan.lines(read_lines(store_path(root, plan.source, part))):
                 send(changelog, decode_bytes(line, "key"), decode_bytes(line, "value"), part)
                 if time.monotonic() - told > 2:
                     told = time.monotonic()
@@ -226,7 +202,7 @@ def restore(root: Path, topology: Topology, config: WorkerConfig, *,
             if record is None:
                 continue
             old_topic = internal_input.get(feeds[name])
-            if old_topic is not None:
+            if old_topic is not None:  # None: a new repartition topic (no record restored)
                 sent, end = mapped[old_topic][part]
                 record = {**record, "position": _new_position(int(record["position"]), sent, end)}
             send(changelog, POSITION_KEY, orjson.dumps(record), part)
@@ -241,9 +217,4 @@ def restore(root: Path, topology: Topology, config: WorkerConfig, *,
         request = ConsumerGroupTopicPartitions(app, group_offsets)
         admin.alter_consumer_group_offsets([request], request_timeout=30)[app].result()
     return {**written, "seconds": round(time.monotonic() - began, 3),
-            "offsets_committed": len(group_offsets)}
-
-
-def _source_of(manifest: dict[str, Any], topic: str, app: str, old_app: str) -> str:
-    """The savepoint's name of a repartition topic of the new application."""
-    return next(t for t in manifest["inflight"] if _renamed(t, old_app, app) == topic)
+            "offsets_committed": len(group_offsets), "migrated": migration.describe()}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import orjson
 
 from processor.graph import build_topology
-from processor.graph.compat import EXIT_CODES, TODAY, Classification, Verdict, classify
+from processor.graph.compat import EXIT_CODES, Classification, Verdict, advice, classify
 from processor.graph.layout import StateLayout, state_layout
 from processor.spec import load_spec
 
@@ -31,7 +31,7 @@ def render_text(old: str, new: str, result: Classification) -> str:
         lines.append("internal topics:")
         lines += [f"  {what}: {', '.join(topics)}" for what, topics in touched if topics]
     if result.verdict is not Verdict.COMPATIBLE:
-        lines.append(TODAY[0].upper() + TODAY[1:])
+        lines.append(advice(result.verdict))
     return "\n".join(lines)
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from processor.errors import ProcessorError
-from processor.graph.compat import TODAY, Reason, Verdict, store_reasons
+from processor.graph.compat import Reason, Verdict, advice, store_reasons
 from processor.graph.layout import StoreLayout
 from processor.state import RocksStore
 from processor.state.store import META_LAYOUT
@@ -29,8 +29,7 @@ class StateLayoutMismatch(ProcessorError):
         super().__init__(
             f"state of store {store} (partition {partition}) was written with another layout: "
             f"{verdict}: " + "; ".join(r.render() for r in reasons if r.verdict > Verdict.COMPATIBLE)
-            + f" (`processor upgrade-check OLD.yaml NEW.yaml` says the same). {TODAY[0].upper()}"
-            f"{TODAY[1:]}")
+            + f" (`processor upgrade-check OLD.yaml NEW.yaml` says the same). {advice(verdict)}")
 
 
 def _recorded(raw: bytes, current: StoreLayout) -> list[Reason]:

@@ -15,6 +15,7 @@ from processor.spec import load_spec
 from processor.tools.reset import (
     OffsetMove,
     ResetPlan,
+    Target,
     committed_to_drop,
     group_inputs,
     internal_topics,
@@ -102,3 +103,19 @@ def test_the_printed_plan() -> None:
     plan.dry_run = False
     assert plan.render().splitlines()[:2] == ["reset 'app' (consumer group app) to earliest",
                                               "input offsets set:"]
+
+
+def test_the_plan_to_a_savepoint() -> None:
+    """`reset --to-savepoint`: the group is deleted and the restore commits the savepoint's
+    offsets; a partition the savepoint has none for gets no move."""
+    target = Target("savepoint", savepoint="sp", offsets={("orders", 0): 7})
+    moves = plan_moves({"orders": 2}, {("orders", 0): 9, ("orders", 1): 3}, {("orders", 0): 7})
+    plan = ResetPlan("app", target.describe(), moves, [], {}, Path("state/app"), False,
+                     dry_run=True, delete_group=True)
+    assert plan.render().splitlines()[:4] == [
+        "dry run, nothing changed: reset of 'app' (consumer group app) to the offsets of "
+        "savepoint sp",
+        "consumer group app: to delete (a restore goes into an application without committed "
+        "offsets)",
+        "input offsets the restore commits:",
+        "  orders[0]: 9 -> 7"]

@@ -11,7 +11,7 @@ from processor.graph.layout import state_layout
 from processor.spec import load_spec_text
 from processor.tools.savepoint import check_recorded_layouts
 from processor.tools.savepoint_format import SavepointError
-from processor.tools.savepoint_restore import _check_compatible
+from processor.tools.savepoint_migrate import plan_migration
 
 TOPOLOGY = """
 name: {name}
@@ -36,7 +36,7 @@ def _topology(name: str = "shop", filter: str = "value['amount'] > 0", revenue: 
 
 
 def _manifest(topology) -> dict:
-    """The parts of a savepoint manifest `_check_compatible` reads."""
+    """The parts of a savepoint manifest `plan_migration` reads."""
     layout = state_layout(topology)
     return {"application": topology.name,
             "stores": {name: {"layout": s.to_dict()} for name, s in layout.stores.items()},
@@ -45,14 +45,14 @@ def _manifest(topology) -> dict:
 
 def test_restore_accepts_a_compatible_change_and_another_application_name():
     saved = _manifest(_topology())
-    _check_compatible(saved, _topology(filter="value['amount'] > 10"))
-    _check_compatible(saved, _topology(name="shop-v2"))  # blue/green: changelogs renamed
+    plan_migration(saved, _topology(filter="value['amount'] > 10"))
+    plan_migration(saved, _topology(name="shop-v2"))  # blue/green: changelogs renamed
 
 
 def test_restore_refuses_a_layout_it_would_misread():
     saved = _manifest(_topology())
     with pytest.raises(SavepointError, match=r"field 'revenue': function sum -> avg"):
-        _check_compatible(saved, _topology(revenue="avg"))
+        plan_migration(saved, _topology(revenue="avg"))
 
 
 def test_create_refuses_state_recorded_with_another_layout():
