@@ -26,7 +26,7 @@ from confluent_kafka.admin import AdminClient
 
 from processor.runtime.config import WorkerConfig
 from processor.runtime.kafka.clients import admin_config
-from processor.runtime.kafka.topics import TopicError
+from processor.runtime.kafka.topics import TopicError, partition_counts
 from processor.runtime.serving.directory import directory_topic, read_entries
 from processor.tools.savepoint import members_now
 from processor.tools.savepoint_format import SavepointError
@@ -170,6 +170,7 @@ def stop_workers(config: WorkerConfig, app: str, *, timeout_s: float,
                  progress: TextIO = sys.stderr) -> list[Target]:
     """Stop every worker of `app` and wait until its group is empty; returns those stopped."""
     admin = AdminClient(admin_config(config))
+    partition_counts(admin)  # an unreachable broker: the error names the setting, as create's
     targets = find_targets(admin, config, app)
     if not targets:
         print(f"savepoint: no worker of {app!r} is running", file=progress, flush=True)

@@ -79,8 +79,9 @@ def test_stop_with_savepoint_equals_offline_savepoint_and_restores(broker, tmp_p
     sc = RevenueScenario(broker.bootstrap, tmp_path, unique)
     sc.produce(HALF, seed=1)
     workers = _running_workers(sc, TOKEN)
-    # input keeps arriving (6 s of it) while the workers are stopped: some of it stays unread
-    arriving = threading.Thread(target=sc.produce, args=(3000,), kwargs={"seed": 3, "rate": 500})
+    # input keeps arriving (10 s of it) while the workers are stopped: some of it stays unread,
+    # and each worker's final transaction commits repartition records no one has read yet
+    arriving = threading.Thread(target=sc.produce, args=(4000,), kwargs={"seed": 3, "rate": 400})
     arriving.start()
     stopped = tmp_path / "sp-stop"
     run = _cli_with_token("savepoint", "create", str(sc.topology), "--to", str(stopped),
@@ -102,6 +103,7 @@ def test_stop_with_savepoint_equals_offline_savepoint_and_restores(broker, tmp_p
     committed = sum(manifest["source_offsets"][sc.input]["committed"].values())
     assert 0 < committed < len(sc.produced), (committed, len(sc.produced))
     inflight = sum(sum(t["records"].values()) for t in manifest["inflight"].values())
+    assert inflight > 0, manifest["inflight"]
     print(f"stop-with-savepoint: {committed} of {len(sc.produced)} input records committed, "
           f"{inflight} in flight, {sum(manifest['stores']['totals']['entries'].values())} entries")
     _restore_and_finish(sc, stopped)
