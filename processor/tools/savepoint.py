@@ -36,7 +36,7 @@ from processor.runtime.config import WorkerConfig
 from processor.runtime.kafka.clients import admin_config, restore_consumer_config
 from processor.runtime.kafka.topics import partition_counts
 from processor.state.changelog import LAYOUT_KEY, POSITION_KEY
-from processor.tools.consumer_group import committed_offsets, group_members
+from processor.tools.consumer_group import committed_offsets, describe_member, members_now
 from processor.tools.savepoint_format import (
     SavepointError,
     SavepointWriter,
@@ -47,16 +47,6 @@ from processor.tools.savepoint_format import (
 )
 
 OPEN_TXN_WAIT_S = 120.0
-
-
-def members_now(admin: AdminClient, group: str) -> list[Any]:
-    """The group's members; none when there is no such group (nothing runs)."""
-    try:
-        return group_members(admin, group)
-    except KafkaException as exc:
-        if exc.args[0].code() != KafkaError.GROUP_ID_NOT_FOUND:
-            raise
-        return []
 
 
 def require_stopped(admin: AdminClient, group: str, doing: str) -> None:
@@ -75,7 +65,7 @@ def require_unmoved(admin: AdminClient, consumer: Consumer, group: str,
     why = "; nothing written (a worker restarted meanwhile? stop it, or scale it to zero, first)"
     members = members_now(admin, group)
     if members:
-        names = ", ".join(f"{m.member_id} ({m.client_id} on {m.host})" for m in members)
+        names = "; ".join(map(describe_member, members))
         raise SavepointError(f"application {group!r}: {len(members)} worker(s) joined the group "
                              f"while the savepoint was taken: {names}" + why)
     if committed_offsets(admin, group) != committed:

@@ -28,7 +28,7 @@ from processor.runtime.config import WorkerConfig
 from processor.runtime.kafka.clients import admin_config
 from processor.runtime.kafka.topics import TopicError, partition_counts
 from processor.runtime.serving.directory import directory_topic, read_entries
-from processor.tools.savepoint import members_now
+from processor.tools.consumer_group import describe_member, members_now
 from processor.tools.savepoint_format import SavepointError
 
 JOIN_GRACE_S = 10.0  # a member that just joined publishes its directory entry after its assignment
@@ -45,10 +45,6 @@ class Target:
 
     def __str__(self) -> str:
         return f"worker {self.worker_id} ({self.url})"
-
-
-def describe_member(member: Any) -> str:
-    return f"member {member.member_id} (client {member.client_id} on {member.host})"
 
 
 def match_members(members: list[Any], entries: dict[str, dict[str, Any]]
@@ -181,11 +177,11 @@ def stop_workers(config: WorkerConfig, app: str, *, timeout_s: float,
                for t, status, body in _ask_all(targets, secret, check=True) if status != 200]
     if refused:
         raise SavepointError("; ".join(refused) + "; nothing was stopped")
-    failed = [refusal(t, status, body, True)
-              for t, status, body in _ask_all(targets, secret, check=False) if status != 202]
-    if failed:  # a worker that went away between the check and the stop, e.g.
-        raise SavepointError("; ".join(failed) + f"; the other workers were asked to stop ({YOURSELF})")
-    print(f"savepoint: asked {len(targets)} worker(s) to stop: "
+    print(f"savepoint: asking {len(targets)} worker(s) to stop: "
           f"{', '.join(t.worker_id for t in targets)}", file=progress, flush=True)
+    for t, status, body in _ask_all(targets, secret, check=False):
+        if status != 202:  # e.g. stopped by someone else since the check: the group decides
+            print(f"savepoint: {refusal(t, status, body, True)}; waiting for it to leave the "
+                  "group all the same", file=progress, flush=True)
     wait_until_gone(lambda: members_now(admin, app), app, targets, timeout_s, progress)
     return targets

@@ -23,8 +23,8 @@ from confluent_kafka.admin import AdminClient
 from processor.runtime.config import load_config
 from processor.runtime.kafka.clients import admin_config
 from processor.tools.broker import free_port
-from processor.tools.consumer_group import committed_offsets
-from processor.tools.savepoint import members_now, reader, require_unmoved
+from processor.tools.consumer_group import committed_offsets, members_now
+from processor.tools.savepoint import reader, require_unmoved
 from processor.tools.savepoint_format import SavepointError
 from tests.integration.kafka import ROOT
 from tests.integration.scenario import RevenueScenario
@@ -88,7 +88,8 @@ def test_stop_with_savepoint_equals_offline_savepoint_and_restores(broker, tmp_p
                           "--stop-workers", "--bootstrap-servers", sc.bootstrap)
     out = _ok(run)
     assert "stopped 2 worker(s)" in out, out
-    assert "asked 2 worker(s) to stop" in run.stderr, run.stderr
+    assert "asking 2 worker(s) to stop" in run.stderr and "leave the group all the same" \
+        not in run.stderr, run.stderr
     for w in workers:
         assert w.wait(60) == 0, w.log_text()[-4000:]
         assert w.find("stop requested over HTTP (POST /stop)"), w.log_text()[-2000:]
