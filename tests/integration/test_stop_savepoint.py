@@ -61,16 +61,28 @@ def _snapshot(savepoint: Path) -> dict[str, object]:
     return {"files": files, "manifest": manifest}
 
 
-def _running_workers(sc: RevenueScenario, token: str | None, n: int = 2) -> list:
+def _running_workers(sc: RevenueScenario, token: str | None, commit_interval: str = "100ms"
+                     ) -> list:
     workers = []
-    for i in range(n):
+    for i in range(2):
         env = http_env(free_port(), PROCESSOR_BATCH_SIZE="100")
         if token is not None:
             env["PROCESSOR_REMOTE_STOP_TOKEN"] = token
-        workers.append(sc.worker(f"w{i}", idle=None, commit_interval="50ms", env=env))
+        workers.append(sc.worker(f"w{i}", idle=None, commit_interval=commit_interval, env=env))
     for w in workers:
         w.wait_for_log("task running", timeout=120)
     return workers
+
+
+def _wait_for_committed(sc: RevenueScenario, records: int, timeout: float = 120) -> None:
+    admin = AdminClient(admin_config(load_config(bootstrap_servers=sc.bootstrap)))
+    deadline = time.monotonic() + timeout
+    while True:
+        done = sum(o for (t, _), o in committed_offsets(admin, sc.name).items() if t == sc.input)
+        if done >= records:
+            return
+        assert time.monotonic() < deadline, f"{done} of {records} input records committed"
+        time.sleep(0.5)
 
 
 def test_stop_with_savepoint_equals_offline_savepoint_and_restores(broker, tmp_path: Path,
@@ -78,10 +90,12 @@ def test_stop_with_savepoint_equals_offline_savepoint_and_restores(broker, tmp_p
     broker.require_aborted_isolation("outputs without duplicates across the cut")
     sc = RevenueScenario(broker.bootstrap, tmp_path, unique)
     sc.produce(HALF, seed=1)
-    workers = _running_workers(sc, TOKEN)
-    # input keeps arriving (10 s of it) while the workers are stopped: some of it stays unread,
-    # and each worker's final transaction commits repartition records no one has read yet
-    arriving = threading.Thread(target=sc.produce, args=(4000,), kwargs={"seed": 3, "rate": 400})
+    # a checkpoint every 5 s while input keeps arriving (8 s of it, 100 records every 0.1 s):
+    # at the stop some input is unread, and each worker's final checkpoint commits seconds of
+    # work, with repartition records its aggregate can no longer read (in flight)
+    workers = _running_workers(sc, TOKEN, commit_interval="5s")
+    _wait_for_committed(sc, HALF)  # the first half checkpointed: the stores hold state
+    arriving = threading.Thread(target=sc.produce, args=(8000,), kwargs={"seed": 3, "rate": 1000})
     arriving.start()
     stopped = tmp_path / "sp-stop"
     run = _cli_with_token("savepoint", "create", str(sc.topology), "--to", str(stopped),
@@ -105,6 +119,7 @@ def test_stop_with_savepoint_equals_offline_savepoint_and_restores(broker, tmp_p
     assert 0 < committed < len(sc.produced), (committed, len(sc.produced))
     inflight = sum(sum(t["records"].values()) for t in manifest["inflight"].values())
     assert inflight > 0, manifest["inflight"]
+    assert sum(manifest["stores"]["totals"]["entries"].values()) > 0
     print(f"stop-with-savepoint: {committed} of {len(sc.produced)} input records committed, "
           f"{inflight} in flight, {sum(manifest['stores']['totals']['entries'].values())} entries")
     _restore_and_finish(sc, stopped)
