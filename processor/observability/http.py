@@ -1,7 +1,9 @@
-"""The worker's one HTTP port: /metrics, /healthz, /readyz and /state/{store}/{key}.
+"""The worker's one HTTP port: /metrics, /healthz, /readyz, /state/{store}/{key} and POST /stop.
 
-It runs in a daemon thread and only reads: the Prometheus registry, the loop's heartbeat, the
-task table and committed RocksDB state (RocksDB allows concurrent readers)."""
+It runs in a daemon thread and only reads (the Prometheus registry, the loop's heartbeat, the
+task table, committed RocksDB state: RocksDB allows concurrent readers), except POST /stop,
+which hands the request's bearer token to the owner's `stop` callback; that decides, and at
+most sets the flag SIGTERM sets."""
 
 from __future__ import annotations
 
@@ -24,8 +26,12 @@ class HttpServer:
     def __init__(self, port: int, registry: CollectorRegistry, *, health: Callable[[], Answer],
                  ready: Callable[[], Answer],
                  state: Callable[[str, str, bool, dict[str, str]], Answer] | None = None,
+                 stop: Callable[[str | None, bool], Answer] | None = None,
                  host: str = "0.0.0.0") -> None:
+        """`stop(token, check)`: POST /stop with the bearer token (None without one); `check`
+        (`?check=true`) asks whether a stop would be accepted without stopping."""
         self.registry, self.health, self.ready, self.state = registry, health, ready, state
+        self.stop_request = stop
         self.server = ThreadingHTTPServer((host, port), _handler(self))
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
@@ -67,6 +73,20 @@ def _handler(app: HttpServer) -> type[BaseHTTPRequestHandler]:
                                      "paths": ["/metrics", "/healthz", "/readyz", "/state/{store}/{key}"]})
             except Exception as exc:  # never kill the server thread
                 log.exception("http request failed", extra={"path": path})
+                self._json(500, {"error": f"{type(exc).__name__}: {exc}"})
+
+        def do_POST(self) -> None:
+            split = urllib.parse.urlsplit(self.path)
+            try:
+                if split.path != "/stop" or app.stop_request is None:
+                    self._json(404, {"error": "not found", "paths": ["/stop"]})
+                    return
+                auth = self.headers.get("Authorization") or ""
+                token = auth[len("Bearer "):] if auth.startswith("Bearer ") else None
+                check = dict(urllib.parse.parse_qsl(split.query)).get("check") == "true"
+                self._json(*app.stop_request(token, check))
+            except Exception as exc:  # never kill the server thread
+                log.exception("http request failed", extra={"path": split.path})
                 self._json(500, {"error": f"{type(exc).__name__}: {exc}"})
 
         def _json(self, status: int, body: dict[str, Any]) -> None:

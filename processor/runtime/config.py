@@ -94,6 +94,10 @@ class WorkerConfig(BaseSettings):
     advertised_url: str | None = Field(
         default=None, description="how other workers reach this one's HTTP port "
                                   "(default http://<hostname>:<metrics_port>)")
+    remote_stop_token: SecretStr | None = Field(
+        default=None, description="POST /stop on the HTTP port, with this token as its bearer, "
+                                  "stops the worker as SIGTERM does (`savepoint create "
+                                  "--stop-workers`); unset: the route answers 403")
     liveness_timeout_ms: int = Field(default=60_000, ge=1000,
                                      description="/healthz fails when the loop stalls this long")
     log_level: str = "INFO"

@@ -144,7 +144,8 @@ class Worker:
             self.endpoint = Endpoint(cfg, self.topology, self.worker_id, self.metrics,
                                      self.collector.partitions, health=self.telemetry.health,
                                      ready=self.telemetry.readiness,
-                                     tasks=lambda: self.task_manager.tasks)
+                                     tasks=lambda: self.task_manager.tasks, stop=self.stop,
+                                     stopping=lambda: self._stopping)
             self.endpoint.start()
         log.info("worker started", extra={
             "topology": self.topology.name, "worker_id": self.worker_id,
@@ -182,7 +183,7 @@ class Worker:
 
     def _publish_assignment(self) -> None:
         if self.endpoint is not None:
-            self.endpoint.publish(self.task_manager.assignment())
+            self.endpoint.publish(self.task_manager.assignment(), self.consumer.memberid())
 
     def _touch(self) -> None:
         self._last_activity = time.monotonic()

@@ -8,6 +8,11 @@ committed offset are *in flight* (written upstream, not yet consumed) and go int
 savepoint too, or a restore would lose them. A changelog or repartition partition still
 behind an open transaction (a worker killed less than its transaction timeout ago) is waited
 for: its end is known only once the broker committed or aborted it.
+
+The group must stay empty while the savepoint is read (a worker restarted by an orchestrator
+would move the state under it): once everything is read, the group must still have no members,
+its committed offsets must be those read and no partition read may have grown past where its
+reading ended — or the savepoint is not written.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from processor.runtime.config import WorkerConfig
 from processor.runtime.kafka.clients import admin_config, restore_consumer_config
 from processor.runtime.kafka.topics import partition_counts
 from processor.state.changelog import LAYOUT_KEY, POSITION_KEY
-from processor.tools.consumer_group import committed_offsets, group_members
+from processor.tools.consumer_group import committed_offsets, describe_member, members_now
 from processor.tools.savepoint_format import (
     SavepointError,
     SavepointWriter,
@@ -45,16 +50,32 @@ OPEN_TXN_WAIT_S = 120.0
 
 
 def require_stopped(admin: AdminClient, group: str, doing: str) -> None:
-    try:
-        members = len(group_members(admin, group))
-    except KafkaException as exc:
-        if exc.args[0].code() != KafkaError.GROUP_ID_NOT_FOUND:
-            raise
-        members = 0  # no such group: nothing runs
+    members = len(members_now(admin, group))
     if members:
         raise SavepointError(
             f"application {group!r} has {members} active worker(s): stop them before {doing} "
             f"(a member killed with -9 stays in the group until its session times out)")
+
+
+def require_unmoved(admin: AdminClient, consumer: Consumer, group: str,
+                    committed: dict[tuple[str, int], int],
+                    ends: dict[tuple[str, int], int]) -> None:
+    """After the reading: the group is still empty, its committed offsets are those read, and
+    no partition read has grown since its reading ended; otherwise the application moved."""
+    why = "; nothing written (a worker restarted meanwhile? stop it, or scale it to zero, first)"
+    members = members_now(admin, group)
+    if members:
+        names = "; ".join(map(describe_member, members))
+        raise SavepointError(f"application {group!r}: {len(members)} worker(s) joined the group "
+                             f"while the savepoint was taken: {names}" + why)
+    if committed_offsets(admin, group) != committed:
+        raise SavepointError(f"application {group!r} committed offsets while the savepoint was "
+                             "taken" + why)
+    for (topic, part), end in sorted(ends.items()):
+        _, high = consumer.get_watermark_offsets(TopicPartition(topic, part), timeout=15)
+        if high != end:
+            raise SavepointError(f"{topic}[{part}] grew from offset {end} to {high} while the "
+                                 "savepoint was taken" + why)
 
 
 def cluster_id(admin: AdminClient) -> str | None:
@@ -65,8 +86,10 @@ def cluster_id(admin: AdminClient) -> str | None:
 
 
 def read_partitions(consumer: Consumer, starts: dict[tuple[str, int], int], *,
-                    progress: TextIO | None = None, what: str = "") -> Iterator[Any]:
-    """Every committed record of each (topic, partition) from its start offset to its end.
+                    progress: TextIO | None = None, what: str = "",
+                    ends: dict[tuple[str, int], int] | None = None) -> Iterator[Any]:
+    """Every committed record of each (topic, partition) from its start offset to its end
+    (recorded in `ends` when given).
 
     A partition ends at an EOF at or past the high watermark seen when it was first reached: an
     EOF below it is the last stable offset of an open transaction, whose outcome is waited for
@@ -76,6 +99,8 @@ def read_partitions(consumer: Consumer, starts: dict[tuple[str, int], int], *,
         low, high = consumer.get_watermark_offsets(TopicPartition(topic, part), timeout=15)
         if max(start, low) < high:
             highs[(topic, part)] = high
+        elif ends is not None:
+            ends[(topic, part)] = high
     if not highs:
         return
     consumer.incremental_assign([TopicPartition(t, p, max(starts[(t, p)], 0)) for t, p in highs])
@@ -90,6 +115,8 @@ def read_partitions(consumer: Consumer, starts: dict[tuple[str, int], int], *,
                     raise SavepointError(f"reading {key[0]}[{key[1]}]: {m.error().str()}")
                 if key in highs and m.offset() >= highs[key]:
                     del highs[key]
+                    if ends is not None:
+                        ends[key] = m.offset()
                     consumer.incremental_unassign([TopicPartition(*key)])
                 elif key in highs and blocked_since is None:
                     blocked_since = time.monotonic()
@@ -156,6 +183,7 @@ def create(topology: Topology, topology_path: Path, config: WorkerConfig, to: Pa
     require_stopped(admin, app, "taking a savepoint")
     consumer = reader(config)
     stores: dict[str, Any] = {}
+    ends: dict[tuple[str, int], int] = {}  # where each partition's reading ended
     positions: dict[str, dict[int, int]] = {}
     layouts = state_layout(topology).stores
     try:
@@ -170,7 +198,8 @@ def create(topology: Topology, topology_path: Path, config: WorkerConfig, to: Pa
                 recorded: dict[int, bytes] = {}  # layout records (runtime/tasks/layouts.py)
                 starts = {(topic, p): 0 for p in range(counts[topic])}
                 read = 0
-                for m in read_partitions(consumer, starts, progress=progress, what=topic):
+                for m in read_partitions(consumer, starts, progress=progress, what=topic,
+                                         ends=ends):
                     read += 1
                     part, k, v = m.partition(), m.key(), m.value()
                     if k == POSITION_KEY:
@@ -201,7 +230,8 @@ def create(topology: Topology, topology_path: Path, config: WorkerConfig, to: Pa
                                             "records": {}})
                 inflight[topic]["from_offset"][str(part)] = start
                 inflight[topic]["records"][str(part)] = 0
-            for m in read_partitions(consumer, starts, progress=progress, what="in-flight"):
+            for m in read_partitions(consumer, starts, progress=progress, what="in-flight",
+                                     ends=ends):
                 ts_type, ts = m.timestamp()
                 out.inflight_record(m.topic(), m.partition(), m.offset(), m.key(), m.value(),
                                     ts if ts_type else None)
@@ -224,6 +254,7 @@ def create(topology: Topology, topology_path: Path, config: WorkerConfig, to: Pa
             }
             manifest["bytes"] = out.bytes_written
             manifest["seconds"] = round(time.monotonic() - began, 3)
+            require_unmoved(admin, consumer, app, committed, ends)
             manifest = out.commit(manifest)
     finally:
         consumer.close()

@@ -37,6 +37,20 @@ def cmd_savepoint(args: argparse.Namespace) -> int:
     if args.savepoint_command == "create":
         from processor.tools.savepoint import create, summary
 
+        if args.stop_workers:
+            from processor.timeutil import parse_duration_ms
+            from processor.tools.savepoint_format import check_new
+            from processor.tools.stop_workers import stop_workers
+
+            try:
+                timeout_s = parse_duration_ms(args.stop_timeout) / 1000
+            except ValueError as exc:
+                raise ProcessorError(f"--stop-timeout: {exc}") from None
+            check_new(Path(args.to))  # before stopping anything
+            stopped = stop_workers(config, topology.name, timeout_s=timeout_s)
+            if stopped:
+                print(f"stopped {len(stopped)} worker(s): "
+                      f"{', '.join(t.worker_id for t in stopped)}")
         manifest = create(topology, Path(args.topology), config, Path(args.to))
         print(summary(manifest))
         read = sum(s["changelog_records_read"] for s in manifest["stores"].values())
@@ -65,10 +79,18 @@ def add_savepoint(sub: argparse._SubParsersAction, topology_help: str) -> None:
                                          "start an application from it")
     ssub = s.add_subparsers(dest="savepoint_command", required=True)
     sc = ssub.add_parser("create", help="write the state, offsets and in-flight records of a "
-                                        "stopped application to a directory")
+                                        "stopped application (or, with --stop-workers, of one "
+                                        "it stops) to a directory")
     sc.add_argument("topology", help=topology_help)
     sc.add_argument("--to", required=True, metavar="DIR",
                     help="the savepoint directory to create; it must not exist (required: no default)")
+    sc.add_argument("--stop-workers", action="store_true",
+                    help="first stop the application's running workers (POST /stop on each "
+                         "one's HTTP port, with remote_stop_token) and wait until its group is "
+                         "empty (default: refuse while a worker runs)")
+    sc.add_argument("--stop-timeout", default="120s", metavar="DURATION",
+                    help="with --stop-workers: how long the workers may take to leave the group "
+                         "(default 120s)")
     connection(sc)
     si = ssub.add_parser("inspect", help="summarise a savepoint, or print a store's entries")
     si.add_argument("dir", help="the savepoint directory")

@@ -107,6 +107,14 @@ def read_manifest(root: Path) -> dict[str, Any]:
     return manifest
 
 
+def check_new(root: Path) -> None:
+    """`root` can become a savepoint: it does not exist, its parent does."""
+    if root.exists():
+        raise SavepointError(f"{root} already exists: choose a new directory for the savepoint")
+    if not root.parent.is_dir():
+        raise SavepointError(f"{root.parent}: no such directory")
+
+
 class SavepointWriter:
     """Writes a savepoint into a temporary directory; `commit(manifest)` renames it to `root`.
 
@@ -115,10 +123,7 @@ class SavepointWriter:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        if root.exists():
-            raise SavepointError(f"{root} already exists: choose a new directory for the savepoint")
-        if not root.parent.is_dir():
-            raise SavepointError(f"{root.parent}: no such directory")
+        check_new(root)
         self.tmp = root.parent / f".{root.name}.partial-{os.getpid()}"
         shutil.rmtree(self.tmp, ignore_errors=True)
         self.tmp.mkdir()

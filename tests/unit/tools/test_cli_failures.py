@@ -82,6 +82,7 @@ UNREACHABLE = [
     ("produce", "orders"),
     ("reset", TOPOLOGY, "--dry-run"),
     ("savepoint", "create", TOPOLOGY, "--to", "never-written"),
+    ("savepoint", "create", TOPOLOGY, "--to", "never-written", "--stop-workers"),
 ]
 
 
