@@ -53,6 +53,8 @@ def cmd_savepoint(args: argparse.Namespace) -> int:
           f"({_rate(done['records'], done['bytes'], done['seconds'])}), "
           f"{done['offsets_committed']} group offsets committed; start it with "
           f"`processor run {args.topology}`")
+    for topic, (old, new) in done.get("rescaled", {}).items():
+        print(f"rescaled: source {topic} from {old} to {new} partitions, state moved by key")
     return 0
 
 
@@ -74,7 +76,8 @@ def add_savepoint(sub: argparse._SubParsersAction, topology_help: str) -> None:
                     help="only this partition's entries (default: all partitions)")
     si.add_argument("--limit", type=int, metavar="N", help="at most N entries (default: all)")
     sr = ssub.add_parser("restore", help="start the topology's application (a new one, or one "
-                                         "reset) from a savepoint; same partition counts")
+                                         "reset) from a savepoint, rescaling its state when a "
+                                         "source's partition count changed")
     sr.add_argument("dir", help="the savepoint directory")
     sr.add_argument("topology", help=topology_help + "; its name is the application restored into")
     connection(sr)
