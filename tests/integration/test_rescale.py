@@ -38,6 +38,7 @@ from tests.integration.test_savepoint import _app_b, _cli, _create_when_stopped,
 pytestmark = pytest.mark.integration
 
 HALF = 3000
+KILL_AT = "batch.processed:50"
 
 
 def _admin(bootstrap: str) -> AdminClient:
@@ -87,16 +88,29 @@ def _processed(sc: RevenueScenario, timeout: float = 180) -> None:
         time.sleep(1)
 
 
+@pytest.mark.parametrize("stop", ["sigterm", "kill"])
 def test_grow_input_from_4_to_8_partitions_with_state_behind_a_repartition(
-        broker, tmp_path: Path, unique: str) -> None:
+        broker, tmp_path: Path, unique: str, stop: str) -> None:
+    """`kill`: A dies (kill -9) once it has read all its input but not yet aggregated all of
+    it: the repartition records in flight are re-partitioned over 8 by the restore."""
     broker.require_aborted_isolation("outputs without duplicates across the cut")
     sc = RevenueScenario(broker.bootstrap, tmp_path, unique)
     sc.produce(HALF, seed=1)
-    a = sc.worker(idle=None)
-    _processed(sc)
-    assert a.terminate() == 0, a.log_text()[-4000:]  # SIGTERM: a final checkpoint, exit 0
+    if stop == "sigterm":
+        a = sc.worker(idle=None)
+        _processed(sc)
+        assert a.terminate() == 0, a.log_text()[-4000:]  # SIGTERM: a final checkpoint, exit 0
+    else:
+        # batches of at most 100: 30 source batches, then their repartition records; the
+        # source is drained first (its records are all there from the start)
+        a = sc.worker(idle="6s", commit_interval="20ms",
+                      env={"PROCESSOR_BATCH_SIZE": "100", "PROCESSOR_CRASH_AT": KILL_AT})
+        assert a.wait(240) == -9, a.log_text()[-4000:]
     savepoint = tmp_path / "sp"
     _create_when_stopped(sc, savepoint)
+    if stop == "kill":
+        inflight = _manifest(savepoint)["inflight"][f"{sc.name}-totals-repartition"]
+        assert sum(inflight["records"].values()) > 0, inflight
     source = _manifest(savepoint)["source_offsets"][sc.input]
     assert source["partitions"] == 4 and source["topic_id"]
     assert all(source["consumed_to_end"].values()), source
