@@ -304,3 +304,35 @@ def test_merged_upstream_watermarks_keep_only_slots_that_still_exist() -> None:
     two = merged_upstream_time([{"marks": {"0": 1, "1": 2, "2": 3}, "current": 1}],
                                Slots((("a", 2), ("b", 1))), Slots((("a", 3), ("b", 1))))
     assert two["marks"] == {"0": 1, "1": 2, "3": 3}
+
+
+# -- the sources' cut ------------------------------------------------------------------------
+
+def _source_manifest(**saved: Any) -> dict[str, Any]:
+    return {"source_offsets": {"orders": {"partitions": 2, "committed": {"0": 5, "1": 7},
+                                          **saved}}}
+
+
+def test_a_rescaled_source_must_have_been_read_to_its_end() -> None:
+    from processor.tools.savepoint_sources import check_consumed
+
+    with pytest.raises(SavepointError, match="does not record its end offsets .* take a new "
+                                             "savepoint to rescale"):
+        check_consumed(_source_manifest(), "orders")  # a savepoint from before the cut was kept
+    behind = _source_manifest(topic_id="abc", end_offsets={"0": 5, "1": 9},
+                              consumed_to_end={"0": True, "1": False})
+    with pytest.raises(SavepointError, match=r"partition 1: committed 7, end 9\): .* Let the "
+                                             "workers catch up with the input, then stop them"):
+        check_consumed(behind, "orders")
+    check_consumed(_source_manifest(topic_id="abc", end_offsets={"0": 5, "1": 9},
+                                    consumed_to_end={"0": True, "1": True}), "orders")
+
+
+def test_only_stream_sources_whose_count_changed_are_rescaled() -> None:
+    from processor.graph import build_topology
+    from processor.tools.savepoint_sources import rescaled_sources
+
+    topology = build_topology(load_spec_text(TOPOLOGY))
+    manifest = {"source_offsets": {"events": {"partitions": 3}, "other": {"partitions": 3}}}
+    assert rescaled_sources(manifest, topology, {"events": 8, "other": 3}) == {"events": (3, 8)}
+    assert rescaled_sources(manifest, topology, {"events": 3, "other": 3}) == {}
