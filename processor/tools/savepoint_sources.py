@@ -137,7 +137,13 @@ def resume_offsets(manifest: dict[str, Any], topic: str, partitions: int, curren
     """Where each partition of a rescaled source resumes, and whether it is the same topic."""
     check_consumed(manifest, topic)
     saved = manifest["source_offsets"][topic]
-    same = saved["topic_id"] is not None and saved["topic_id"] == current_id
+    if saved["topic_id"] is None or current_id is None:
+        # a grown topic read from its start would process its old records twice
+        raise SavepointError(
+            f"cannot tell whether source topic {topic!r} is the one the savepoint read (no "
+            f"topic id {'recorded' if saved['topic_id'] is None else 'from the broker now'}; "
+            "topic ids need Kafka 2.8 or later): refusing to rescale it")
+    same = saved["topic_id"] == current_id
     offsets = {}
     for p in range(partitions):
         if same and p < saved["partitions"]:

@@ -316,9 +316,9 @@ def _source_manifest(**saved: Any) -> dict[str, Any]:
 def test_a_rescaled_source_must_have_been_read_to_its_end() -> None:
     from processor.tools.savepoint_sources import check_consumed
 
-    with pytest.raises(SavepointError, match="does not record its end offsets .* take a new "
-                                             "savepoint to rescale"):
-        check_consumed(_source_manifest(), "orders")  # a savepoint from before the cut was kept
+    with pytest.raises(SavepointError, match=r"does not record its end offsets .* take a new "
+                                             r"savepoint to rescale"):
+        check_consumed(_source_manifest(), "orders")  # taken before end offsets were recorded
     behind = _source_manifest(topic_id="abc", end_offsets={"0": 5, "1": 9},
                               consumed_to_end={"0": True, "1": False})
     with pytest.raises(SavepointError, match=r"partition 1: committed 7, end 9\): .* Let the "
@@ -336,3 +336,15 @@ def test_only_stream_sources_whose_count_changed_are_rescaled() -> None:
     manifest = {"source_offsets": {"events": {"partitions": 3}, "other": {"partitions": 3}}}
     assert rescaled_sources(manifest, topology, {"events": 8, "other": 3}) == {"events": (3, 8)}
     assert rescaled_sources(manifest, topology, {"events": 3, "other": 3}) == {}
+
+
+def test_a_rescaled_source_resumes_at_the_cut_only_when_it_is_the_same_topic() -> None:
+    from processor.tools.savepoint_sources import resume_offsets
+
+    saved = _source_manifest(topic_id="abc", end_offsets={"0": 5, "1": 9},
+                             consumed_to_end={"0": True, "1": True})
+    with pytest.raises(SavepointError, match="cannot tell whether source topic 'orders'"):
+        resume_offsets(saved, "orders", 2, None, None)  # type: ignore[arg-type]
+    # the same topic, the same count of old partitions: each resumes at the savepoint's end
+    offsets, same = resume_offsets(saved, "orders", 2, "abc", None)  # type: ignore[arg-type]
+    assert same and offsets == {0: 5, 1: 9}
