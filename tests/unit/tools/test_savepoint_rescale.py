@@ -348,3 +348,72 @@ def test_a_rescaled_source_resumes_at_the_cut_only_when_it_is_the_same_topic() -
     # the same topic, the same count of old partitions: each resumes at the savepoint's end
     offsets, same = resume_offsets(saved, "orders", 2, "abc", None)  # type: ignore[arg-type]
     assert same and offsets == {0: 5, 1: 9}
+
+
+# -- position records of the new partitions --------------------------------------------------
+
+PLAN_TOPOLOGY = """
+name: {name}
+sources:
+  orders: {{topic: orders, key: {{format: string}}, timestamp: {{field: ts}}}}
+pipelines:
+  - from: orders
+    steps:
+      - aggregate: {{store: per-order, n: count()}}
+  - from: orders
+    steps:
+      - key_by: "value['user']"
+      - window: {{tumbling: 1s, late: drop}}
+      - aggregate: {{store: per-user, n: count()}}
+"""
+
+
+def test_new_partitions_get_merged_positions_marks_and_watermarks(tmp_path) -> None:
+    from processor.graph import build_topology
+    from processor.tools.savepoint_format import SavepointWriter
+    from processor.tools.savepoint_rescale_restore import _Plan, savepoint_entries
+
+    new_app = build_topology(load_spec_text(PLAN_TOPOLOGY.format(name="b")))
+    user = b'"u1"'  # per-user's key (json after key_by) and the in-flight record's
+    order = b"o-7"
+    src = partition_for(order, 2)
+    root = tmp_path / "sp"
+    with SavepointWriter(root) as out:
+        out.store_entry("per-order", src, order, b"[1]")
+        out.store_entry("per-user", partition_for(user, 2),
+                        b"W" + bytes(16) + user, b"[1]")
+        out.inflight_record("a-per-user-repartition", 1, 40, user,
+                            orjson.dumps([0, 12, 0, {"user": "u1"}]), 5)
+        out.inflight_record("a-per-user-repartition", 1, 41, None, orjson.dumps([0, 13]), 5)
+        upstream = {str(p): {"position": 40 + p, "upstream": {"0": [11, 0], "1": [9, 0]},
+                             "time": {"marks": {"0": 100 + p, "1": 200}, "idle": [1],
+                                      "current": 100 + p}} for p in range(2)}
+        source = {str(p): {"position": 30 + p, "time": {"max_ts": 500 + p}} for p in range(2)}
+        out.commit({"application": "a",
+                    "source_offsets": {"orders": {"partitions": 2, "committed": {"0": 30, "1": 31}}},
+                    "stores": {"per-order": {"partitions": 2, "position_records": source},
+                               "per-user": {"partitions": 2, "position_records": upstream}},
+                    "inflight": {"a-per-user-repartition": {"partitions": 2}}})
+    manifest = orjson.loads((root / "manifest.json").read_bytes())
+    counts = {"orders": 5, "b-per-user-repartition": 5, "b-per-order-changelog": 5,
+              "b-per-user-changelog": 5}
+    plan = _Plan(root, manifest, new_app, counts, savepoint_entries(root))
+    assert plan.inflight[1].reports_dropped == 1
+    source_sub, user_sub = new_app.subtopologies[0], new_app.subtopologies[-1]
+    q_order, q_user = partition_for(order, 5), partition_for(user, 5)
+    records = plan.position_records(source_sub, {q: 1000 + q for q in range(5)}, unchanged=False)
+    assert records[q_order]["position"] == 1000 + q_order
+    merged = plan.merged(source_sub, q_order)
+    assert src in merged and set(merged) <= {src, q_order}
+    assert records[q_order]["time"] == {"max_ts": min(500 + p for p in merged)}
+    assert all("time" not in records[q] for q in range(2, 5) if q != q_order)  # nothing merged
+    records = plan.position_records(user_sub, {q: q for q in range(5)}, unchanged=False)
+    rec = records[q_user]
+    # the in-flight record's retired slot starts at the old reader's mark of its partition
+    assert rec["upstream"] == {str(-1 - (1 * 2 + 0)): [11, 0]}
+    merged = plan.merged(user_sub, q_user)
+    assert 1 in merged
+    assert rec["time"]["marks"] == {"0": min(100 + p for p in merged), "1": 200}
+    assert rec["time"]["idle"] == [] and rec["time"]["current"] == min(100 + p for p in merged)
+    # an unchanged source keeps the savepoint's records as they are
+    assert plan.position_records(source_sub, {}, unchanged=True)[0] == source["0"]
