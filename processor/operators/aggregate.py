@@ -29,11 +29,15 @@ from processor.operators.base import (
     Queryable,
     Record,
     StatefulOperator,
+    StoreKeys,
     Writes,
     failed_at,
 )
 
 AGG_FUNCS = ("count", "sum", "min", "max", "avg", "first", "last")
+
+# the store key is the record key's bytes, the accumulator list its value
+STORE_KEYS = StoreKeys("<key>", lambda store_key: store_key)
 
 
 class KeyValueReader(Protocol):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 Record = tuple[Any, Any, int, int]
@@ -188,3 +189,26 @@ class Stateless(Operator):
 
 
 RecordFn = Callable[[Any, Any, int], Any]
+
+
+class KeyFamilyError(ValueError):
+    """A store key of no family its operator writes."""
+
+
+def _no_bookkeeping(store_key: bytes, values: list[bytes]) -> bytes | None:
+    raise KeyFamilyError(f"{store_key!r} is not a bookkeeping entry")
+
+
+@dataclass(frozen=True)
+class StoreKeys:
+    """How an operator's store keys name the record key their entry belongs to: a rescaling
+    restore (tools/savepoint_rescale.py) moves each entry to the partition of that key.
+
+    `record_key(store_key)` returns the key bytes as the topic feeding the store carries them,
+    or None for a per-partition bookkeeping entry; `merge(store_key, values)` is the value of
+    such an entry in a partition made from several (None: drop it). Both raise KeyFamilyError
+    for a key of no family listed in `families`."""
+
+    families: str
+    record_key: Callable[[bytes], bytes | None]
+    merge: Callable[[bytes, list[bytes]], bytes | None] = _no_bookkeeping

@@ -41,10 +41,12 @@ from typing import Any
 
 from processor.operators.base import (
     Batch,
+    KeyFamilyError,
     LateRecord,
     ProcessingTimeOperator,
     Record,
     StepFailed,
+    StoreKeys,
     failed_at,
 )
 from processor.operators.context import (
@@ -61,6 +63,20 @@ from processor.state.keys import pack_ts, unpack_ts
 from processor.timeutil.watermark import Clock
 
 _STATE, _TIMER = b"s", b"t"
+
+
+def record_key(store_key: bytes) -> bytes | None:
+    """The key of a state entry `s <kind> <len> <name> <key>` or a timer `t <domain> <ts> <key>`
+    (joins and reconcile keep theirs in this layout too); there is no bookkeeping entry."""
+    family = store_key[:1]
+    if family == _STATE and len(store_key) >= 3:
+        return store_key[3 + store_key[2]:]
+    if family == _TIMER and len(store_key) >= 10:
+        return store_key[10:]
+    raise KeyFamilyError(f"{family!r} is no family of a process, join or reconcile store")
+
+
+STORE_KEYS = StoreKeys("s<kind><len><name><key>, t<domain><ts><key>", record_key)
 _UNSCANNED = -(1 << 63)  # "the store's next timer is unknown": scan at the next firing point
 _NONE_LEFT = 1 << 63  # no stored timer beyond the last scan
 _MISSING: Any = object()

@@ -45,6 +45,7 @@ from processor.tools.savepoint_format import (
     read_manifest,
     store_path,
 )
+from processor.tools.savepoint_sources import cut
 
 OPEN_TXN_WAIT_S = 120.0
 
@@ -236,6 +237,8 @@ def create(topology: Topology, topology_path: Path, config: WorkerConfig, to: Pa
                 out.inflight_record(m.topic(), m.partition(), m.offset(), m.key(), m.value(),
                                     ts if ts_type else None)
                 inflight[m.topic()]["records"][str(m.partition())] += 1
+            # rescaling needs to know the sources were read to their end (savepoint_sources.py)
+            ends = cut(consumer, admin, topology.input_topics, counts, committed)
             text = topology_path.read_bytes()
             manifest = {
                 "application": app,
@@ -246,7 +249,7 @@ def create(topology: Topology, topology_path: Path, config: WorkerConfig, to: Pa
                 "source_offsets": {
                     t: {"partitions": counts.get(t, 0),
                         "committed": {str(p): committed[(t, p)] for p in range(counts.get(t, 0))
-                                      if (t, p) in committed}}
+                                      if (t, p) in committed}, **ends[t]}
                     for t in topology.input_topics},
                 "stores": stores,
                 "inflight": inflight,

@@ -70,6 +70,8 @@ def cmd_savepoint(args: argparse.Namespace) -> int:
           f"({_rate(done['records'], done['bytes'], done['seconds'])}), "
           f"{done['offsets_committed']} group offsets committed; start it with "
           f"`processor run {args.topology}`")
+    for topic, (old, new) in done.get("rescaled", {}).items():
+        print(f"rescaled: source {topic} from {old} to {new} partitions, state moved by key")
     return 0
 
 
@@ -99,8 +101,9 @@ def add_savepoint(sub: argparse._SubParsersAction, topology_help: str) -> None:
                     help="only this partition's entries (default: all partitions)")
     si.add_argument("--limit", type=int, metavar="N", help="at most N entries (default: all)")
     sr = ssub.add_parser("restore", help="start the topology's application (a new one, or one "
-                                         "reset) from a savepoint; same partition counts; "
-                                         "migrates added/removed aggregate fields")
+                                         "reset) from a savepoint, migrating added/removed "
+                                         "aggregate fields and renamed stores, or rescaling its "
+                                         "state when a source's partition count changed")
     sr.add_argument("dir", help="the savepoint directory")
     sr.add_argument("topology", help=topology_help + "; its name is the application restored into")
     migration_options(sr)

@@ -1,4 +1,7 @@
-"""`processor savepoint restore`: start an application from a savepoint (same partition counts).
+"""`processor savepoint restore`: start an application from a savepoint.
+
+This module restores into the savepoint's partition counts; a stream source with another count
+hands over to tools/savepoint_rescale_restore.py once the target is checked and its topics made.
 
 The target application (the topology's name: a new one for blue/green) must be pristine: no
 members, no committed offsets, its changelog and repartition topics absent or empty; its
@@ -29,7 +32,7 @@ from __future__ import annotations
 import bisect
 import sys
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -46,6 +49,7 @@ from processor.runtime.kafka.topics import ensure_topics, partition_counts
 from processor.state.changelog import LAYOUT_KEY, POSITION_KEY
 from processor.tools.consumer_group import committed_offsets
 from processor.tools.savepoint import reader, require_stopped
+from processor.tools.savepoint_deliveries import Deliveries
 from processor.tools.savepoint_format import (
     SavepointError,
     decode_bytes,
@@ -55,33 +59,8 @@ from processor.tools.savepoint_format import (
     store_path,
 )
 from processor.tools.savepoint_migrate import plan_migration
-
-
-class _Deliveries:
-    """Delivery reports: failures raise at the next check; offsets kept where asked."""
-
-    def __init__(self) -> None:
-        self.error: str | None = None
-        self.offsets: dict[tuple[str, int], list[int]] = {}
-
-    def tracking(self, topic: str, partition: int) -> Callable[[Any, Any], None]:
-        got = self.offsets.setdefault((topic, partition), [])
-
-        def report(err: Any, msg: Any) -> None:
-            if err is not None:
-                self.error = self.error or f"{topic}[{partition}]: {err.str()}"
-            else:
-                got.append(msg.offset())
-        return report
-
-    def failed(self, err: Any, msg: Any) -> None:
-        if err is not None:
-            self.error = self.error or f"{msg.topic()}[{msg.partition()}]: {err.str()}"
-
-    def check(self) -> None:
-        if self.error:
-            raise SavepointError(f"restore failed writing {self.error}; reset the application "
-                                 "before restoring again")
+from processor.tools.savepoint_rescale_restore import restore_rescaled
+from processor.tools.savepoint_sources import check_consumed, rescaled_sources
 
 
 def _check_pristine(config: WorkerConfig, admin: AdminClient, topology: Topology,
@@ -93,12 +72,6 @@ def _check_pristine(config: WorkerConfig, admin: AdminClient, topology: Topology
     if committed_offsets(admin, app):
         raise SavepointError(f"application {app!r} has committed offsets: restore only into a "
                              "new application, or reset this one first")
-    for topic, saved in manifest["source_offsets"].items():
-        have = counts.get(topic)
-        if have is not None and have != saved["partitions"]:
-            raise SavepointError(f"source topic {topic!r} has {have} partitions, the savepoint "
-                                 f"{saved['partitions']}: restoring into another partition count "
-                                 "is not supported yet")
     internal = [s.changelog_topic for s in topology.stores]
     internal += [s.source.topic for s in topology.subtopologies if s.source.internal]
     probe = reader(config)
@@ -135,12 +108,26 @@ def restore(root: Path, topology: Topology, config: WorkerConfig, *,
     admin = AdminClient(admin_config(config))
     counts = partition_counts(admin)
     bases = _check_pristine(config, admin, topology, counts, manifest)
+    rescaled = rescaled_sources(manifest, topology, counts)
+    if rescaled:  # refuses before any topic is created (savepoint_sources.py)
+        for topic in rescaled:
+            check_consumed(manifest, topic)
+        changed = migration.describe()
+        if changed:
+            raise SavepointError(
+                "this restore would rescale and migrate state at once, which is not supported: "
+                + "; ".join(changed) + ". Restore into the same partition counts first, take a "
+                "savepoint of that application (no need to run it), then restore that one "
+                "into the new partition counts")
     counts = ensure_topics(admin, topology, create=True, replication_factor=config.replication_factor,
                            changelog_configs=config.changelog_topic_configs,
                            bootstrap_servers=config.bootstrap_servers, wait_for_sources_s=10)
+    if rescaled:  # another source partition count: state moves by key
+        return restore_rescaled(root, manifest, topology, config, admin, counts, bases, rescaled,
+                                progress=progress)
     app = topology.name
     producer = Producer(producer_config(config, None))
-    reports = _Deliveries()
+    reports = Deliveries()
     written = {"records": 0, "bytes": 0}
 
     def send(topic: str, key: bytes | None, value: bytes | None, partition: int,

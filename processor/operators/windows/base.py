@@ -47,6 +47,7 @@ import orjson
 from processor.operators.aggregate import CompiledAggregation
 from processor.operators.base import (
     Batch,
+    KeyFamilyError,
     LateRecord,
     Queryable,
     Record,
@@ -62,6 +63,14 @@ NEG = -(1 << 64)
 _MIN_TS = -(1 << 63)
 MAX_END = b"M"
 _BY_WINDOW = itemgetter(0, 1, 2)  # closing tuples (end, start, key bytes, key, acc)
+
+
+def merge_max_end(store_key: bytes, values: list[bytes]) -> bytes | None:
+    """`M` of a partition made from several: the largest of theirs (an upper bound of the
+    ends of every window the merged store holds, which is all `M` promises)."""
+    if store_key != MAX_END:
+        raise KeyFamilyError(f"{store_key!r} is not a window bookkeeping entry")
+    return orjson.dumps(max(orjson.loads(v) for v in values)) if values else None
 
 
 def fresh_state(agg: CompiledAggregation) -> Callable[[], list[Any]]:

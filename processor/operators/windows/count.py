@@ -14,8 +14,18 @@ from typing import Any
 
 import orjson
 
-from processor.operators.base import Batch
+from processor.operators.base import Batch, KeyFamilyError, StoreKeys
 from processor.operators.windows.base import WindowOperator
+
+
+def record_key(store_key: bytes) -> bytes | None:
+    """The key of a `C <key>` entry (count windows keep no bookkeeping entry)."""
+    if store_key[:1] == b"C":
+        return store_key[1:]
+    raise KeyFamilyError(f"{store_key[:1]!r} is no family of a count window store")
+
+
+STORE_KEYS = StoreKeys("C<key>", record_key)
 
 
 class CountWindows(WindowOperator):

@@ -13,11 +13,23 @@ from typing import Any
 
 import orjson
 
-from processor.operators.base import Batch
-from processor.operators.windows.base import EndIndexed
+from processor.operators.base import Batch, KeyFamilyError, StoreKeys
+from processor.operators.windows.base import MAX_END, EndIndexed, merge_max_end
 from processor.state.keys import pack_ts, unpack_ts
 
 _NEW, _STORED, _CLOSED = 0, 1, 2
+
+
+def record_key(store_key: bytes) -> bytes | None:
+    """The key of a `W <end> <start> <key>` entry; None for `M` (bookkeeping)."""
+    if store_key[:1] == b"W" and len(store_key) >= 17:
+        return store_key[17:]
+    if store_key == MAX_END:
+        return None
+    raise KeyFamilyError(f"{store_key[:1]!r} is no family of a tumbling or hopping window store")
+
+
+STORE_KEYS = StoreKeys("W<end><start><key>, M", record_key, merge_max_end)
 
 
 class FixedWindows(EndIndexed):

@@ -20,12 +20,27 @@ from typing import Any
 
 import orjson
 
-from processor.operators.base import Batch
-from processor.operators.windows.base import INF, EndIndexed
+from processor.operators.base import Batch, KeyFamilyError, StoreKeys
+from processor.operators.windows.base import INF, MAX_END, EndIndexed, merge_max_end
 from processor.state.keys import pack_ts
 
 KEY, STATE, MARK, DIRTY, SCHED = range(5)
 _K, _E = b"K", b"E"
+
+
+def record_key(store_key: bytes) -> bytes | None:
+    """The key of a `K <key>` or `E <end> <key>` entry; None for `M` (bookkeeping)."""
+    family = store_key[:1]
+    if family == _K:
+        return store_key[1:]
+    if family == _E and len(store_key) >= 9:
+        return store_key[9:]
+    if store_key == MAX_END:
+        return None
+    raise KeyFamilyError(f"{family!r} is no family of a session or sliding window store")
+
+
+STORE_KEYS = StoreKeys("K<key>, E<end><key>, M", record_key, merge_max_end)
 
 
 class KeyedWindows(EndIndexed):
