@@ -238,7 +238,7 @@ def create(topology: Topology, topology_path: Path, config: WorkerConfig, to: Pa
                                     ts if ts_type else None)
                 inflight[m.topic()]["records"][str(m.partition())] += 1
             # rescaling needs to know the sources were read to their end (savepoint_sources.py)
-            ends = cut(consumer, admin, topology.input_topics, counts, committed)
+            source_cut = cut(consumer, admin, topology.input_topics, counts, committed)
             text = topology_path.read_bytes()
             manifest = {
                 "application": app,
@@ -249,7 +249,7 @@ def create(topology: Topology, topology_path: Path, config: WorkerConfig, to: Pa
                 "source_offsets": {
                     t: {"partitions": counts.get(t, 0),
                         "committed": {str(p): committed[(t, p)] for p in range(counts.get(t, 0))
-                                      if (t, p) in committed}, **ends[t]}
+                                      if (t, p) in committed}, **source_cut[t]}
                     for t in topology.input_topics},
                 "stores": stores,
                 "inflight": inflight,

@@ -58,6 +58,7 @@ from processor.tools.savepoint_format import (
     read_manifest,
     store_path,
 )
+from processor.tools.savepoint_marks import OffsetMap, SlotOffsets, offset_map
 from processor.tools.savepoint_migrate import plan_migration
 from processor.tools.savepoint_rescale_restore import restore_rescaled
 from processor.tools.savepoint_sources import check_consumed, rescaled_sources
@@ -94,6 +95,18 @@ def _new_position(old: int, sent: list[tuple[int, int]], end: int) -> int:
     """The new offset of the first re-produced record at or after old offset `old`."""
     i = bisect.bisect_left(sent, (old, -1))
     return sent[i][1] if i < len(sent) else end
+
+
+def without_idle(record: dict[str, Any]) -> dict[str, Any]:
+    """A position record without its upstream idle flags. Idleness at the cut says nothing
+    about the restored application: kept, the first upstream partition to report would move
+    the reader's watermark alone, and the others' records would come late; dropped, every
+    partition holds the watermark back until it reports again (an idle one after its source's
+    idle_timeout), as the rescaling restore does."""
+    time_state = record.get("time")
+    if isinstance(time_state, dict) and time_state.get("idle"):
+        return {**record, "time": {**time_state, "idle": []}}
+    return record
 
 
 def restore(root: Path, topology: Topology, config: WorkerConfig, *,
@@ -140,10 +153,27 @@ def restore(root: Path, topology: Topology, config: WorkerConfig, *,
     # in-flight records first: the repartition readers' positions depend on their new offsets
     group_offsets: list[TopicPartition] = []
     mapped: dict[str, dict[int, tuple[list[tuple[int, int]], int]]] = {}
-    for old_topic, saved in manifest["inflight"].items():
+    readers = {sub.source.topic: sub for sub in topology.subtopologies if sub.source.internal}
+    offset_maps: dict[str, dict[int, OffsetMap]] = {}  # by the new name of a repartition topic
+
+    def slot_offsets(topic: str) -> SlotOffsets:
+        """How the reader of `topic` sees its feeders' offsets after the restore."""
+        ups = readers[topic].source.upstream_topics
+        return SlotOffsets.for_reader([(counts[t], offset_maps.get(t) if t in readers else None)
+                                       for t in ups])
+
+    def chain_order(saved_topic: str) -> int:
+        """Sub-topologies are numbered in creation order: a feeder before its reader."""
+        topic = migration.topic(saved_topic)
+        return readers[topic].id if topic in readers else -1
+
+    # a chain's feeder topics first: their new offsets go into the next topic's envelopes
+    for old_topic in sorted(manifest["inflight"], key=chain_order):
+        saved = manifest["inflight"][old_topic]
         topic = migration.topic(old_topic)
         if topic is None:
             continue  # its store was dropped
+        envelopes = slot_offsets(topic)
         if counts[topic] != saved["partitions"]:
             raise SavepointError(f"{topic!r} has {counts[topic]} partitions, the savepoint's "
                                  f"{old_topic!r} {saved['partitions']}")
@@ -152,7 +182,9 @@ def restore(root: Path, topology: Topology, config: WorkerConfig, *,
             lines = list(read_lines(inflight_path(root, old_topic, part)))
             track = reports.tracking(topic, part)
             for line in lines:
-                send(topic, decode_bytes(line, "key"), decode_bytes(line, "value"), part,
+                value = decode_bytes(line, "value")
+                send(topic, decode_bytes(line, "key"),
+                     envelopes.envelope(value) if envelopes else value, part,
                      line.get("timestamp") or 0, track)
             producer.flush(60)
             reports.check()
@@ -163,9 +195,13 @@ def restore(root: Path, topology: Topology, config: WorkerConfig, *,
             sent = [(int(line["offset"]), n) for line, n in zip(lines, new, strict=True)]
             end = new[-1] + 1 if new else base
             mapped.setdefault(old_topic, {})[part] = (sent, end)
+            offset_maps.setdefault(topic, {})[part] = offset_map(
+                int(saved["from_offset"][str(part)]), sent, end)
             group_offsets.append(TopicPartition(topic, part, sent[0][1] if sent else base))
 
     feeds = {s.name: s.subtopology for s in topology.stores}
+    changelog_feed = {s.name: sub.source.topic for sub in topology.subtopologies
+                      for s in sub.stores}
     internal_input = {sub.id: migration.saved_topic(sub.source.topic)
                       for sub in topology.subtopologies if sub.source.internal}
     told = time.monotonic()
@@ -192,7 +228,10 @@ def restore(root: Path, topology: Topology, config: WorkerConfig, *,
             if old_topic is not None:  # None: a new repartition topic (no record restored)
                 sent, end = mapped[old_topic][part]
                 record = {**record, "position": _new_position(int(record["position"]), sent, end)}
-            send(changelog, POSITION_KEY, orjson.dumps(record), part)
+                reader_offsets = slot_offsets(changelog_feed[name])
+                if reader_offsets and record.get("upstream"):
+                    record["upstream"] = reader_offsets.marks(record["upstream"])
+            send(changelog, POSITION_KEY, orjson.dumps(without_idle(record)), part)
     producer.flush(120)
     reports.check()
     if producer.flush(0):

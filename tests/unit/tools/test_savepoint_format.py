@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 from processor.state.changelog import POSITION_KEY
+from processor.timeutil.watermark import UpstreamWatermarks
 from processor.tools.savepoint import inspect, summary
 from processor.tools.savepoint_format import (
     FORMAT_VERSION,
@@ -25,7 +26,7 @@ from processor.tools.savepoint_format import (
     read_manifest,
     store_path,
 )
-from processor.tools.savepoint_restore import _new_position
+from processor.tools.savepoint_restore import _new_position, without_idle
 from tests.paths import REPO
 
 SAMPLES = [b'{"orders":3,"revenue":12.5}', b'[1,"a",null]', b'"text"', b"17",
@@ -135,6 +136,25 @@ def test_repartition_reader_position_maps_to_reproduced_offsets() -> None:
     assert _new_position(12, sent, 3) == 2   # absorbed 10 and 11 (a store ahead of the commit)
     assert _new_position(14, sent, 3) == 3   # absorbed all: the end
     assert _new_position(7, [], 0) == 0      # nothing in flight
+
+
+def test_restored_reader_forgets_idleness_at_the_cut() -> None:
+    # at the cut all 3 upstream partitions had gone idle (input paused before the stop)
+    saved = {"position": 5, "time": {"marks": {"0": 100, "1": 400, "2": 300}, "idle": [0, 1, 2],
+                                     "current": 400}}
+    record = without_idle(saved)
+    assert record["time"]["idle"] == [] and record["position"] == 5
+    assert saved["time"]["idle"] == [0, 1, 2]  # the savepoint's record is not changed
+    as_saved, restored = UpstreamWatermarks(3), UpstreamWatermarks(3)
+    as_saved.restore(saved["time"])
+    restored.restore(record["time"])
+    # partition 2 reports first after the restore: alone among non-idle partitions it would
+    # move the watermark past the others' next records; restored, partition 0 holds it back
+    assert as_saved.report(2, 900) == 900
+    assert restored.report(2, 900) == 400
+    assert restored.report(0, 500) == 400  # partition 1 (at 400) has not reported yet
+    assert restored.report(1, 600) == 500
+    assert without_idle({"position": 3}) == {"position": 3}
 
 
 def test_cli_inspect_failures_are_one_line(tmp_path: Path) -> None:
