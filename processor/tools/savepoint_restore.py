@@ -136,8 +136,8 @@ def restore(root: Path, topology: Topology, config: WorkerConfig, *,
                            changelog_configs=config.changelog_topic_configs,
                            bootstrap_servers=config.bootstrap_servers, wait_for_sources_s=10)
     if rescaled:  # another source partition count: state moves by key
-        return restore_rescaled(root, manifest, topology, config, admin, counts, bases, rescaled,
-                                progress=progress)
+        return {**restore_rescaled(root, manifest, topology, config, admin, counts, bases,
+                                   rescaled, progress=progress), "migrated": []}
     app = topology.name
     producer = Producer(producer_config(config, None))
     reports = Deliveries()
