@@ -4,8 +4,9 @@ revenue_per_user holding one entry per user, and the new application's worker re
 One Apache Kafka broker (or Tansu) in a temp dir; `--keys` orders, one per user, produced to a
 4-partition `orders` topic; one exactly-once worker processes them and stops when idle; then
 each command runs as a subprocess (`python -m processor ...`, as a user runs it) and is timed
-from outside, with its peak RSS (wait4); finally a worker of the restored application starts
-and the time until every store is restored is read from its log.
+from outside, with its peak RSS (wait4); a worker of the restored application starts and the time
+until every store is restored is read from its log; finally `orders` grows to 8 partitions and
+the same savepoint is restored into a third application (a rescaling restore), timed.
 
     python -m benchmarks.savepoint --keys 1000000 --out benchmarks/results/savepoint.json
 """
@@ -13,6 +14,7 @@ and the time until every store is restored is read from its log.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -25,6 +27,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import psutil
+from confluent_kafka.admin import AdminClient, NewPartitions
 
 from processor.tools.broker import EmbeddedBroker
 from processor.tools.generator import create_topic, produce_json
@@ -44,17 +49,22 @@ def one_order_per_user(keys: int, seed: int = 11) -> Iterator[tuple[str, dict[st
 
 
 def timed(cmd: list[str], work: Path, label: str) -> dict[str, Any]:
-    """Run a CLI command; its wall time, peak RSS (MB, from wait4) and stdout."""
+    """Run a CLI command; its wall time, peak RSS (MB, sampled every 20 ms: wait4's ru_maxrss
+    would include the benchmark's own memory, copied at fork) and stdout."""
     out_path, err_path = work / f"{label}.out", work / f"{label}.err"
     began = time.monotonic()
+    peak = 0
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)
+        watched = psutil.Process(proc.pid)
+        while proc.poll() is None:
+            with contextlib.suppress(psutil.Error):
+                peak = max(peak, watched.memory_info().rss)
+            time.sleep(0.02)
     seconds = time.monotonic() - began
-    proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise RuntimeError(f"{label} failed ({proc.returncode}): {err_path.read_text()[-2000:]}")
-    return {"seconds": round(seconds, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+    return {"seconds": round(seconds, 2), "peak_rss_mb": round(peak / 2**20, 1),
             "stdout": out_path.read_text().strip()}
 
 
@@ -115,6 +125,18 @@ def run(broker_kind: str, keys: int) -> dict[str, Any]:
         restored = sum(e["records"] for e in b.find("store restored"))
         b.wait(600)
 
+        # rescaling: the same savepoint into a third application after `orders` grew to 8
+        admin = AdminClient({"bootstrap.servers": boot})
+        for fut in admin.create_partitions([NewPartitions("orders", 2 * PARTITIONS)]).values():
+            fut.result()
+        rescaled_topology = work / "revenue-c.yaml"
+        rescaled_topology.write_text(re.sub(r"(?m)^name: .*$", "name: revenue-c",
+                                            TOPOLOGY.read_text()))
+        rescale = timed([*cli, "savepoint", "restore", str(sp), str(rescaled_topology),
+                         "--bootstrap-servers", boot], work, "rescale")
+        rescaled_written = int(re.search(r": (\d+) records", rescale["stdout"]).group(1))
+        print(rescale["stdout"], file=sys.stderr)
+
     def rate(records: int, nbytes: int, seconds: float) -> dict[str, float]:
         return {"records_per_s": round(records / seconds), "mb_per_s": round(nbytes / seconds / 1e6, 1)}
 
@@ -132,6 +154,10 @@ def run(broker_kind: str, keys: int) -> dict[str, Any]:
         "restore": {"seconds": restore["seconds"], "records_written": written,
                     **rate(written, size, restore["seconds"]),
                     "peak_rss_mb": restore["peak_rss_mb"]},
+        "rescaling_restore": {"from_partitions": PARTITIONS, "to_partitions": 2 * PARTITIONS,
+                              "seconds": rescale["seconds"], "records_written": rescaled_written,
+                              **rate(rescaled_written, size, rescale["seconds"]),
+                              "peak_rss_mb": rescale["peak_rss_mb"]},
         "worker_restore": {"seconds_to_all_stores_restored": round(worker_restore_s, 1),
                            "changelog_records_restored": restored},
         "work_dir": str(work),
