@@ -28,6 +28,7 @@ from processor.graph.layout import state_layout
 from processor.runtime.config import WorkerConfig
 from processor.runtime.kafka.clients import producer_config
 from processor.runtime.kafka.produce import produce_when_room
+from processor.runtime.kafka.topics import topic_ids
 from processor.state.changelog import LAYOUT_KEY, POSITION_KEY
 from processor.tools.savepoint import reader
 from processor.tools.savepoint_deliveries import Deliveries
@@ -49,7 +50,7 @@ from processor.tools.savepoint_rescale import (
     redistribute_inflight,
     retired_marks,
 )
-from processor.tools.savepoint_sources import resume_offsets, topic_ids
+from processor.tools.savepoint_sources import resume_offsets
 
 
 def savepoint_entries(root: Path) -> Entries:

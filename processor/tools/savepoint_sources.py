@@ -19,33 +19,14 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicCollection, TopicPartition
+from confluent_kafka import Consumer, KafkaError, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from processor.graph import Topology
+from processor.runtime.kafka.topics import topic_ids
 from processor.tools.savepoint_format import SavepointError
 
-_NO_TOPIC_ID = "AAAAAAAAAAAAAAAAAAAAAA"  # the all-zero Uuid: a broker without topic ids
 PROBE_S = 15.0
-
-
-def topic_ids(admin: AdminClient, topics: list[str], timeout: float = 10.0) -> dict[str, str]:
-    """Each topic's id (Kafka >= 2.8); topics without one (or not answered) are left out."""
-    if not topics:
-        return {}
-    try:
-        futures = admin.describe_topics(TopicCollection(topics), request_timeout=timeout)
-    except KafkaException:
-        return {}
-    ids = {}
-    for topic, fut in futures.items():
-        try:
-            uid = str(fut.result().topic_id)
-        except KafkaException:
-            continue
-        if uid != _NO_TOPIC_ID:
-            ids[topic] = uid
-    return ids
 
 
 def _drained(consumer: Consumer, behind: dict[tuple[str, int], int]) -> set[tuple[str, int]]:

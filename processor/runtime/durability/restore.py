@@ -40,41 +40,25 @@ from confluent_kafka import (
     Consumer,
     KafkaError,
     KafkaException,
-    TopicCollection,
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient
 
 from processor.runtime.kafka.batch import by_partition
+from processor.runtime.kafka.topics import topic_ids
 from processor.runtime.tasks.task import Task
 from processor.state import LAYOUT_KEY, POSITION_KEY, RocksStore, decode_position
 from processor.state.store import META_CHANGELOG_ID, META_CHANGELOG_OFFSET, META_LAYOUT
 
 log = logging.getLogger("processor.restore")
-_NO_TOPIC_ID = "AAAAAAAAAAAAAAAAAAAAAA"  # the all-zero Uuid: a broker without topic ids
-
-
 def changelog_identities(admin: AdminClient, topics: list[str],
                          timeout: float = 10.0) -> dict[str, str]:
     """The topic id of each changelog topic that has one; a broker that gives none (or fails
     to answer) leaves the guard to the offset check alone."""
-    if not topics:
-        return {}
-    try:
-        futures = admin.describe_topics(TopicCollection(topics), request_timeout=timeout)
-    except KafkaException:
-        return {}
-    ids = {}
-    for topic, fut in futures.items():
-        try:
-            uid = str(fut.result().topic_id)
-        except KafkaException as exc:
-            log.warning("no topic id for a changelog: re-created topics are detected by their "
-                        "end offset only", extra={"topic": topic, "error": exc.args[0].str()})
-            continue
-        if uid != _NO_TOPIC_ID:
-            ids[topic] = uid
-    return ids
+    def unanswered(topic: str, exc: KafkaException) -> None:
+        log.warning("no topic id for a changelog: re-created topics are detected by their "
+                    "end offset only", extra={"topic": topic, "error": exc.args[0].str()})
+    return topic_ids(admin, topics, timeout, on_error=unanswered)
 
 
 def stale_reason(*, recorded_id: str | None, current_id: str | None, start: int,

@@ -9,11 +9,18 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    TopicCollection,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from processor.errors import ProcessorError
@@ -260,3 +267,29 @@ def read_to_end(consumer: Consumer, topic: str, *, from_committed: bool = False,
             yield m
             if m.offset() + 1 >= ends[p]:
                 del ends[p]
+
+
+NO_TOPIC_ID = "AAAAAAAAAAAAAAAAAAAAAA"  # the all-zero Uuid: a broker without topic ids
+
+
+def topic_ids(admin: AdminClient, topics: list[str], timeout: float = 10.0, *,
+              on_error: Callable[[str, KafkaException], None] | None = None) -> dict[str, str]:
+    """Each topic's id (KIP-516, Kafka >= 2.8), which tells a topic from one re-created under
+    its name; topics without one, or not answered (`on_error` hears why), are left out."""
+    if not topics:
+        return {}
+    try:
+        futures = admin.describe_topics(TopicCollection(topics), request_timeout=timeout)
+    except KafkaException:
+        return {}
+    ids = {}
+    for topic, fut in futures.items():
+        try:
+            uid = str(fut.result().topic_id)
+        except KafkaException as exc:
+            if on_error is not None:
+                on_error(topic, exc)
+            continue
+        if uid != NO_TOPIC_ID:
+            ids[topic] = uid
+    return ids
