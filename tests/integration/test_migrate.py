@@ -27,7 +27,14 @@ from processor.examples.revenue import revenue_oracle
 from tests.integration.kafka import WorkerProcess, latest_json_by_key, topology_file
 from tests.integration.scenario import RevenueScenario
 from tests.integration.test_reset import _committed
-from tests.integration.test_savepoint import HALF, _cli, _create_when_stopped, _ok, _refused
+from tests.integration.test_savepoint import (
+    HALF,
+    _cli,
+    _create_when_stopped,
+    _ok,
+    _refused,
+    kill_with_records_in_flight,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -105,16 +112,8 @@ def test_reset_to_savepoint_then_rerun_equals_the_uncut_run(broker, tmp_path: Pa
                                                             unique: str) -> None:
     broker.require_aborted_isolation("outputs without duplicates within the rerun")
     sc = RevenueScenario(broker.bootstrap, tmp_path, unique)
-    sc.produce(HALF, seed=1)
-    # killed at the 45th batch of at most 100 (of some 60): records in flight downstream
-    worker_a = sc.worker(idle="6s", commit_interval="20ms",
-                         env={"PROCESSOR_BATCH_SIZE": "100",
-                              "PROCESSOR_CRASH_AT": "batch.processed:45"})
-    assert worker_a.wait(240) == -9, worker_a.log_text()[-4000:]
     savepoint = tmp_path / "sp"
-    _create_when_stopped(sc, savepoint)
-    manifest = orjson.loads((savepoint / "manifest.json").read_bytes())
-    assert sum(manifest["inflight"][f"{sc.name}-totals-repartition"]["records"].values()) > 0
+    kill_with_records_in_flight(sc, savepoint)  # records in flight downstream
     saved = _saved_counts(savepoint)
 
     sc.produce(HALF, seed=2)  # the uncut run: A goes on to the end

@@ -134,23 +134,29 @@ def test_savepoint_after_clean_stop_restores_into_new_application(broker, tmp_pa
     _restore_and_finish(sc, savepoint)
 
 
-def test_savepoint_keeps_records_in_flight_after_kill(broker, tmp_path: Path,
-                                                      unique: str) -> None:
-    broker.require_aborted_isolation("outputs without duplicates across the cut")
-    sc = RevenueScenario(broker.bootstrap, tmp_path, unique)
+def kill_with_records_in_flight(sc: RevenueScenario, savepoint: Path) -> dict:
+    """A processes the first half with batches of at most 100 and frequent commits: 3000
+    records upstream, then their repartition records downstream; killed at the 45th batch (of
+    some 60), it leaves repartition records committed upstream that its aggregate had not
+    consumed yet. The savepoint of that is taken; its manifest is returned."""
     sc.produce(HALF, seed=1)
-    # batches of at most 100, frequent commits: 3000 records upstream, then their repartition
-    # records downstream; killed at the 45th batch (of some 60), A leaves repartition records
-    # committed upstream that its aggregate had not consumed yet
     worker_a = sc.worker(idle="6s", commit_interval="20ms",
                          env={"PROCESSOR_BATCH_SIZE": "100",
                               "PROCESSOR_CRASH_AT": "batch.processed:45"})
     assert worker_a.wait(240) == -9, worker_a.log_text()[-4000:]
-    savepoint = tmp_path / "sp"
     _create_when_stopped(sc, savepoint)
     manifest = _manifest(savepoint)
     inflight = manifest["inflight"][f"{sc.name}-totals-repartition"]
     assert sum(inflight["records"].values()) > 0, manifest
+    return manifest
+
+
+def test_savepoint_keeps_records_in_flight_after_kill(broker, tmp_path: Path,
+                                                      unique: str) -> None:
+    broker.require_aborted_isolation("outputs without duplicates across the cut")
+    sc = RevenueScenario(broker.bootstrap, tmp_path, unique)
+    savepoint = tmp_path / "sp"
+    manifest = kill_with_records_in_flight(sc, savepoint)
     assert sum(manifest["source_offsets"][sc.input]["committed"].values()) <= HALF
     _restore_and_finish(sc, savepoint)
 
