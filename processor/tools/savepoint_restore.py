@@ -129,9 +129,9 @@ def restore(root: Path, topology: Topology, config: WorkerConfig, *,
         if changed:
             raise SavepointError(
                 "this restore would rescale and migrate state at once, which is not supported: "
-                + "; ".join(changed) + ". Restore into the same partition counts first, take a "
-                "savepoint of that application (no need to run it), then restore that one "
-                "into the new partition counts")
+                + "; ".join(changed) + ". Do it in two restores: this savepoint into an "
+                "application of the old topology under another name (rescaled), a savepoint of "
+                "that one (it need not run), then that savepoint into this topology")
     counts = ensure_topics(admin, topology, create=True, replication_factor=config.replication_factor,
                            changelog_configs=config.changelog_topic_configs,
                            bootstrap_servers=config.bootstrap_servers, wait_for_sources_s=10)

@@ -39,7 +39,7 @@ from tests.integration.test_savepoint import (
 pytestmark = pytest.mark.integration
 
 
-def _app_b(sc: RevenueScenario) -> Path:
+def migrated_topology(sc: RevenueScenario) -> Path:
     """revenue_per_user with two fields appended and its store renamed, as a new application."""
     return topology_file(sc.tmp, "revenue_per_user.yaml", f"{sc.name}-b", {
         "name: revenue-per-user": f"name: {sc.name}-b",
@@ -67,7 +67,7 @@ def test_restore_appends_fields_and_renames_a_store(broker, tmp_path: Path, uniq
     savepoint = tmp_path / "sp"
     _create_when_stopped(sc, savepoint)
 
-    b = _app_b(sc)
+    b = migrated_topology(sc)
     check = _cli("upgrade-check", str(sc.topology), str(b))
     assert check.returncode == 3, check.stdout
     assert "--to-savepoint DIR" in check.stdout and "--rename-store OLD=NEW" in check.stdout

@@ -8,6 +8,7 @@ restored into application B, and B processes the rest, written by murmur2 over t
 - 8 -> 3, the topic deleted and re-created (same name, new topic id: read from its start):
   tumbling windows after a repartition, open at the cut; every window is emitted once, equal
   to the oracle, none late.
+- Rescaling and a migration in two restores (one that does both is refused).
 - Refusals: a rescaled source with unconsumed records at the savepoint; a store fed by a
   producer that did not partition by murmur2 of the key (the partitioner self-check).
 """
@@ -33,6 +34,7 @@ from tests.integration.test_event_time import (
     _jittered_orders,
     gmv_oracle,
 )
+from tests.integration.test_migrate import migrated_topology
 from tests.integration.test_savepoint import _app_b, _cli, _create_when_stopped, _manifest, _ok, _refused
 
 pytestmark = pytest.mark.integration
@@ -238,3 +240,53 @@ def test_rescaling_refuses_unconsumed_input_and_state_not_partitioned_by_murmur2
     # nothing written: B has no committed offsets and its changelog holds nothing
     assert read_all(broker.bootstrap, f"{name}-b-counts-changelog", committed=False) == []
     assert orjson.loads((counts / "manifest.json").read_bytes())["application"] == name
+
+
+def test_rescale_then_migrate_in_two_restores(broker, tmp_path: Path, unique: str) -> None:
+    """One restore does not rescale and migrate at once (refused, nothing written); two do:
+    the savepoint rescaled into an intermediate application C with the old topology, C's
+    savepoint taken without running it, then restored with the migration (two fields appended,
+    the store renamed) into D, which processes the rest: nothing twice, nothing skipped, the
+    appended fields cover what came after the cut."""
+    broker.require_aborted_isolation("outputs without duplicates across the cut")
+    sc = RevenueScenario(broker.bootstrap, tmp_path, unique)
+    sc.produce(HALF, seed=1)
+    a = sc.worker(idle="5s")
+    assert a.wait(240) == 0, a.log_text()[-4000:]
+    first_half = list(sc.produced)
+    first = tmp_path / "sp"
+    _create_when_stopped(sc, first)
+    _grow(sc.bootstrap, sc.input, 8)
+
+    d = migrated_topology(sc)  # application <name>-b: fields appended, store renamed
+    run = _cli("savepoint", "restore", str(first), str(d), "--rename-store", "totals=user_totals",
+               "--bootstrap-servers", sc.bootstrap)
+    _refused(run, "would rescale and migrate state at once")
+    assert f"{sc.name}-b-user_totals-changelog" not in _admin(sc.bootstrap).list_topics(
+        timeout=10).topics, "a refused restore creates nothing"
+
+    c = topology_file(tmp_path, "revenue_per_user.yaml", f"{sc.name}-c", {
+        "name: revenue-per-user": f"name: {sc.name}-c",
+        "topic: orders": f"topic: {sc.input}",
+        "topic: revenue-per-user": f"topic: {sc.output}",
+    })
+    assert "rescaled" in _ok(_cli("savepoint", "restore", str(first), str(c),
+                                  "--bootstrap-servers", sc.bootstrap))
+    second = tmp_path / "sp-c"
+    _ok(_cli("savepoint", "create", str(c), "--to", str(second),
+             "--bootstrap-servers", sc.bootstrap))
+    assert _manifest(second)["stores"]["totals"]["partitions"] == 8
+    done = _ok(_cli("savepoint", "restore", str(second), str(d), "--rename-store",
+                    "totals=user_totals", "--bootstrap-servers", sc.bootstrap))
+    assert "field 'orders_after' (count) appended" in done, done
+
+    sc.produce(HALF, seed=2)
+    second_half = sc.produced[len(first_half):]
+    worker_d = WorkerProcess(d, sc.bootstrap, tmp_path / "state-d", tmp_path, idle="5s")
+    assert worker_d.wait(240) == 0, worker_d.log_text()[-4000:]
+    sc.assert_no_repeated_outputs()
+    sc.assert_final_state_matches_oracle()
+    after = revenue_oracle(second_half)
+    final = latest_json_by_key(sc.outputs())
+    for user, want in after.items():
+        assert final[user]["orders_after"] == want["orders"], (user, final[user], want)
