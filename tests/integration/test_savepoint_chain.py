@@ -90,14 +90,18 @@ def test_chained_repartitions_restore_without_loss_or_duplicates(broker, tmp_pat
     b = _topology(tmp_path, f"chain-{unique}-b", source, output)
     first, second = ([(f"{k}-{seed}", v) for k, v in sample_orders(HALF, users=300, seed=seed)]
                      for seed in (1, 2))
-    produce_json(broker.bootstrap, source, first)
-
-    env = {"PROCESSOR_BATCH_SIZE": "100"}
-    if stop == "kill":  # mid-input: records left in flight in both repartition topics
-        env["PROCESSOR_CRASH_AT"] = "batch.processed:75"
-    worker_a = WorkerProcess(a, broker.bootstrap, tmp_path / "state-a", tmp_path, idle="6s",
-                             commit_interval="20ms", env=env)
-    assert worker_a.wait(240) == (-9 if stop == "kill" else 0), worker_a.log_text()[-4000:]
+    # A processes the first half; under `kill` in two runs: the first to the end (the downstream
+    # aggregate has marks), the second killed mid-input, records left in flight downstream
+    parts = [first] if stop == "clean" else [first[:HALF // 2], first[HALF // 2:]]
+    for i, part in enumerate(parts):
+        produce_json(broker.bootstrap, source, part)
+        env = {"PROCESSOR_BATCH_SIZE": "100"}
+        killed = stop == "kill" and i == 1
+        if killed:
+            env["PROCESSOR_CRASH_AT"] = "batch.processed:12"
+        worker_a = WorkerProcess(a, broker.bootstrap, tmp_path / "state-a", tmp_path,
+                                 idle="6s", commit_interval="20ms", env=env)
+        assert worker_a.wait(240) == (-9 if killed else 0), worker_a.log_text()[-4000:]
 
     savepoint = tmp_path / "sp"
     _create_when_stopped(a, broker.bootstrap, savepoint)
