@@ -35,9 +35,10 @@ def offset_map(from_old: int, sent: Sequence[tuple[int, int]], end_new: int) -> 
     olds = [o for o, _ in sent]
 
     def new(o: int) -> int:
-        if o < first_old:  # before the feeder's position: below everything it sends from now on
-            return first_new - (first_old - o)
-        return sent[bisect.bisect_right(olds, o) - 1][1]
+        i = bisect.bisect_right(olds, o) - 1
+        if i < 0:  # before the feeder's position: below everything it sends from now on
+            return first_new - max(1, first_old - o)
+        return sent[i][1]
     return new
 
 

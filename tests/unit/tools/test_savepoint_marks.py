@@ -18,6 +18,7 @@ def test_offset_map_keeps_order_and_places_old_offsets_below_new_ones() -> None:
     assert [m(o) for o in olds] == sorted(m(o) for o in olds)
     none = offset_map(500, [], 0)                 # nothing in flight: new records start at 0
     assert none(499) == -1 and none(10) == -490
+    assert none(500) == -1  # nothing was in flight, so nothing at or past 500 was absorbed
 
 
 def test_slots_of_repartition_feeders_are_mapped_source_slots_kept() -> None:
