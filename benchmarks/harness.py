@@ -6,6 +6,7 @@ arrive and whose memory and CPU are sampled; one broker per run; the run's setti
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -261,14 +262,26 @@ class Ctx:
                               wrapped=profile_to is not None)
 
 
+def new_broker(kind: str, work: Path, slug: str) -> EmbeddedBroker | ApacheKafkaBroker:
+    """A broker of `kind` (apache | tansu) with its data or log under `work`, not started yet
+    (`with` starts and stops it)."""
+    if kind == "apache":
+        return ApacheKafkaBroker(data_dir=work / f"{slug}-kafka", install=True)
+    return EmbeddedBroker(log_file=work / f"{slug}-broker.log")
+
+
+def write_report(report: dict[str, Any], out: str | None) -> None:
+    """A one-scenario benchmark's report: printed, and written to `out` when given."""
+    text = json.dumps(report, indent=2)
+    print(text)
+    if out:
+        Path(out).write_text(text + "\n")
+
+
 @contextmanager
 def broker(ctx: Ctx, label: str) -> Iterator[EmbeddedBroker | ApacheKafkaBroker]:
     slug = label.replace("/", "-")
-    b: EmbeddedBroker | ApacheKafkaBroker
-    if ctx.args.broker == "apache":
-        b = ApacheKafkaBroker(data_dir=ctx.work / f"{slug}-kafka", install=True).start()
-    else:
-        b = EmbeddedBroker(log_file=ctx.work / f"{slug}-broker.log").start()
+    b = new_broker(ctx.args.broker, ctx.work, slug).start()
     progress(f"{label}: {ctx.args.broker} broker on {b.bootstrap}")
     try:
         yield b

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 import subprocess
 import sys
@@ -26,10 +25,10 @@ import time
 import urllib.request
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
+from benchmarks.harness import new_broker, write_report
 from processor.examples.revenue import sample_orders
-from processor.tools.broker import EmbeddedBroker, free_port
+from processor.tools.broker import free_port
 from processor.tools.generator import create_topic, produce_json
 from processor.tools.worker_process import WorkerProcess, worker_command
 
@@ -111,11 +110,7 @@ def parse_ts(ts: str) -> float:
 
 def run(broker_kind: str, guarantee: str, rate: float, seconds: int, join_after: int) -> dict:
     work = Path(tempfile.mkdtemp(prefix="rebalance-bench-"))
-    if broker_kind == "apache":
-        from processor.tools.apache_kafka import ApacheKafkaBroker
-        broker: Any = ApacheKafkaBroker(data_dir=work / "kafka", install=True)
-    else:
-        broker = EmbeddedBroker(log_file=work / "tansu.log")
+    broker = new_broker(broker_kind, work, "bench")
     with broker:
         create_topic(broker.bootstrap, "orders", 4)
         create_topic(broker.bootstrap, "revenue-per-user", 4)
@@ -181,10 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="write the JSON report here")
     args = p.parse_args(argv)
     report = run(args.broker, args.guarantee, args.rate, args.seconds, args.join_after)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    write_report(report, args.out)
     return 0
 
 

@@ -31,7 +31,7 @@ from typing import Any
 import psutil
 from confluent_kafka.admin import AdminClient, NewPartitions
 
-from processor.tools.broker import EmbeddedBroker
+from benchmarks.harness import new_broker, write_report
 from processor.tools.generator import create_topic, produce_json
 from processor.tools.worker_process import ROOT, WorkerProcess, worker_command
 
@@ -74,11 +74,7 @@ def dir_bytes(root: Path) -> int:
 
 def run(broker_kind: str, keys: int) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="savepoint-bench-"))
-    if broker_kind == "apache":
-        from processor.tools.apache_kafka import ApacheKafkaBroker
-        broker: Any = ApacheKafkaBroker(data_dir=work / "kafka", install=True)
-    else:
-        broker = EmbeddedBroker(log_file=work / "tansu.log")
+    broker = new_broker(broker_kind, work, "bench")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if broker_kind == "tansu":
         env["PROCESSOR_GROUP_PROTOCOL"] = "classic"
@@ -175,10 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     report = run(args.broker, args.keys)
     if not args.keep_work_dir:
         shutil.rmtree(report.pop("work_dir"), ignore_errors=True)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    write_report(report, args.out)
     return 0
 
 
