@@ -6,8 +6,9 @@ The top level is here; sources and sinks are in topics.py, steps in steps.py.
 from __future__ import annotations
 
 import re
+from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from processor.spec.base import OnError, Strict
 from processor.spec.steps import Step
@@ -40,6 +41,24 @@ class TopologySpec(Strict):
     pipelines: list[PipelineSpec] = Field(min_length=1)
     on_error: OnError = "dlq"
     dlq: DeadLetterSpec = DeadLetterSpec()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _file_topics(cls, data: Any) -> Any:
+        """A file source or sink needs no topic: it gets its own name (the topic it would be
+        live on, and the name its records carry inside the graph)."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for section in ("sources", "sinks"):
+            entries = data.get(section)
+            if not isinstance(entries, dict):
+                continue
+            data[section] = {
+                name: ({**entry, "topic": name} if isinstance(entry, dict) and "file" in entry
+                       and "topic" not in entry else entry)
+                for name, entry in entries.items()}
+        return data
 
     @property
     def dlq_topic(self) -> str:

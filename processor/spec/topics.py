@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from processor.spec.base import DurationMs, OnError, Strict
+from processor.spec.bounded import BackfillSpec, BoundedSpec, FileSinkSpec, FileSourceSpec
 from processor.spec.formats import FORMATS, SCHEMA_FORMATS
 
 
@@ -73,8 +74,14 @@ expressions as `broadcast['<name>']` and by process functions as `ctx.broadcast[
 
 
 class SourceSpec(Strict):
+    """`topic`: where the records are (for a `file` source without one: the source's name,
+    the topic it would be live on). `file`, `bounded`, `backfill`: bounded inputs (bounded.py)."""
+
     topic: str
     kind: SourceKind = "stream"
+    file: FileSourceSpec | None = None
+    bounded: BoundedSpec | None = None
+    backfill: BackfillSpec | None = None
     partitions: int | None = Field(
         default=None, ge=1,
         description="the topic's partition count, if known: validate checks co-partitioning with "
@@ -86,9 +93,21 @@ class SourceSpec(Strict):
     watermark: WatermarkSpec = WatermarkSpec()
     on_error: OnError | None = None  # records that fail to decode; default: the topology's
 
+    @model_validator(mode="after")
+    def _one_input(self) -> SourceSpec:
+        given = [n for n in ("file", "bounded", "backfill") if getattr(self, n) is not None]
+        if len(given) > 1:
+            raise ValueError(f"{' and '.join(given)} exclude each other (one input per source)")
+        if given and self.kind != "stream":
+            raise ValueError(f"{given[0]} is for stream sources (this one is a {self.kind})")
+        return self
+
 
 class SinkSpec(Strict):
+    """`topic`, or `file` for a batch output (then `topic` defaults to the sink's name)."""
+
     topic: str
+    file: FileSinkSpec | None = None
     key: SerdeSpec = SerdeSpec(format="string")
     value: SerdeSpec = SerdeSpec(format="json")
     partitions: int | None = Field(
