@@ -27,6 +27,19 @@ def _load_topology(path: str):
     return build_topology(load_spec(path))
 
 
+def _bounds(args: argparse.Namespace) -> tuple[dict, dict]:
+    """`--start` / `--end SOURCE=POINT` flags -> {source: point} each; one flag per source."""
+    from processor.spec.bound_overrides import parse_override
+
+    out: tuple[dict, dict] = ({}, {})
+    for flag, given, points in (("--start", args.start, out[0]), ("--end", args.end, out[1])):
+        for arg in given or []:
+            source, point = parse_override(arg, flag)
+            if points.setdefault(source, point) != point:
+                raise ProcessorError(f"{flag} is given twice for source {source!r}")
+    return out
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     topo = _load_topology(args.topology)
     stores = len(topo.stores)
@@ -62,13 +75,17 @@ def cmd_upgrade_check(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from processor.graph import build_topology
     from processor.observability.logging import setup_logging
     from processor.observability.metrics import Metrics
     from processor.runtime.config import load_config
     from processor.runtime.worker import Worker
+    from processor.spec import load_spec
+    from processor.spec.bound_overrides import bounded_topics, with_bounds
     from processor.timeutil import parse_duration_ms
 
-    topology = _load_topology(args.topology)
+    loaded = with_bounds(load_spec(args.topology), *_bounds(args))
+    topology, bounded = build_topology(loaded), bounded_topics(loaded.spec)
     config = load_config(args.config, bootstrap_servers=args.bootstrap_servers,
                          processing_guarantee=args.guarantee, state_dir=args.state_dir,
                          worker_id=args.worker_id, commit_interval_ms=args.commit_interval,
@@ -80,7 +97,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         _port_free(config.metrics_port)  # fail before joining the group, not after
     metrics = Metrics()  # served with /healthz, /readyz and /state on config.metrics_port
     idle = parse_duration_ms(args.stop_when_idle) if args.stop_when_idle else None
-    worker = Worker(topology, config, stop_when_idle_ms=idle, metrics=metrics)
+    worker = Worker(topology, config, stop_when_idle_ms=idle, metrics=metrics, bounded=bounded)
     if sys.stderr.isatty():
         from processor.observability.logging import attach_status_line
         from processor.observability.progress import ProgressBar
@@ -266,6 +283,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--stop-when-idle", metavar="DURATION",
                    help="bounded run: stop after no input for this long (e.g. 5s), then report "
                         "what stayed open (default: run until stopped)")
+    for flag, side in (("--start", "start"), ("--end", "end (exclusive)")):
+        r.add_argument(flag, action="append", metavar="SOURCE=POINT",
+                       help=f"bound SOURCE's topic range at this {side}, overriding its "
+                            "`bounded:`; POINT: earliest, latest, an ISO-8601 time, epoch ms or "
+                            "partition:offset,... (repeatable; the run exits when every bounded "
+                            "partition reached its end; default: the topology's)")
     r.set_defaults(fn=cmd_run)
 
     t = sub.add_parser("test", help="run a topology's test file in-process, without a broker; "

@@ -53,12 +53,15 @@ class TaskManager:
                  abort_uncommitted: Callable[[bool], None],
                  on_restored: Callable[[Task], None],
                  on_change: Callable[[], None],
-                 touch: Callable[[], None]) -> None:
+                 touch: Callable[[], None],
+                 start_at: Callable[[str, int], int | None] | None = None) -> None:
         """Callbacks: `context_for(partition)` builds a new task's context; `checkpoint(tasks)`
         commits them (CheckpointFailed if not); `abort_uncommitted(fatal)` drops the
         producer's uncommitted work once every task is closed dirty; `on_restored(task)` when
         a task's stores are caught up; `on_change()` after the set of tasks changed; `touch()`
-        on activity (an assignment, a task starting) that keeps a bounded run going."""
+        on activity (an assignment, a task starting) that keeps a bounded run going;
+        `start_at(topic, partition)`: where a partition without a committed offset starts
+        (a bounded source's range start; None: auto_offset_reset)."""
         self.topology = topology
         self.config = config
         self.consumer = consumer
@@ -73,6 +76,7 @@ class TaskManager:
         self._restored_hook = on_restored
         self._on_change = on_change
         self._touch = touch
+        self._start_at = start_at or (lambda topic, partition: None)
         self.tasks: dict[TP, Task] = {}
         self._layouts = state_layout(topology).stores  # checked and recorded by each task
         self.assigned_once = False  # the group gave this worker its first assignment: /readyz
@@ -258,6 +262,8 @@ class TaskManager:
             task.position = task.committed_position = start
         elif committed >= 0:
             target = task.position = task.committed_position = committed
+        elif (begin := self._start_at(task.topic, task.partition)) is not None:
+            target = begin
         else:
             target = OFFSET_BEGINNING if self.config.auto_offset_reset == "earliest" else OFFSET_END
         # always seek: the paused partition must start exactly here, whatever was prefetched

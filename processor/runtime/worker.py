@@ -28,6 +28,7 @@ from processor.graph import BuildContext, Topology
 from processor.observability.metrics import Metrics
 from processor.observability.progress import ProgressBar
 from processor.runtime import faults
+from processor.runtime.bounded_run import BoundedRun, BoundedTopics
 from processor.runtime.config import WorkerConfig
 from processor.runtime.durability.checkpoint import Checkpointer, CheckpointFailed, is_fatal, kafka_error
 from processor.runtime.durability.restore import changelog_identities
@@ -69,11 +70,15 @@ def _consumer_error(m: Any, err: KafkaError) -> None:
 
 class Worker:
     def __init__(self, topology: Topology, config: WorkerConfig, *,
-                 stop_when_idle_ms: int | None = None, metrics: Metrics | None = None) -> None:
+                 stop_when_idle_ms: int | None = None, metrics: Metrics | None = None,
+                 bounded: BoundedTopics | None = None) -> None:
+        """`bounded`: topic -> (source, range), topic ranges to run over (bounded_run.py)."""
         self.topology = topology
         self.config = config
         self.metrics = metrics or Metrics()
         self.stop_when_idle_ms = stop_when_idle_ms
+        self._bounded = bounded or {}
+        self.bounded_run: BoundedRun | None = None
         self._drain_probe: Consumer | None = None  # bounded runs: reads the group's leftovers
         self.worker_id = config.resolved_worker_id()
         self.delivery_errors: list[KafkaError] = []
@@ -100,6 +105,8 @@ class Worker:
             replication_factor=cfg.replication_factor,
             directory=directory_topic(self.topology.name) if cfg.metrics_port is not None else None,
             changelog_configs=cfg.changelog_topic_configs, bootstrap_servers=cfg.bootstrap_servers))
+        if self._bounded:
+            self.bounded_run = BoundedRun.resolve(admin, self._bounded, self.topology)
         try:
             self.producer = self._new_producer()
             self.consumer = Consumer(consumer_config(cfg, self.topology.name))
@@ -126,7 +133,8 @@ class Worker:
             open_txn_wait_s=txn_timeout_ms / 1000 + 30, context_for=self._task_context,
             checkpoint=self.checkpointer.checkpoint, abort_uncommitted=self._abort_uncommitted,
             on_restored=lambda task: self.telemetry.task_restored(task),
-            on_change=self._publish_assignment, touch=self._touch)
+            on_change=self._publish_assignment, touch=self._touch,
+            start_at=self.bounded_run.start_at if self.bounded_run else None)
         self.telemetry = Telemetry(self.metrics, cfg, self.task_manager, self.consumer,
                                    self.collector.produced, last_turn=lambda: self.heartbeat,
                                    stopping=lambda: self._stopping, started_at=self._started_at,
@@ -228,6 +236,9 @@ class Worker:
                     next_checkpoint = now + interval
                 if self.stop_when_idle_ms is not None and self._bounded_run_done(now):
                     break
+                if self.bounded_run is not None and self.bounded_run.done(
+                        self.task_manager, self.consumer, self._commit):
+                    break
             self._commit()
             if self.stop_when_idle_ms is not None and not self._stopping:  # ended idle
                 self._report_open_work()
@@ -270,6 +281,8 @@ class Worker:
             task = tasks.get(tp)
             if task is None or task.state is not TaskState.RUNNING:
                 continue  # fetched before a revoke/pause took effect; will be re-read
+            if self.bounded_run is not None and not (batch := self.bounded_run.within(tp, batch)):
+                continue
             task.process(batch)
             self.telemetry.processed(tp[0], len(batch), task.last_time)
 

@@ -18,6 +18,9 @@ from typing import Any
 NO_WATERMARK = -(1 << 62)
 """Watermark before any event time is known: every window stays open."""
 
+END_OF_TIME = 1 << 62
+"""Watermark of an input that reached its end (a bounded run): every window and timer closes."""
+
 
 class Clock:
     """The event-time view a task hands its operators for the batch being processed.

@@ -35,7 +35,7 @@ from processor.runtime.tasks.open_work import Holdback
 from processor.runtime.tasks.position import UpstreamMarks, start_position, store_meta
 from processor.state import RocksStore, encode_position
 from processor.state.table import TableStore
-from processor.timeutil.watermark import Clock
+from processor.timeutil.watermark import END_OF_TIME, Clock
 
 log = logging.getLogger("processor.task")
 
@@ -97,6 +97,7 @@ class Task:
         self.late_records = 0  # since the worker last exported it
         self.last_time = 0  # event time (or Kafka timestamp) of the last record processed
         self.position: int | None = None  # next input offset to process
+        self.input_ended = False  # a bounded source reached its end (end_input)
         self.committed_position: int | None = None
         self.pending: dict[str, dict[bytes, bytes | None]] = {}
         self.state = TaskState.RESTORING if self.stores or self.tables else TaskState.RUNNING
@@ -167,6 +168,18 @@ class Task:
         self.position = offset + 1
         if self._time.tracked:
             self._after_batch(offset)
+
+    def end_input(self, end: int) -> None:
+        """A bounded source partition reached `end` (runtime/bounded_run.py): the watermark
+        goes to END_OF_TIME, so every window and timer closes and the watermark goes
+        downstream, as after a batch. The position moves to `end` (past transaction markers
+        that are never delivered), never back, and never past a record not processed."""
+        self.input_ended = True
+        if self.position is None or self.position < end:
+            self.position = end
+        self._time.advance_to(END_OF_TIME)
+        if self._time.tracked:
+            self._after_batch(self.position - 1)
 
     def tick(self, now_ms: int, now_monotonic: float) -> None:
         """Between batches (every commit interval): mark an input partition idle after its
