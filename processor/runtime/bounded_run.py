@@ -105,7 +105,9 @@ class BoundedRun:
 
     def step(self, tasks: Mapping[TP, Task], consumer: Consumer, *, ready: bool) -> bool:
         """End the input of bounded partitions that reached their end; True when every task
-        is finished (`ready`: the worker has its assignment and nothing restores)."""
+        is finished (`ready`: the worker has its assignment and every task started)."""
+        if not ready:
+            return False
         reached = self._reached(tasks, consumer)
         if reached:
             consumer.pause([TopicPartition(*tp) for tp in reached])
@@ -114,7 +116,7 @@ class BoundedRun:
                 log.info("bounded source partition ended", extra={
                     "topic": tp[0], "partition": tp[1], "offset": tasks[tp].position,
                     "end": end})
-        return ready and all(self._finished(tp, task) for tp, task in tasks.items())
+        return all(self._finished(tp, task) for tp, task in tasks.items())
 
     def _reached(self, tasks: Mapping[TP, Task], consumer: Consumer) -> dict[TP, int]:
         """Running bounded tasks whose input is at its end: by the task's position (records

@@ -98,7 +98,8 @@ def resolve_ranges(admin: AdminClient, source: str, topic: str, bounded: Bounded
                    timeout: float = 30.0) -> Ranges:
     """Ask the broker and resolve `bounded` for `topic` (source `source`, for errors)."""
     try:
-        meta = admin.list_topics(topic, timeout=timeout).topics.get(topic)
+        # all topics: asking for one by name would create it where auto-creation is on
+        meta = admin.list_topics(timeout=timeout).topics.get(topic)
     except KafkaException as exc:
         raise ProcessorError(f"source {source!r}: cannot list topic {topic!r}: "
                              f"{exc.args[0].str()}") from None
