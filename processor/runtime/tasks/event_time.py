@@ -76,8 +76,11 @@ class EventTime:
         self.forwarded: int | None = NO_WATERMARK  # last watermark sent downstream (None = idle)
 
     def state(self) -> bytes | None:
-        """The watermark state a checkpoint records (position.py), when time is tracked."""
-        return orjson.dumps(self.watermark.state()) if self.tracked else None
+        """The watermark state a checkpoint records (position.py), when time is tracked, and
+        always for a repartition input: after a restart it still knows which upstream
+        partitions reached the end of a bounded run (runtime/bounded_run.py)."""
+        keep = self.tracked or isinstance(self.watermark, UpstreamWatermarks)
+        return orjson.dumps(self.watermark.state()) if keep else None
 
     def restore(self, stored: list[bytes]) -> None:
         """Resume where the stores' checkpoint left event time."""

@@ -58,3 +58,34 @@ def test_position_moves_to_the_end_but_never_back():
         second.end_input(3)
         assert second.position == 12
         assert first.has_progress and second.has_progress
+
+
+COUNTS = """
+name: counts
+sources:
+  orders: {topic: orders}
+pipelines:
+  - from: orders
+    steps:
+      - key_by: "value['country']"
+      - aggregate: {store: counts, orders: count()}
+      - to: {topic: out}
+"""
+
+
+def test_a_repartition_input_keeps_the_end_across_a_restart_without_event_time():
+    """No timed step: the downstream task still records its upstream watermarks, so after a
+    crash it knows every upstream partition ended (a bounded run would otherwise never end:
+    the end reports were read before the crash)."""
+    with TopologyTestDriver(load_spec_text(COUNTS), partitions={"orders": 2}) as driver:
+        driver.pipe("orders", "k", {"country": "fr"}, partition=0)
+        driver.run()
+        for task in _sources(driver):
+            task.end_input(task.position or 0)
+        driver.run()
+        downstream = [t for t in driver.tasks if t.topic != "orders"]
+        assert downstream and all(t.watermark == END_OF_TIME for t in downstream)
+        driver.checkpoint()
+        driver.crash()
+        downstream = [t for t in driver.tasks if t.topic != "orders"]
+        assert all(t.watermark == END_OF_TIME for t in downstream)
