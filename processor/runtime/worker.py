@@ -202,7 +202,8 @@ class Worker:
         self._stopping = True
 
     def run(self) -> int:
-        """Run until SIGTERM/SIGINT (or idle, in bounded mode). Returns the exit code.
+        """Run until SIGTERM/SIGINT (or idle, or the end of its topic ranges). Returns the
+        exit code.
 
         Each turn of the loop:
           1. restore: a chunk of changelog for restoring tasks; table and broadcast updates
@@ -213,8 +214,10 @@ class Worker:
              starts the next turn)
           5. commit, every `commit_interval_ms`: time passes (idle partitions, timers), the
              checkpoint, the metrics it settled, a progress line
-          6. bounded runs: stop once idle and the group's input is drained, then log (and keep
-             for the CLI) what stayed open: runtime/tasks/open_work.py
+          6. --stop-when-idle: stop once idle and the group's input is drained, then log (and
+             keep for the CLI) what stayed open: runtime/tasks/open_work.py
+          7. topic ranges: end the partitions at their end; once every task is finished, the
+             final checkpoint and the exit (runtime/bounded_run.py)
         """
         self._setup()
         tune_gc()
