@@ -93,8 +93,9 @@ class BoundedRun:
         """A turn of the worker's loop: end the partitions at their end; once every task is
         finished, `commit` (the final checkpoint). False while work is left, or when the
         checkpoint failed (the tasks reopened and finish again from the committed state)."""
+        # a worker holding no partition waits: those of members that end come to it
         if not self.step(manager.tasks, consumer,
-                         ready=manager.assigned_once and not manager.restoring):
+                         ready=bool(manager.tasks) and not manager.restoring):
             return False
         commit()
         if any(t.has_progress or t.state is not TaskState.RUNNING
@@ -105,7 +106,7 @@ class BoundedRun:
 
     def step(self, tasks: Mapping[TP, Task], consumer: Consumer, *, ready: bool) -> bool:
         """End the input of bounded partitions that reached their end; True when every task
-        is finished (`ready`: the worker has its assignment and every task started)."""
+        is finished (`ready`: the worker holds tasks and every one of them started)."""
         if not ready:
             return False
         reached = self._reached(tasks, consumer)
