@@ -10,9 +10,12 @@ bounded partition starts, where it stops, and when the whole run is over.
   repartition topics to the downstream tasks.
 - done: every task of the worker finished (source tasks at their end, repartition-input
   tasks at END_OF_TIME from every upstream partition, which each upstream task sends after
-  all of its records). The worker then makes its final checkpoint (outputs, changelogs and
-  the end offsets in one transaction) and exits 0. A kill at any point is the usual
-  exactly-once recovery: the restart resumes from the committed offsets to the same ends.
+  all of its records) and committed in a final checkpoint (outputs, changelogs and the end
+  offsets in one transaction), and the whole group is at its end: the committed offsets of
+  every bounded partition at its end, nothing left after them in the repartition topics
+  (whose partitions may reach a member late: their topics were just created). Then the
+  worker exits 0. A kill at any point is the usual exactly-once recovery: the restart
+  resumes from the committed offsets to the same ends.
 
 The ranges are resolved when the worker starts (runtime/kafka/ranges.py): an `offsets` or
 `timestamp` end is the same on a restart; `latest` is the end at *this* start.
@@ -23,11 +26,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from processor.graph import Topology
+from processor.runtime.kafka.drain import undrained
 from processor.runtime.kafka.ranges import PartitionRange, Ranges, describe, resolve_ranges
 from processor.runtime.task_manager import TaskManager
 from processor.runtime.tasks.task import Task, TaskState
@@ -37,6 +42,7 @@ from processor.timeutil.watermark import END_OF_TIME
 log = logging.getLogger("processor.worker")
 
 TP = tuple[str, int]
+CHECK_EVERY_S = 0.5
 BoundedTopics = Mapping[str, tuple[str, BoundedSpec]]
 """Topic -> (source name, range): the bounded sources of a run (spec/bound_overrides.py)."""
 
@@ -44,15 +50,21 @@ BoundedTopics = Mapping[str, tuple[str, BoundedSpec]]
 class BoundedRun:
     """The ranges of a worker's bounded sources and the end of the run."""
 
-    def __init__(self, ranges: Mapping[str, Ranges]) -> None:
+    def __init__(self, ranges: Mapping[str, Ranges], internal: list[str],
+                 probe_config: dict[str, Any]) -> None:
+        """`internal`: the repartition topics; `probe_config`: a group-less consumer's."""
         self.ranges = dict(ranges)  # topic -> partition -> range
+        self.internal = internal
+        self.probe_config = probe_config
+        self._next_check = 0.0  # the group's progress is asked at most every CHECK_EVERY_S
+        self._next_log = 0.0
         self._started = time.monotonic()
         self._records: dict[TP, int] = {}  # records let through, by partition
         self._dropped = 0  # records fetched at or past an end
 
     @classmethod
-    def resolve(cls, admin: AdminClient, bounded: BoundedTopics,
-                topology: Topology) -> BoundedRun:
+    def resolve(cls, admin: AdminClient, bounded: BoundedTopics, topology: Topology,
+                probe_config: dict[str, Any]) -> BoundedRun:
         """Resolve every bounded topic's ranges (`bounded`: topic -> (source, range)); the
         topology's other stream sources keep the run going (warned)."""
         unbounded = [s.source.topic for s in topology.subtopologies
@@ -66,7 +78,8 @@ class BoundedRun:
         if unbounded:
             log.warning("some stream sources are not bounded: the run will not end by itself",
                         extra={"topics": unbounded})
-        return cls(ranges)
+        internal = [s.source.topic for s in topology.subtopologies if s.source.internal]
+        return cls(ranges, internal, probe_config)
 
     def range_of(self, topic: str, partition: int) -> PartitionRange | None:
         r = self.ranges.get(topic)
@@ -101,8 +114,38 @@ class BoundedRun:
         if any(t.has_progress or t.state is not TaskState.RUNNING
                for t in manager.tasks.values()):
             return False
+        now = time.monotonic()
+        if now < self._next_check:
+            return False
+        self._next_check = now + CHECK_EVERY_S
+        left = self._group_left(consumer)
+        if left:
+            if now >= self._next_log:
+                self._next_log = now + 10
+                log.info("this worker's tasks are finished; waiting for the group's other "
+                         "partitions to reach their end", extra={"partitions": left[:20]})
+            return False
         log.info("bounded run finished", extra=self.summary(manager.tasks))
         return True
+
+    def _group_left(self, consumer: Consumer) -> list[str]:
+        """The group's partitions not at their end, whoever holds them (a repartition topic's
+        may not even be assigned yet, its topic just created): a bounded one committed below
+        its end, a repartition one with a record after the group's committed offset."""
+        tps = [TopicPartition(t, p) for t, r in self.ranges.items() for p in r]
+        try:
+            committed = consumer.committed(tps, timeout=10)
+        except KafkaException as exc:
+            return [f"(committed offsets: {exc.args[0].str()})"]
+        left = [f"{tp.topic}[{tp.partition}]" for tp in committed
+                if tp.offset < self.ranges[tp.topic][tp.partition].end]
+        if not left and self.internal:
+            probe = Consumer(self.probe_config)
+            try:
+                left = undrained(consumer, probe, self.internal, earliest=True)
+            finally:
+                probe.close()
+        return left
 
     def step(self, tasks: Mapping[TP, Task], consumer: Consumer, *, ready: bool) -> bool:
         """End the input of bounded partitions that reached their end; True when every task

@@ -61,7 +61,7 @@ class TaskManager:
         a task's stores are caught up; `on_change()` after the set of tasks changed; `touch()`
         on activity (an assignment, a task starting) that keeps a bounded run going;
         `start_at(topic, partition)`: where a partition without a committed offset starts
-        (a bounded source's range start; None: auto_offset_reset)."""
+        (a topic range's start, runtime/bounded_run.py; None: auto_offset_reset)."""
         self.topology = topology
         self.config = config
         self.consumer = consumer
@@ -83,9 +83,7 @@ class TaskManager:
         # restoring tasks: what each still waits for ("stores", "table <name>")
         self._waiting: dict[str, set[str]] = {}
         self._failed_start: CheckpointFailed | None = None  # see _on_restored
-        # new tasks waiting for stable offsets to restore (or, stateless over a topic range,
-        # to start at the range start when nothing is committed: runtime/bounded_run.py)
-        self._unstable: list[Task] = []
+        self._unstable: list[Task] = []  # new tasks waiting for stable offsets to restore
         self._unstable_logged = 0.0
 
     @property
@@ -142,8 +140,7 @@ class TaskManager:
             consumer.incremental_unassign(gone)
         if kept:
             for task in self._open_tasks(consumer, kept, msg="tasks reopened"):
-                if task.state is TaskState.RUNNING and not self._bounded_start(task):
-                    # stateless: rewind to the commit now
+                if task.state is TaskState.RUNNING:  # stateless: rewind to the commit now
                     try:
                         self._start_input(task)
                     except KafkaException as exc:  # e.g. NOT_COORDINATOR: see _on_restored
@@ -166,18 +163,22 @@ class TaskManager:
                         self.config.state_dir, self._layouts)
             self.tasks[(topic, partition)] = task
             fresh.append(task)
+            if task.state is TaskState.RUNNING and self._start_at(topic, partition) is not None:
+                # stateless over a topic range: held (input paused, no record processed)
+                # until sought to its start, outside the rebalance callback (below)
+                task.state = TaskState.RESTORING
+        held = {t.id for t in fresh if t.state is TaskState.RESTORING and not t.stores
+                and not t.tables}
         restoring = [TopicPartition(t.topic, t.partition) for t in fresh
-                     if t.state is TaskState.RESTORING or self._bounded_start(t)]
+                     if t.state is TaskState.RESTORING]
         if restoring:
             consumer.pause(restoring)
         log.info(msg, extra={"partitions": _fmt(partitions), "restoring": _fmt(restoring),
                              "protocol": self.config.group_protocol})
         for task in fresh:
-            if self._bounded_start(task):
-                self._unstable.append(task)
             if task.state is not TaskState.RESTORING:
                 continue
-            if self.config.exactly_once:
+            if self.config.exactly_once or task.id in held:
                 self._unstable.append(task)  # restored once its offsets are stable (below)
             else:
                 self._restore(task)
@@ -192,7 +193,7 @@ class TaskManager:
         input skipped, records lost (found by the fault campaign). The fetch waits that
         transaction out (it commits or aborts, at the latest at its timeout), a turn of the
         loop at a time."""
-        tasks = [t for t in self._unstable if t.state is not TaskState.CLOSED]  # not revoked
+        tasks = [t for t in self._unstable if t.state is TaskState.RESTORING]  # not revoked
         self._unstable = []
         if not tasks:
             return
@@ -208,15 +209,7 @@ class TaskManager:
                     "tasks": [t.id for t in tasks], "error": exc.args[0].str()})
             return
         for task in tasks:
-            if task.state is TaskState.RESTORING:
-                self._restore(task)
-            else:
-                self._start_or_fail(task)
-
-    def _bounded_start(self, task: Task) -> bool:
-        """A stateless task over a topic range: paused until it is sought to its start."""
-        return (task.state is TaskState.RUNNING and task.position is None
-                and self._start_at(task.topic, task.partition) is not None)
+            self._restore(task)
 
     def _restore(self, task: Task) -> None:
         """Stores catch up from their changelogs, per-task tables from their topics (read to
@@ -230,6 +223,9 @@ class TaskManager:
             waiting.add(f"table {name}")
             self.tables.add(f"{task.id}/{name}", task.table_topics[name], [task.partition], store,
                             on_ready=lambda task=task, name=name: self._ready(task, f"table {name}"))
+        if not waiting:  # nothing to restore (a held task): start at once
+            del self._waiting[task.id]
+            self._on_restored(task)
 
     def _ready(self, task: Task, part: str) -> None:
         waiting = self._waiting.get(task.id)
@@ -245,20 +241,8 @@ class TaskManager:
         task.restored()
         self._restored_hook(task)
         self._touch()
-        target = self._start_or_fail(task)
-        if target is None:
-            return
-        silent = task.silent_upstream()
-        log.info("task running", extra={
-            "task": task.id, "topic": task.topic, "partition": task.partition,
-            "offset": target if target >= 0 else None,
-            "watermark": task.watermark if task.watermark != NO_WATERMARK else None,
-            **({"upstream_never_heard_from": silent} if silent else {})})
-
-    def _start_or_fail(self, task: Task) -> int | None:
-        """_start_input; None when it failed (the loop recovers, see below)."""
         try:
-            return self._start_input(task)
+            target = self._start_input(task)
         except KafkaException as exc:
             # found by the fault campaign, each killing the worker: after a broker restart
             # committed() can fail (NOT_COORDINATOR); when a revocation races the end of the
@@ -267,7 +251,13 @@ class TaskManager:
             # a safe point); a revoked task then goes with its callback.
             self._failed_start = CheckpointFailed(
                 f"cannot start task {task.id}: {exc.args[0].str()}", fatal=False)
-            return None
+            return
+        silent = task.silent_upstream()
+        log.info("task running", extra={
+            "task": task.id, "topic": task.topic, "partition": task.partition,
+            "offset": target if target >= 0 else None,
+            "watermark": task.watermark if task.watermark != NO_WATERMARK else None,
+            **({"upstream_never_heard_from": silent} if silent else {})})
 
     def _start_input(self, task: Task) -> int:
         """Seek the task's input to the first offset its state does not hold and resume it."""

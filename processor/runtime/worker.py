@@ -106,7 +106,8 @@ class Worker:
             directory=directory_topic(self.topology.name) if cfg.metrics_port is not None else None,
             changelog_configs=cfg.changelog_topic_configs, bootstrap_servers=cfg.bootstrap_servers))
         if self._bounded:
-            self.bounded_run = BoundedRun.resolve(admin, self._bounded, self.topology)
+            self.bounded_run = BoundedRun.resolve(admin, self._bounded, self.topology,
+                                                  restore_consumer_config(cfg))
         try:
             self.producer = self._new_producer()
             self.consumer = Consumer(consumer_config(cfg, self.topology.name))

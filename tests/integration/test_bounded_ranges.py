@@ -135,6 +135,8 @@ def test_offset_range_processes_exactly_the_range_and_exits(broker, tmp_path, or
     assert ended["ended"] == {f"{orders}[0]": 400, f"{orders}[1]": 350, f"{orders}[2]": 450,
                               f"{orders}[3]": N // PARTITIONS}
     assert ended["records"] == sum(_in_offset_range(i) for i in range(N))
+    assert all(t["duplicates_dropped"] == 0 for t in w.find("task closed")), \
+        "a record was processed twice"
 
 
 def test_timestamp_range_from_the_topology(broker, tmp_path, orders):
@@ -144,6 +146,7 @@ def test_timestamp_range_from_the_topology(broker, tmp_path, orders):
     w = run.worker()
     assert w.wait(90) == 0, w.log_text()
     _assert_only_range(run, w, _oracle(list(range(300, 1751))))
+    assert all(t["duplicates_dropped"] == 0 for t in w.find("task closed"))
 
 
 def test_kill_mid_run_then_restart_gives_the_uninterrupted_windows_once(

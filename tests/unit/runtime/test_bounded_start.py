@@ -6,18 +6,21 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
 from confluent_kafka import TopicPartition
 
 from processor.graph import BuildContext, build_topology
 from processor.observability.metrics import Metrics
 from processor.runtime.task_manager import TaskManager
+from processor.runtime.tasks.task import TaskState
 from processor.spec import load_spec_text
 from tests.unit.runtime.kafka_fakes import LogConsumer
 from tests.unit.runtime.test_task_manager import SPEC, _GroupConsumer
 
 
-def _manager(tmp_path, committed: int) -> tuple[TaskManager, _GroupConsumer]:
-    config = SimpleNamespace(state_dir=tmp_path, group_protocol="consumer", exactly_once=True,
+def _manager(tmp_path, committed: int, exactly_once: bool = True,
+             ) -> tuple[TaskManager, _GroupConsumer]:
+    config = SimpleNamespace(state_dir=tmp_path, group_protocol="consumer", exactly_once=exactly_once,
                              auto_offset_reset="earliest")
     consumer = _GroupConsumer(committed=committed)
     manager = TaskManager(
@@ -30,15 +33,20 @@ def _manager(tmp_path, committed: int) -> tuple[TaskManager, _GroupConsumer]:
     return manager, consumer
 
 
-def test_a_stateless_bounded_task_starts_at_its_range_start(tmp_path):
-    manager, consumer = _manager(tmp_path, committed=-1001)  # nothing committed
+@pytest.mark.parametrize("exactly_once", [True, False])
+def test_a_stateless_bounded_task_starts_at_its_range_start(tmp_path, exactly_once):
+    manager, consumer = _manager(tmp_path, committed=-1001, exactly_once=exactly_once)
     manager.on_assign(consumer, [TopicPartition("orders", 0), TopicPartition("orders", 1)])  # type: ignore[arg-type]
     assert consumer.calls == [("assign", [("orders", 0), ("orders", 1)]),
                               ("pause", [("orders", 0)])], "the unbounded one runs at once"
+    held, free = manager.tasks[("orders", 0)], manager.tasks[("orders", 1)]
+    # held: records fetched before the pause took effect are not processed (the worker
+    # hands records to running tasks only)
+    assert held.state is TaskState.RESTORING and free.state is TaskState.RUNNING
     assert manager.restoring, "the run is not over before every task started"
-    manager.restore_when_stable()
+    manager.restore_when_stable()  # the worker's loop, outside the rebalance callback
     assert consumer.calls[2:] == [("seek", "orders", 0, 40), ("resume", [("orders", 0)])]
-    assert not manager.restoring
+    assert held.state is TaskState.RUNNING and not manager.restoring
 
 
 def test_a_committed_offset_wins_over_the_range_start(tmp_path):
