@@ -101,10 +101,29 @@ class TaskManager:
     def on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.metrics.rebalances.labels("assign").inc()
         self._touch()
-        consumer.incremental_assign(partitions)
+        consumer.incremental_assign(self._range_starts(consumer, partitions))
         self._open_tasks(consumer, partitions)
         self.assigned_once = True
         self._on_change()
+
+    def _range_starts(self, consumer: Consumer, partitions: list[TopicPartition],
+                      ) -> list[TopicPartition]:
+        """Partitions of topic ranges are assigned at their start, or at the group's committed
+        offset (which wins): a seek right after the assignment can lose the race with the
+        consumer's own look-up of the committed offset, whose default (auto_offset_reset)
+        then overrides it. If the offsets cannot be had now, the seek when the task starts
+        remains (its task is held until then)."""
+        bounded = [p for p in partitions if self._start_at(p.topic, p.partition) is not None]
+        if not bounded:
+            return partitions
+        try:
+            committed = consumer.committed(bounded, timeout=5)
+        except KafkaException:
+            return partitions
+        at = {(c.topic, c.partition): c.offset if c.offset >= 0
+              else self._start_at(c.topic, c.partition) for c in committed}
+        return [TopicPartition(p.topic, p.partition, at[(p.topic, p.partition)])
+                if (p.topic, p.partition) in at else p for p in partitions]
 
     def on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.metrics.rebalances.labels("revoke").inc()
