@@ -1,4 +1,4 @@
-"""`processor` command line: validate | describe | upgrade-check | run | test | produce | consume |
+"""`processor` command line: validate | describe | upgrade-check | run | batch | test | produce | consume |
 topics | dlq inspect | dlq replay | savepoint | dev-broker | demo | completion | reset. Every
 failure is one `error:` line and an exit code, never a traceback."""
 
@@ -14,6 +14,7 @@ from pathlib import Path
 from confluent_kafka import KafkaException
 
 from processor.errors import ProcessorError, RecordError, SpecErrors
+from processor.tools.batch_command import add_batch
 from processor.tools.data_commands import add_data_tools
 from processor.tools.savepoint_commands import add_savepoint
 
@@ -327,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(fn=cmd_demo)
     add_data_tools(sub)
     add_savepoint(sub, TOPOLOGY_HELP)
+    add_batch(sub, TOPOLOGY_HELP, BOOTSTRAP_HELP)
 
     c = sub.add_parser("completion", help='print the shell completion script; enable it with '
                                           'eval "$(processor completion bash)"')
