@@ -63,13 +63,18 @@ def cmd_upgrade_check(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from processor.graph import build_topology
     from processor.observability.logging import setup_logging
     from processor.observability.metrics import Metrics
     from processor.runtime.config import load_config
     from processor.runtime.worker import Worker
+    from processor.spec import load_spec
+    from processor.spec.file_overrides import require_topics
     from processor.timeutil import parse_duration_ms
 
-    topology = _load_topology(args.topology)
+    loaded = load_spec(args.topology)
+    require_topics(loaded)
+    topology = build_topology(loaded)
     config = load_config(args.config, bootstrap_servers=args.bootstrap_servers,
                          processing_guarantee=args.guarantee, state_dir=args.state_dir,
                          worker_id=args.worker_id, commit_interval_ms=args.commit_interval,

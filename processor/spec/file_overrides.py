@@ -93,3 +93,14 @@ def _checked(model: type[M], **fields: object) -> M:
         return model(**fields)
     except ValidationError as exc:
         raise ProcessorError(f"{fields.get('path')}: {exc.errors()[0]['msg']}") from None
+
+
+def require_topics(loaded: LoadedSpec) -> None:
+    """A worker reads and writes topics only: `file:` sources and sinks are for `processor
+    batch` (a `backfill:` source is live on its topic; `processor backfill` reads its history)."""
+    spec = loaded.spec
+    files = [f"source {n!r}" for n, s in spec.sources.items() if s.file is not None]
+    files += [f"sink {n!r}" for n, s in spec.sinks.items() if s.file is not None]
+    if files:
+        raise ProcessorError(f"{loaded.file}: {', '.join(files)} read or write files: run it "
+                             f"with `processor batch {loaded.file}` (a worker runs over topics)")

@@ -26,6 +26,7 @@ from processor.graph.partitioning import internal_partitions
 from processor.runtime.batch.bus import Bus
 from processor.runtime.batch.inputs import BadInput, FileFeeder
 from processor.runtime.batch.outputs import FileSinks, TopicOutputs
+from processor.runtime.batch.tables import BatchTables
 from processor.runtime.config import WorkerConfig
 from processor.runtime.gc_tuning import tune_gc
 from processor.runtime.kafka.collector import RecordCollector
@@ -72,17 +73,16 @@ class BatchRun:
         unbounded = [n for n, s in spec.sources.items() if s.kind == "stream" and s.file is None]
         if unbounded:
             raise ProcessorError(f"source(s) {', '.join(unbounded)} read a topic: a batch run "
-                                 "reads `file:` sources (give each a file with `--input "
-                                 "SOURCE=PATH`)")
-        tables = [n for n, s in spec.sources.items() if s.kind != "stream"]
-        if tables:
-            raise ProcessorError(f"source(s) {', '.join(tables)} are tables or broadcasts: a "
-                                 "batch run reads stream sources from files only")
+                                 "reads its streams from `file:` sources (give each a file with "
+                                 "`--input SOURCE=PATH`)")
         self._own_dir = state_dir is None
         self.state_dir = Path(tempfile.mkdtemp(prefix="processor-batch-")) if state_dir is None \
             else state_dir
         self.serdes = Serdes(config.schema_registry)
-        counts = {s.topic: s.partitions or 1 for s in spec.sources.values()}
+        self.tables = BatchTables(self.topology, config, self.state_dir, self.serdes)
+        counts = {s.topic: s.partitions or self.tables.copartitioned(s.topic) or 1
+                  for s in spec.sources.values() if s.kind == "stream"}
+        counts.update(self.tables.counts)
         internal = internal_partitions(self.topology, counts)
         self.topic_outputs = TopicOutputs(config, self.topology.name)
         self.bus = Bus(internal, self.topic_outputs)
@@ -94,6 +94,8 @@ class BatchRun:
         self.file_sinks = FileSinks(files, base)
         self.feeders: dict[str, FileFeeder] = {}
         for src in spec.sources.values():
+            if src.kind != "stream":
+                continue
             end = self._source_end(src.topic)
             self.feeders[src.topic] = FileFeeder(src, base, counts[src.topic],
                                                  self.serdes(end, True).encode, chunk_rows,
@@ -123,11 +125,14 @@ class BatchRun:
                                    late_emitter_for=self._late_emitter_for,
                                    watermark_emitter_for=c.watermark_emitter_for,
                                    partitions_of=c.partitions.__getitem__,
-                                   serde_for=self.serdes, dead_letter=self.dead_letters)
-                task = Task(self.topology.name, sub, p, ctx, self.state_dir)
-                if task.state is TaskState.RESTORING:
-                    task.restored()  # fresh, empty stores
-                self.tasks[(sub.source.topic, p)] = task
+                                   serde_for=self.serdes, dead_letter=self.dead_letters,
+                                   table_for=self.tables.global_state.table_for)
+                self.tasks[(sub.source.topic, p)] = Task(self.topology.name, sub, p, ctx,
+                                                         self.state_dir)
+        self.tables.load(list(self.tasks.values()))
+        for task in self.tasks.values():
+            if task.state is TaskState.RESTORING:
+                task.restored()  # fresh, empty stores; tables read
 
     # -- the run -------------------------------------------------------------------------------
 
@@ -160,6 +165,7 @@ class BatchRun:
             for task in self.tasks.values():
                 if task.state is not TaskState.CLOSED:
                     task.close(dirty=False)
+            self.tables.close()
             if self._own_dir:
                 shutil.rmtree(self.state_dir, ignore_errors=True)
         s = self.summary
