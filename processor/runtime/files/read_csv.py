@@ -2,12 +2,12 @@
 bounded whatever the file's size.
 
 Types are inferred per column, so numbers are numbers: int, else float, else `true`/`false`
-booleans, else text; an empty field is null. Dates and times stay text, as they would in a
-JSON line (so `unit: iso` timestamps work the same on both). pyarrow infers a column's type
-from the first block only; when a later value does not fit (a `2.5` in a column of ints, an
-`n/a` in a column of numbers), the file is opened again from the next row with that column
-widened (int -> float -> text), and rows already read keep their values, as a JSON line's
-numbers would.
+booleans, else text; an empty field is null (only an empty one: `NA` is text). Dates and
+times stay text, as they would in a JSON line (so `unit: iso` timestamps work the same on
+both). pyarrow infers the types from the first block only; when a later block holds a value
+that does not fit (a `2.5` in a column of ints, an `n/a` in a column of numbers), the file is
+opened again at the first row not yet yielded, with that column widened (null -> int ->
+float -> text). Rows already yielded keep their values, as JSON lines' numbers would.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def _open(path: Path, types: dict[str, pa.DataType], skip: int,
             return pcsv.open_csv(
                 path, read_options=pcsv.ReadOptions(block_size=block_size,
                                                        skip_rows_after_names=skip),
-                convert_options=pcsv.ConvertOptions(column_types=column_types,
+                convert_options=pcsv.ConvertOptions(column_types=column_types, null_values=[""],
                                                     strings_can_be_null=True))
         except (pa.ArrowException, OSError) as exc:
             raise FileInputError(f"cannot read {str(path)!r} as CSV: {exc}") from exc
