@@ -20,6 +20,7 @@ from processor.runtime.files.chunks import BadRow, RowChunk
 from processor.runtime.files.errors import FileInputError
 
 _BLOCK = 8 << 20
+_BOM = b"\xef\xbb\xbf"  # some editors start UTF-8 files with it
 
 
 def read_jsonl(path: Path, chunk_rows: int, block_size: int = _BLOCK) -> Iterator[RowChunk]:
@@ -30,20 +31,21 @@ def read_jsonl(path: Path, chunk_rows: int, block_size: int = _BLOCK) -> Iterato
     tail = b""
     try:
         with open(path, "rb") as f:
-            while block := f.read(block_size):
+            block = f.read(block_size).removeprefix(_BOM)
+            while block:
                 lines = (tail + block).split(b"\n") if tail else block.split(b"\n")
                 tail = lines.pop()
                 pending.extend(lines)
-                if len(pending) < chunk_rows:
-                    continue
-                full = len(pending) - len(pending) % chunk_rows
-                for start in range(0, full, chunk_rows):
-                    chunk = _parse(path, pending[start:start + chunk_rows], line_no, row_no)
-                    line_no += chunk_rows
-                    row_no += len(chunk.rows)
-                    if chunk.rows or chunk.bad:
-                        yield chunk
-                del pending[:full]
+                if len(pending) >= chunk_rows:
+                    full = len(pending) - len(pending) % chunk_rows
+                    for start in range(0, full, chunk_rows):
+                        chunk = _parse(path, pending[start:start + chunk_rows], line_no, row_no)
+                        line_no += chunk_rows
+                        row_no += len(chunk.rows)
+                        if chunk.rows or chunk.bad:
+                            yield chunk
+                    del pending[:full]
+                block = f.read(block_size)
     except OSError as exc:
         raise FileInputError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from exc
     if tail:

@@ -51,19 +51,28 @@ class FileSinkWriter:
                                   f"{str(self.target.parent)!r}: {exc.strerror or exc}") from exc
         self._encoder = encoder_for(spec.file_format, self._file, str(self.target))
         self._done = False
+        self._failed = False
 
     def write(self, rows: list[dict[str, Any]]) -> None:
-        if self._done:
-            raise FileOutputError(f"{self.target}: written to after commit or abort")
+        """Add rows. After a write fails (a row that does not fit, a full disk) part of the
+        rows may be in the temp file: the writer can then only be aborted."""
+        if self._done or self._failed:
+            raise FileOutputError(f"{self.target}: written to after "
+                                  f"{'a failed write' if self._failed else 'commit or abort'}")
         try:
             self._encoder.write(rows)
         except OSError as exc:
+            self._failed = True
             raise FileOutputError(f"{self.target}: cannot write: {exc.strerror or exc}") from exc
+        except BaseException:
+            self._failed = True
+            raise
 
     def commit(self) -> None:
         """Make the rows the target's content, atomically and durably."""
-        if self._done:
-            raise FileOutputError(f"{self.target}: committed after commit or abort")
+        if self._done or self._failed:
+            raise FileOutputError(f"{self.target}: committed after "
+                                  f"{'a failed write' if self._failed else 'commit or abort'}")
         try:
             self._encoder.finish()
             self._file.flush()

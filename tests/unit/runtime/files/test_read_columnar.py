@@ -57,9 +57,11 @@ def test_an_unreadable_csv_names_the_file(tmp_path: Path) -> None:
         _read(tmp_path, "bad.csv")
 
 
-def test_an_empty_csv_has_no_rows(tmp_path: Path) -> None:
+def test_an_empty_csv_and_a_header_alone_have_no_rows(tmp_path: Path) -> None:
     (tmp_path / "e.csv").write_text("")
+    (tmp_path / "h.csv").write_text("a,b\n")
     assert _read(tmp_path, "e.csv") == []
+    assert _read(tmp_path, "h.csv") == []
 
 
 def test_parquet_timestamps_become_epoch_milliseconds(tmp_path: Path) -> None:

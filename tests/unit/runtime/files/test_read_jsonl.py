@@ -63,6 +63,11 @@ def test_files_are_read_in_path_order(tmp_path: Path) -> None:
         ("a.jsonl", 0, [{"n": 1}]), ("b.jsonl", 0, [{"n": 2}]), ("c.jsonl", 0, [{"n": 3}])]
 
 
+def test_a_byte_order_mark_is_not_part_of_the_first_line(tmp_path: Path) -> None:
+    (tmp_path / "bom.jsonl").write_bytes(b'\xef\xbb\xbf{"a": 1}\n{"a": 2}\n')
+    assert _rows(list(read_rows(FileSourceSpec(path="bom.jsonl"), tmp_path))) == [{"a": 1}, {"a": 2}]
+
+
 def test_an_empty_file_has_no_rows(tmp_path: Path) -> None:
     (tmp_path / "e.jsonl").write_bytes(b"")
     (tmp_path / "b.jsonl").write_bytes(b"\n\n  \n")

@@ -106,10 +106,20 @@ def test_a_csv_row_with_an_unknown_column_names_it_and_the_row(tmp_path: Path) -
             writer.write([{"b": 1}, {"a": 1, "c": 2}])
 
 
-def test_a_row_json_cannot_hold_is_named(tmp_path: Path) -> None:
-    with (FileSinkWriter(FileSinkSpec(path="o.jsonl"), tmp_path) as writer,
-          pytest.raises(FileOutputError, match=r"o.jsonl: row 2 cannot be written as JSON")):
+def test_a_row_json_cannot_hold_is_named_and_the_writer_can_then_only_abort(
+        tmp_path: Path) -> None:
+    (tmp_path / "o.jsonl").write_bytes(b'{"old":1}\n')
+    writer = FileSinkWriter(FileSinkSpec(path="o.jsonl"), tmp_path)
+    writer.write([{"a": 0}])
+    with pytest.raises(FileOutputError, match=r"o.jsonl: row 3 cannot be written as JSON"):
         writer.write([{"a": 1}, {"a": {1, 2}}])
+    with pytest.raises(FileOutputError, match="committed after a failed write"):
+        writer.commit()
+    with pytest.raises(FileOutputError, match="written to after a failed write"):
+        writer.write([{"a": 2}])
+    writer.abort()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.jsonl"]
+    assert (tmp_path / "o.jsonl").read_bytes() == b'{"old":1}\n'
 
 
 def test_parquet_row_groups_widen_ints_and_fill_missing_columns(tmp_path: Path) -> None:
