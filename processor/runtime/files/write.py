@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 from processor.runtime.files.encoders import encoder_for
 from processor.runtime.files.errors import FileOutputError
@@ -50,54 +50,64 @@ class FileSinkWriter:
             raise FileOutputError(f"sink {spec.path!r}: cannot write in "
                                   f"{str(self.target.parent)!r}: {exc.strerror or exc}") from exc
         self._encoder = encoder_for(spec.file_format, self._file, str(self.target))
-        self._done = False
-        self._failed = False
+        self._state: Literal["open", "failed", "committed", "aborted"] = "open"
 
     def write(self, rows: list[dict[str, Any]]) -> None:
         """Add rows. After a write fails (a row that does not fit, a full disk) part of the
         rows may be in the temp file: the writer can then only be aborted."""
-        if self._done or self._failed:
-            raise FileOutputError(f"{self.target}: written to after "
-                                  f"{'a failed write' if self._failed else 'commit or abort'}")
+        self._expect_open("written to")
         try:
             self._encoder.write(rows)
         except OSError as exc:
-            self._failed = True
+            self._state = "failed"
             raise FileOutputError(f"{self.target}: cannot write: {exc.strerror or exc}") from exc
         except BaseException:
-            self._failed = True
+            self._state = "failed"
             raise
 
     def commit(self) -> None:
         """Make the rows the target's content, atomically and durably."""
-        if self._done or self._failed:
-            raise FileOutputError(f"{self.target}: committed after "
-                                  f"{'a failed write' if self._failed else 'commit or abort'}")
+        self._expect_open("committed")
         try:
             self._encoder.finish()
             self._file.flush()
             os.fsync(self._file.fileno())
             self._file.close()
             os.replace(self.temp, self.target)
-            _fsync_dir(self.target.parent)
         except OSError as exc:
             self.abort()
             raise FileOutputError(f"{self.target}: cannot commit: {exc.strerror or exc}") from exc
-        self._done = True
+        except BaseException:
+            self.abort()
+            raise
+        self._state = "committed"
+        try:
+            _fsync_dir(self.target.parent)
+        except OSError as exc:
+            raise FileOutputError(f"{self.target}: written, but its directory could not be "
+                                  f"synced to disk: {exc.strerror or exc}") from exc
 
     def abort(self) -> None:
-        """Drop the rows; the target keeps what it had. Safe to call more than once."""
-        self._done = True
-        self._file.close()
+        """Drop the rows; the target keeps what it had. Does nothing after a commit."""
+        if self._state in ("committed", "aborted"):
+            return
+        self._state = "aborted"
+        if not self._file.closed:
+            self._encoder.discard()
+            self._file.close()
         self.temp.unlink(missing_ok=True)
+
+    def _expect_open(self, what: str) -> None:
+        if self._state != "open":
+            after = {"failed": "a failed write", "committed": "commit", "aborted": "abort"}
+            raise FileOutputError(f"{self.target}: {what} after {after[self._state]}")
 
     def __enter__(self) -> FileSinkWriter:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        if not self._done:
-            self.abort()
+        self.abort()
 
 
 def remove_stale_temps(target: Path) -> list[Path]:

@@ -91,11 +91,13 @@ def test_the_target_directory_is_created_and_a_directory_target_refused(tmp_path
         FileSinkWriter(FileSinkSpec(path="deep", format="csv"), tmp_path)
 
 
-def test_writing_after_commit_is_an_error(tmp_path: Path) -> None:
+def test_writing_after_commit_is_an_error_and_abort_keeps_the_commit(tmp_path: Path) -> None:
     writer = FileSinkWriter(FileSinkSpec(path="o.jsonl"), tmp_path)
     writer.commit()
-    with pytest.raises(FileOutputError, match="written to after commit or abort"):
+    with pytest.raises(FileOutputError, match="written to after commit"):
         writer.write([{"a": 1}])
+    writer.abort()  # after a commit: nothing to undo
+    assert (tmp_path / "o.jsonl").exists()
 
 
 def test_a_csv_row_with_an_unknown_column_names_it_and_the_row(tmp_path: Path) -> None:
@@ -140,7 +142,9 @@ def test_parquet_misfits_name_the_column(tmp_path: Path) -> None:
 
     def encoder() -> ParquetEncoder:
         out = files.enter_context((tmp_path / "o.parquet").open("wb"))
-        return ParquetEncoder(out, "o.parquet", row_group=2)
+        enc = ParquetEncoder(out, "o.parquet", row_group=2)
+        files.callback(enc.discard)
+        return enc
 
     enc = encoder()
     enc.write([{"a": 1, "b": None}, {"a": 2, "b": None}])
@@ -161,6 +165,13 @@ def test_parquet_misfits_name_the_column(tmp_path: Path) -> None:
     with pytest.raises(FileOutputError, match=r"column 'a' in rows 1..2 has values of types "
                                               r"parquet cannot hold in one column"):
         enc.write([{"a": 1}, {"a": "x"}])
+    enc = encoder()
+    with pytest.raises(FileOutputError, match=r"column 'a' in rows 1..2 has values"):
+        enc.write([{"a": 1}, {"a": 2**64}])
+    enc = encoder()
+    enc.write([{"a": 1.5}, {"a": 2.5}])
+    with pytest.raises(FileOutputError, match=r"column 'a' in rows 3..4: .*2\^53|column 'a' in rows 3..4"):
+        enc.write([{"a": 2**60 + 1}, {"a": 3}])
     files.close()
 
 
@@ -173,3 +184,14 @@ def test_sink_row_takes_a_mapping_value_or_wraps_another_and_adds_the_key() -> N
     assert sink_row(keyed, "u1", value) == {"n": 1, "user": "u1"}
     assert value == {"n": 1}  # the record's value is not changed
     assert sink_row(keyed, "u1", [1]) == {"value": [1], "user": "u1"}
+
+
+def test_a_commit_that_fails_removes_the_temp_and_keeps_the_old_target(tmp_path: Path) -> None:
+    _write(tmp_path, "o.parquet", [{"a": 0}])
+    writer = FileSinkWriter(FileSinkSpec(path="o.parquet"), tmp_path)
+    writer.write([{"a": 1}] * 65536)  # one full row group: the file's column a is int64
+    writer.write([{"a": "late text"}])  # buffered, written by the commit
+    with pytest.raises(FileOutputError, match=r"column 'a' in rows 65537..65537 holds string"):
+        writer.commit()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.parquet"]
+    assert pq.read_table(tmp_path / "o.parquet").to_pylist() == [{"a": 0}]
