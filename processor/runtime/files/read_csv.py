@@ -40,35 +40,24 @@ def read_csv(path: Path, chunk_rows: int, block_size: int = _BLOCK) -> Iterator[
         reader = _open(path, types, row_no, block_size)
         convert = ArrowRows(reader.schema)
         try:
-            for batch in _batches(path, reader, row_no):
+            for batch in reader:
                 for start in range(0, batch.num_rows, chunk_rows):
                     piece = batch.slice(start, chunk_rows)
                     yield RowChunk(path, row_no, convert.rows(piece), [])
                     row_no += piece.num_rows
             return
-        except _Widen as widen:
-            field = reader.schema.field(widen.column)
-            types[field.name] = _wider(field.type, widen.value, path, field.name, row_no)
-
-
-class _Widen(Exception):
-    def __init__(self, column: int, value: str) -> None:
-        self.column, self.value = column, value
-
-
-def _batches(path: Path, reader: pcsv.CSVStreamingReader, row_no: int) -> Iterator[pa.RecordBatch]:
-    while True:
-        try:
-            batch = reader.read_next_batch()
-        except StopIteration:
-            return
         except pa.ArrowInvalid as exc:
-            if m := _CONVERSION.match(str(exc)):
-                raise _Widen(int(m[1]), m[2]) from exc
-            raise FileInputError(f"cannot read {str(path)!r} as CSV after row {row_no}: {exc}") from exc
+            if not (misfit := _CONVERSION.match(str(exc))):
+                raise _unreadable(path, row_no, exc) from exc
+            field = reader.schema.field(int(misfit[1]))
+            types[field.name] = _wider(field.type, misfit[2], path, field.name, row_no)
         except (pa.ArrowException, OSError) as exc:
-            raise FileInputError(f"cannot read {str(path)!r} as CSV after row {row_no}: {exc}") from exc
-        yield batch
+            raise _unreadable(path, row_no, exc) from exc
+
+
+def _unreadable(path: Path, row_no: int, exc: Exception) -> FileInputError:
+    where = f" in the block after row {row_no}" if row_no else ""
+    return FileInputError(f"cannot read {str(path)!r} as CSV{where}: {exc}")
 
 
 def _empty(path: Path) -> bool:

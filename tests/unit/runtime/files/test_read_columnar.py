@@ -55,6 +55,10 @@ def test_an_unreadable_csv_names_the_file(tmp_path: Path) -> None:
     (tmp_path / "bad.csv").write_text("a,b\n1,2\n3,4,5\n")
     with pytest.raises(FileInputError, match=r"cannot read '.*bad.csv' as CSV.*Expected 2 columns, got 3"):
         _read(tmp_path, "bad.csv")
+    (tmp_path / "late.csv").write_text("a,b\n" + "1,2\n" * 100 + "3,4,5\n")
+    with pytest.raises(FileInputError, match=r"cannot read '.*late.csv' as CSV in the block after "
+                                             r"row \d+: .*Expected 2 columns, got 3: 3,4,5"):
+        list(read_csv(tmp_path / "late.csv", 10, block_size=64))
 
 
 def test_an_empty_csv_and_a_header_alone_have_no_rows(tmp_path: Path) -> None:
