@@ -19,11 +19,12 @@ def expand(path: str, base: Path, fmt: FileFormat) -> list[Path]:
     """The files `path` names, sorted. A relative path is relative to `base` (the topology
     file's directory). A directory gives its direct files whose name implies `fmt` (hidden
     files excluded); a glob (`*`, `?`, `[...]`, `**` for any depth) gives the files it matches."""
-    full = Path(path).expanduser()
-    if not full.is_absolute():
-        full = base / full
+    given = Path(path).expanduser()
+    full = given if given.is_absolute() else base / given
     if any(c in _GLOB_CHARS for c in path):
-        found = sorted(Path(p) for p in glob.glob(str(full), recursive=True) if Path(p).is_file())
+        # a `[` or `*` in the base directory's own name is no pattern
+        pattern = str(full if given.is_absolute() else Path(glob.escape(str(base))) / given)
+        found = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
         if not found:
             raise FileInputError(f"input {path!r}: no file matches the pattern {str(full)!r}")
         return found

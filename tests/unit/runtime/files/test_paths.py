@@ -52,3 +52,9 @@ def test_nothing_found_names_the_path_and_what_was_looked_for(tmp_path: Path) ->
     with pytest.raises(FileInputError, match=r"the directory '.*empty' has no parquet file "
                                              r"\(looked for names ending in .parquet, .pq\)"):
         expand("empty", tmp_path, "parquet")
+
+
+def test_pattern_characters_in_the_base_directory_are_literal(tmp_path: Path) -> None:
+    base = tmp_path / "run[1]"
+    _touch(base / "a.csv", tmp_path / "run1" / "b.csv")
+    assert expand("*.csv", base, "csv") == [base / "a.csv"]
