@@ -1,13 +1,14 @@
 """Arrow record batches (from parquet or csv) to rows: plain Python values, built fast.
 
 Rows must look like the same data read from JSON, so batch results equal streaming ones:
-timestamps become epoch milliseconds (an int, truncated below the millisecond, so
+timestamps become epoch milliseconds (an int, truncated toward zero, so
 `timestamp: {field: ts, unit: ms}` reads them), durations milliseconds, dates and times ISO
 text, decimals floats; this holds inside structs and lists too. The rest is `to_pylist`.
 
-Speed: `RecordBatch.to_pylist` builds each row dict key by key. Converting each column once
-and zipping the columns into dict displays of a generated function (constant keys) costs
-about half as much per row.
+Speed: building the row dicts is most of the cost of reading parquet (decoding is under
+0.1 us a row). `RecordBatch.to_pylist` builds each dict key by key; converting each column
+once and zipping the columns into the dict display of a generated function (constant keys)
+measured 10-30% less (about 0.45 against 0.55 us a row for five columns).
 """
 
 from __future__ import annotations

@@ -22,7 +22,8 @@ from processor.spec.bounded import FileSinkSpec
 
 def sink_row(spec: FileSinkSpec, key: Any, value: Any) -> dict[str, Any]:
     """The row an output record becomes: its value if that is a mapping, else
-    `{"value": value}`; with `spec.key`, the record's key in that column too."""
+    `{"value": value}`; with `spec.key`, the record's key in that column too (over a value
+    field of the same name). The value itself is never changed."""
     row = value if isinstance(value, dict) else {"value": value}
     if spec.key is None:
         return row
