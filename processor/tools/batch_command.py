@@ -70,7 +70,8 @@ def add_batch(sub: argparse._SubParsersAction, topology_help: str, bootstrap_hel
     b.add_argument("--output", action="append", metavar="SINK=PATH",
                    help="write this sink to a file instead of its topic, atomically "
                         "(repeatable; default: the sinks' `file:` or topic)")
-    b.add_argument("--config", help="worker config YAML (topic outputs need the broker)")
+    b.add_argument("--config", help="worker config YAML: the broker and client settings for "
+                                    "topic outputs and tables (default: none, built-in defaults)")
     b.add_argument("--bootstrap-servers", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"),
                    help=bootstrap_help)
     b.add_argument("--log-format", choices=["auto", "json", "text"],

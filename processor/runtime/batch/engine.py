@@ -249,7 +249,7 @@ class BatchRun:
         """A row that is not a record: the source's `on_error` decides."""
         src = self.feeders[topic].src
         policy = src.on_error or self.spec.on_error
-        where = f"{bad.path}:{bad.row}"
+        where = bad.where
         if policy == "fail":
             raise ProcessorError(f"{where}: {bad.problem} (source on_error: fail)")
         self.summary.bad_rows[topic] = self.summary.bad_rows.get(topic, 0) + 1
@@ -258,7 +258,6 @@ class BatchRun:
                 SOURCE_STEP, DeserializationError(f"{where}: {bad.problem}"), topic, 0,
                 bad.offset, None, None, bad.raw,
                 [("processor.file", str(bad.path).encode()),
-                 ("processor.file.row", str(bad.row).encode())]))
-        log.warning("bad input row", extra={"source": topic, "file": str(bad.path),
-                                            "row": bad.row, "policy": policy,
+                 ("processor.file.where", where.encode())]))
+        log.warning("bad input row", extra={"source": topic, "where": where, "policy": policy,
                                             "error": bad.problem})

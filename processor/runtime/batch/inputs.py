@@ -30,7 +30,7 @@ class BadInput:
 
     offset: int
     path: Path
-    row: int
+    where: str  # `file:line` of an unreadable line, `file, row N` of a row
     raw: bytes
     problem: str
 
@@ -72,17 +72,17 @@ class FileFeeder:
     def chunks(self) -> Iterator[Chunk]:
         for piece in read_rows(self.src.file, self.base, self.chunk_rows):  # type: ignore[arg-type]
             if not self._files or self._files[-1][1] != piece.path:
-                # a file's rows are offsets base + row number: `where` inverts it exactly
-                base = self._next_base - piece.first_row
-                self._files.append((base, piece.path))
+                # a file's rows are offsets base + row index: `where` inverts it exactly
+                self._files.append((self._next_base, piece.path))
             base = self._files[-1][0]
+            first = piece.first_row
             chunk = Chunk(rows=len(piece.rows))
-            numbers = _row_numbers(piece.first_row, len(piece.rows), {b.row for b in piece.bad})
-            for bad in piece.bad:
-                chunk.bad.append(BadInput(base + bad.row, piece.path, bad.row, bad.raw, bad.error))
-            self._records(piece.rows, numbers, base, piece.path, chunk)
-            last = max([numbers[-1] if numbers else 0, *(b.row for b in piece.bad)])
-            self._next_base = max(self._next_base, base + last + 1)
+            for bad in piece.bad:  # not a record: no offset of its own, its line names it
+                chunk.bad.append(BadInput(base + first, piece.path,
+                                          f"{piece.path}:{bad.line}", bad.raw, bad.error))
+            self._records(piece.rows, list(range(first, first + len(piece.rows))), base,
+                          piece.path, chunk)
+            self._next_base = max(self._next_base, base + first + len(piece.rows))
             yield chunk
 
     def _records(self, rows: list[dict[str, Any]], numbers: list[int], base: int, path: Path,
@@ -100,7 +100,7 @@ class FileFeeder:
                     kept.append((row, number))
                 except (KeyError, TypeError, ValueError) as exc:
                     chunk.bad.append(BadInput(
-                        base + number, path, number, _raw(row),
+                        base + number, path, f"{path}, row {number + 1}", _raw(row),
                         f"timestamp field {self._ts_field!r} missing or not a valid time "
                         f"({type(exc).__name__}: {exc})"))
             rows, numbers = [r for r, _ in kept], [n for _, n in kept]
@@ -134,25 +134,12 @@ class FileFeeder:
             part.append(record)
 
     def where(self, offset: int) -> str:
-        """`file:row` of the record at `offset`."""
+        """`file, row N` of the record at `offset` (N counts the file's rows from 1)."""
         i = bisect.bisect_right(self._files, offset, key=lambda f: f[0]) - 1
         if i < 0:
             return f"offset {offset}"
         base, path = self._files[i]
-        return f"{path}:{offset - base}"
-
-
-def _row_numbers(first: int, count: int, bad: set[int]) -> list[int]:
-    """The row numbers of a chunk's good rows: from `first` on, past the bad ones."""
-    if not bad:
-        return list(range(first, first + count))
-    out: list[int] = []
-    n = first
-    while len(out) < count:
-        if n not in bad:
-            out.append(n)
-        n += 1
-    return out
+        return f"{path}, row {offset - base + 1}"
 
 
 def _timestamp_of(fieldname: str, unit: str) -> Callable[[dict[str, Any]], int]:

@@ -18,7 +18,7 @@ from confluent_kafka import KafkaException, Producer
 from processor.errors import ProcessorError
 from processor.operators import Batch
 from processor.runtime.config import WorkerConfig
-from processor.runtime.files.write import FileSinkWriter
+from processor.runtime.files.write import FileSinkWriter, sink_row
 from processor.runtime.kafka.clients import producer_config
 from processor.spec.bounded import FileSinkSpec
 
@@ -34,15 +34,15 @@ class FileSinks:
 
     def __init__(self, sinks: dict[str, FileSinkSpec], base: Path) -> None:
         self.writers = {topic: FileSinkWriter(spec, base) for topic, spec in sinks.items()}
-        self._key_columns = {topic: spec.key for topic, spec in sinks.items()}
+        self._specs = sinks
         self.rows: dict[str, int] = dict.fromkeys(sinks, 0)
 
     def emitter(self, topic: str) -> Any:
-        write, key_column = self.writers[topic].write, self._key_columns[topic]
+        write, spec = self.writers[topic].write, self._specs[topic]
         rows = self.rows
 
         def emit(batch: Batch) -> None:
-            write([row_of(k, v, key_column) for k, v, _, _ in batch])
+            write([sink_row(spec, k, v) for k, v, _, _ in batch])
             rows[topic] += len(batch)
 
         return emit
@@ -63,15 +63,6 @@ class FileSinks:
     def abort(self) -> None:
         for writer in self.writers.values():
             writer.abort()
-
-
-def row_of(key: Any, value: Any, key_column: str | None) -> dict[str, Any]:
-    """An output record as a file row: its value when a mapping, else `{value: ...}`; the key
-    as `key_column` when the sink names one."""
-    row = dict(value) if isinstance(value, dict) else {"value": value}
-    if key_column is not None:
-        row[key_column] = key
-    return row
 
 
 class TopicOutputs:
