@@ -1,4 +1,4 @@
-"""`processor` command line: validate | describe | upgrade-check | run | test | produce | consume |
+"""`processor` command line: validate | describe | upgrade-check | run | batch | test | produce | consume |
 topics | dlq inspect | dlq replay | savepoint | dev-broker | demo | completion | reset. Every
 failure is one `error:` line and an exit code, never a traceback."""
 
@@ -14,6 +14,7 @@ from pathlib import Path
 from confluent_kafka import KafkaException
 
 from processor.errors import ProcessorError, RecordError, SpecErrors
+from processor.tools.batch_command import add_batch
 from processor.tools.data_commands import add_data_tools
 from processor.tools.savepoint_commands import add_savepoint
 
@@ -82,9 +83,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from processor.runtime.worker import Worker
     from processor.spec import load_spec
     from processor.spec.bound_overrides import bounded_topics, with_bounds
+    from processor.spec.file_overrides import require_topics
     from processor.timeutil import parse_duration_ms
 
     loaded = with_bounds(load_spec(args.topology), *_bounds(args))
+    require_topics(loaded)
     topology, bounded = build_topology(loaded), bounded_topics(loaded.spec)
     config = load_config(args.config, bootstrap_servers=args.bootstrap_servers,
                          processing_guarantee=args.guarantee, state_dir=args.state_dir,
@@ -350,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(fn=cmd_demo)
     add_data_tools(sub)
     add_savepoint(sub, TOPOLOGY_HELP)
+    add_batch(sub, TOPOLOGY_HELP, BOOTSTRAP_HELP)
 
     c = sub.add_parser("completion", help='print the shell completion script; enable it with '
                                           'eval "$(processor completion bash)"')

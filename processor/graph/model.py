@@ -180,6 +180,12 @@ class Topology:
         return list(dict.fromkeys(topics))
 
     @property
+    def output_topics(self) -> list[str]:
+        """Every external topic written (sinks and late-records topics), in topology order."""
+        return list(dict.fromkeys(e.topic for sub in self.subtopologies for e in sub.sinks
+                                  if not e.internal))
+
+    @property
     def uses_dlq(self) -> bool:
         """Whether any source or step sends failed records to the dead-letter topic."""
         return any(sub.source.on_error == "dlq" or any(step.on_error == "dlq" for chain in sub.chains

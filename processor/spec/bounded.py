@@ -28,6 +28,11 @@ def format_of(path: str) -> FileFormat | None:
     return next((fmt for ext, fmt in _EXTENSIONS.items() if name.endswith(ext)), None)
 
 
+def extensions_of(fmt: FileFormat) -> list[str]:
+    """The file name endings that imply `fmt` (what a directory input is searched for)."""
+    return [ext for ext, f in _EXTENSIONS.items() if f == fmt]
+
+
 class _FileSpec(Strict):
     path: str
     format: FileFormat | None = None

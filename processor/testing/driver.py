@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 
 from processor.graph import BuildContext, TopicEnd, Topology, build_topology
+from processor.graph.partitioning import internal_partitions
 from processor.runtime.durability.tables import TableFollower
 from processor.runtime.global_state import GlobalState
 from processor.runtime.kafka.collector import RecordCollector
@@ -77,15 +78,11 @@ class TopologyTestDriver:
 
     def _create_outputs(self) -> None:
         """Partition counts as the worker gives them (runtime/kafka/topics.py)."""
+        self.topics.partitions.update(
+            internal_partitions(self.topology, self.topics.partitions))
         for sub in self.topology.subtopologies:
-            n = self.topics.partitions[sub.source.topic]
             for sink in sub.sinks:
-                if sink.internal and sink.partitions_like is not None:
-                    self.topics.partitions[sink.topic] = self.topics.partitions[sink.partitions_like]
-                elif sink.internal:
-                    self.topics.partitions[sink.topic] = max(
-                        n, self.topics.partitions.get(sink.topic, 0))
-                else:
+                if not sink.internal:
                     self.topics.create(sink.topic, sink.partitions or 1)
         self.topics.create(self.topology.dlq_topic, self.topology.dlq_partitions)
 

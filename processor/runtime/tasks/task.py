@@ -139,25 +139,41 @@ class Task:
     # -- processing -------------------------------------------------------------------------
 
     def process(self, messages: list[Any]) -> None:
-        failures, event_time = self._failures, self._time
+        failures = self._failures
         failures.batch_started(messages)
         try:
             batch = self._decoder.decode(messages)
-            if event_time.tracked and not self._internal:
-                event_time.observe(batch)
-            if batch:
-                self.last_time = batch[-1][2]
-            event_time.input_arrived()
-            replays = _replayed(messages)
-            if replays:
-                self._run_with_replays(batch, replays)
-            else:
-                self._run(batch, 0, self._tree.roots, from_input=True)
+            self._absorb(batch, _replayed(messages))
         finally:
             failures.batch_done()
-        self.position = messages[-1].offset() + 1
-        if event_time.tracked:
-            self._after_batch(self.position - 1)
+        self._moved_to(messages[-1].offset() + 1)
+
+    def process_records(self, batch: Batch, next_offset: int) -> None:
+        """Records decoded elsewhere (a file source's rows: runtime/batch/inputs.py), as
+        `(key, value, timestamp, offset)`; `next_offset`: the position after them. A failing
+        record's dead letter then carries the record as JSON (there are no input bytes)."""
+        try:
+            self._absorb(batch, None)
+        finally:
+            self._failures.batch_done()
+        self._moved_to(next_offset)
+
+    def _absorb(self, batch: Batch, replays: dict[int, str] | None) -> None:
+        event_time = self._time
+        if event_time.tracked and not self._internal:
+            event_time.observe(batch)
+        if batch:
+            self.last_time = batch[-1][2]
+        event_time.input_arrived()
+        if replays:
+            self._run_with_replays(batch, replays)
+        else:
+            self._run(batch, 0, self._tree.roots, from_input=True)
+
+    def _moved_to(self, position: int) -> None:
+        self.position = position
+        if self._time.tracked:
+            self._after_batch(position - 1)
 
     def advance_watermark(self, watermark: int, offset: int) -> None:
         """The input partition's event time reached `watermark` by a control entry at `offset`
