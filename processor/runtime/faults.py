@@ -6,7 +6,9 @@ blocks the loop there once, for that long (a hung call: liveness and readiness t
 
 Points: batch.processed, checkpoint.after_flush, checkpoint.after_changelog,
 checkpoint.before_commit, checkpoint.after_commit, restore.chunk, repartition.purged (a
-DeleteRecords answer read, runtime/kafka/purge.py).
+DeleteRecords answer read, runtime/kafka/purge.py), batch_run.before_commit and
+batch_run.files_committed (`processor batch`: outputs staged; files renamed, topic
+transaction not yet committed).
 Unset (the normal case), `point()` is a dict lookup that finds nothing.
 """
 

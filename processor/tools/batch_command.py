@@ -19,9 +19,14 @@ def cmd_batch(args: argparse.Namespace) -> int:
     from processor.runtime.batch.engine import BatchRun
     from processor.runtime.config import load_config
     from processor.spec import load_spec
+    from processor.spec.bound_overrides import parse_override, with_bounds
     from processor.spec.file_overrides import file_outputs, parse_assignments, with_files
 
-    loaded = with_files(load_spec(args.topology), parse_assignments(args.input, "--input"),
+    loaded = load_spec(args.topology)
+    if args.start or args.end:
+        loaded = with_bounds(loaded, dict(parse_override(a, "--start") for a in args.start or []),
+                             dict(parse_override(a, "--end") for a in args.end or []))
+    loaded = with_files(loaded, parse_assignments(args.input, "--input"),
                         keys=parse_assignments(args.key, "--key"),
                         partitions=parse_assignments(args.partitions, "--partitions"))
     written = build_topology(loaded).output_topics
@@ -54,8 +59,8 @@ def _policy(loaded: LoadedSpec, source: str) -> str:
 
 
 def add_batch(sub: argparse._SubParsersAction, topology_help: str, bootstrap_help: str) -> None:
-    b = sub.add_parser("batch", help="run a topology once over files to the end of input "
-                                     "(every window closes), then exit")
+    b = sub.add_parser("batch", help="run a topology once over files or topic ranges to the "
+                                     "end of input (every window closes), then exit")
     b.add_argument("topology", help=topology_help)
     b.add_argument("--input", action="append", metavar="SOURCE=PATH",
                    help="read this source from files: a file, a directory or a glob; .jsonl, "
@@ -67,6 +72,14 @@ def add_batch(sub: argparse._SubParsersAction, topology_help: str, bootstrap_hel
                    help="partitions of the topic the source would be live on: rows go to them "
                         "by key, as a producer would put them (default: the source's "
                         "`partitions:`, else 1)")
+    b.add_argument("--start", action="append", metavar="SOURCE=POINT",
+                   help="a topic source's first record: earliest, an ISO-8601 time, epoch ms or "
+                        "partition:offset,... (repeatable; default: the source's `bounded:`, "
+                        "else earliest)")
+    b.add_argument("--end", action="append", metavar="SOURCE=POINT",
+                   help="where a topic source ends (not included): latest, a time or "
+                        "partition:offset,... (repeatable; default: the source's `bounded:`, "
+                        "else its end when the run starts)")
     b.add_argument("--output", action="append", metavar="SINK=PATH",
                    help="write this sink to a file instead of its topic, atomically "
                         "(repeatable; default: the sinks' `file:` or topic)")

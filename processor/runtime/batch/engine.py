@@ -1,6 +1,7 @@
 """BatchRun: a topology over bounded inputs, from the first record to the end of input.
 
-Rounds: each file source gives a chunk of rows (inputs.py) to its partitions' tasks, then
+Rounds: each source gives a chunk (a file's rows: inputs.py; a fetch of a topic's range:
+topic_input.py) to its partitions' tasks, then
 every repartition topic's records (bus.py) go to the tasks reading them, until nothing is
 left in memory. Every `commit_rows` input rows the tasks flush their caches and write their
 stores (RocksDB, no changelog: a failed batch run starts over, it is not resumed). At the end
@@ -23,10 +24,12 @@ from typing import Any
 from processor.errors import ProcessorError, RecordError
 from processor.graph import BuildContext, TopicEnd, Topology, build_topology
 from processor.graph.partitioning import internal_partitions
+from processor.runtime import faults
 from processor.runtime.batch.bus import Bus
 from processor.runtime.batch.inputs import BadInput, FileFeeder
 from processor.runtime.batch.outputs import FileSinks, TopicOutputs
 from processor.runtime.batch.tables import BatchTables
+from processor.runtime.batch.topic_input import TopicFeeder
 from processor.runtime.config import WorkerConfig
 from processor.runtime.gc_tuning import tune_gc
 from processor.runtime.kafka.collector import RecordCollector
@@ -37,13 +40,8 @@ from processor.runtime.tasks.task import Task, TaskState
 from processor.serde.errors import DeserializationError
 from processor.spec import LoadedSpec
 from processor.spec.bounded import FileSinkSpec
-from processor.timeutil.watermark import NO_WATERMARK
 
 log = logging.getLogger("processor.batch")
-
-END_OF_INPUT = -NO_WATERMARK
-"""The watermark of a finished input: past every event time."""
-
 
 @dataclass
 class BatchSummary:
@@ -70,18 +68,16 @@ class BatchRun:
         self.config = config
         self.commit_rows = commit_rows
         base = Path(loaded.file).resolve().parent
-        unbounded = [n for n, s in spec.sources.items() if s.kind == "stream" and s.file is None]
-        if unbounded:
-            raise ProcessorError(f"source(s) {', '.join(unbounded)} read a topic: a batch run "
-                                 "reads its streams from `file:` sources (give each a file with "
-                                 "`--input SOURCE=PATH`)")
         self._own_dir = state_dir is None
         self.state_dir = Path(tempfile.mkdtemp(prefix="processor-batch-")) if state_dir is None \
             else state_dir
         self.serdes = Serdes(config.schema_registry)
         self.tables = BatchTables(self.topology, config, self.state_dir, self.serdes)
+        topics = {s.topic: TopicFeeder(n, s, config) for n, s in spec.sources.items()
+                  if s.kind == "stream" and s.file is None}
         counts = {s.topic: s.partitions or self.tables.copartitioned(s.topic) or 1
                   for s in spec.sources.values() if s.kind == "stream"}
+        counts.update({t: f.partitions for t, f in topics.items()})
         counts.update(self.tables.counts)
         internal = internal_partitions(self.topology, counts)
         self.topic_outputs = TopicOutputs(config, self.topology.name)
@@ -92,9 +88,9 @@ class BatchRun:
         if files is None:
             files = {s.topic: s.file for s in spec.sinks.values() if s.file is not None}
         self.file_sinks = FileSinks(files, base)
-        self.feeders: dict[str, FileFeeder] = {}
+        self.feeders: dict[str, FileFeeder | TopicFeeder] = dict(topics)
         for src in spec.sources.values():
-            if src.kind != "stream":
+            if src.kind != "stream" or src.topic in topics:
                 continue
             end = self._source_end(src.topic)
             self.feeders[src.topic] = FileFeeder(src, base, counts[src.topic],
@@ -155,7 +151,9 @@ class BatchRun:
                 self._commit()
             if before_commit is not None:
                 before_commit(self.tasks)
+            faults.point("batch_run.before_commit")
             self.file_sinks.commit()
+            faults.point("batch_run.files_committed")
             self.topic_outputs.commit()
         except BaseException:
             self.file_sinks.abort()
@@ -194,6 +192,9 @@ class BatchRun:
                     task = self.tasks[(topic, p)]
                     self._guarded(task, topic, lambda t=task, r=records: t.process_records(
                         r, r[-1][3] + 1))
+                for p, messages in chunk.messages.items():
+                    task = self.tasks[(topic, p)]
+                    self._guarded(task, topic, lambda t=task, m=messages: t.process(m))
                 for bad in chunk.bad:
                     self._bad_input(topic, bad)
                 n = chunk.rows + len(chunk.bad)
@@ -208,9 +209,12 @@ class BatchRun:
                 log.info("batch progress", extra={"input_rows": self.summary.input_rows})
 
     def _end_of_input(self) -> None:
-        for (topic, _), task in self.tasks.items():
-            if topic in self.feeders:
-                task.advance_watermark(END_OF_INPUT, (task.position or 0) - 1)
+        for (topic, p), task in self.tasks.items():
+            feeder = self.feeders.get(topic)
+            if isinstance(feeder, TopicFeeder):
+                task.end_input(feeder.ranges[p].end)
+            elif feeder is not None:
+                task.end_input(task.position or 0)
         self._drain()
         self._commit()
 
@@ -241,8 +245,8 @@ class BatchRun:
             work()
         except RecordError as exc:
             feeder = self.feeders.get(exc.topic)
-            if feeder is None:
-                raise
+            if not isinstance(feeder, FileFeeder):
+                raise  # a topic's record: the error names its offset
             raise ProcessorError(f"{feeder.where(exc.offset)}: {exc}") from None
 
     def _bad_input(self, topic: str, bad: BadInput) -> None:

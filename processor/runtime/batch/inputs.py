@@ -37,9 +37,11 @@ class BadInput:
 
 @dataclass
 class Chunk:
-    """One read of a source: records per partition (offset order) and the bad rows."""
+    """One read of a source: records per partition (offset order) and the bad rows; or, read
+    from a topic, messages per partition (the tasks decode them)."""
 
     records: dict[int, Batch] = field(default_factory=dict)
+    messages: dict[int, list[Any]] = field(default_factory=dict)
     bad: list[BadInput] = field(default_factory=list)
     rows: int = 0
 

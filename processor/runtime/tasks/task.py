@@ -196,6 +196,7 @@ class Task:
         self._time.advance_to(END_OF_TIME)
         if self._time.tracked:
             self._after_batch(self.position - 1)
+            self.needs_commit = True  # windows closed and timers fired: outputs to commit
 
     def tick(self, now_ms: int, now_monotonic: float) -> None:
         """Between batches (every commit interval): mark an input partition idle after its
