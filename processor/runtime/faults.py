@@ -6,7 +6,9 @@ blocks the loop there once, for that long (a hung call: liveness and readiness t
 
 Points: batch.processed, checkpoint.after_flush, checkpoint.after_changelog,
 checkpoint.before_commit, checkpoint.after_commit, restore.chunk, repartition.purged (a
-DeleteRecords answer read, runtime/kafka/purge.py).
+DeleteRecords answer read, runtime/kafka/purge.py), backfill.before_commit (state saved,
+outputs not committed), backfill.committed (outputs committed, nothing restored),
+savepoint.restore.before_offsets (changelogs written, group offsets not committed).
 Unset (the normal case), `point()` is a dict lookup that finds nothing.
 """
 
