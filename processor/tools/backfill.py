@@ -125,11 +125,11 @@ def _switch_of(marker: dict[str, Any]) -> dict[str, dict[int, int]]:
 def _run(loaded: LoadedSpec, topology: Topology, config: WorkerConfig, admin: AdminClient,
          sources: dict[str, SourceSpec], identity: str, work: Path, out: TextIO) -> Outcome:
     app = topology.name
+    _require_empty(config, topology, partition_counts(admin))
     counts = ensure_topics(admin, topology, create=True,
                            replication_factor=config.replication_factor,
                            changelog_configs=config.changelog_topic_configs,
                            bootstrap_servers=config.bootstrap_servers, wait_for_sources_s=10)
-    _require_empty(config, topology, counts)
     shutil.rmtree(work, ignore_errors=True)  # an earlier attempt that never committed
     work.mkdir(parents=True)
     until = {s.topic: s.backfill.switch.timestamp for s in sources.values()}  # type: ignore[union-attr]
@@ -139,8 +139,8 @@ def _run(loaded: LoadedSpec, topology: Topology, config: WorkerConfig, admin: Ad
                   for topic, at in until.items()}
     finally:
         probe.close()
-    print(f"backfill {identity} of {app!r}: history before "
-          + ", ".join(f"{t} {_iso(at)}" for t, at in until.items())  # type: ignore[arg-type]
+    print(f"backfill {identity} of {app!r}: history "
+          + ", ".join(f"{t} before {_iso(at)}" for t, at in until.items())  # type: ignore[arg-type]
           + "; live from offsets " + ", ".join(f"{t} {offs}" for t, offs in switch.items()),
           file=out, flush=True)
     run = BatchRun(history_spec(loaded, counts), config, state_dir=work / "batch",
@@ -161,9 +161,10 @@ def _run(loaded: LoadedSpec, topology: Topology, config: WorkerConfig, admin: Ad
     faults.point("backfill.committed")
     shutil.rmtree(work / "batch", ignore_errors=True)
     done = restore(savepoint, topology, config)
+    after = {t: f.after_until for t, f in run.feeders.items()}
     return Outcome("done", identity, savepoint, switch=switch,
-                   history_rows=dict(summary.input_rows),
-                   after_switch_rows={t: f.after_until for t, f in run.feeders.items()},
+                   history_rows={t: n - after.get(t, 0) for t, n in summary.input_rows.items()},
+                   after_switch_rows=after,
                    topic_records=dict(summary.topic_records),
                    restored_records=done["records"], seconds=summary.seconds + done["seconds"])
 

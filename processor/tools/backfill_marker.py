@@ -9,6 +9,7 @@ application's internal topics): the outputs stay committed whatever happens to t
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import orjson
@@ -38,7 +39,21 @@ def ensure_marker_topic(admin: AdminClient, config: WorkerConfig, application: s
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise ProcessorError(f"cannot create the backfill marker topic {topic!r}: "
                                      f"{exc.args[0].str()}") from None
+    _await_leader(admin, topic)
     return topic
+
+
+def _await_leader(admin: AdminClient, topic: str) -> None:
+    """A topic just created has no partition leader for a moment: reading it then fails."""
+    deadline = time.monotonic() + TIMEOUT_S
+    while True:
+        part = admin.list_topics(topic, timeout=TIMEOUT_S).topics[topic].partitions.get(0)
+        if part is not None and part.leader >= 0 and part.error is None:
+            return
+        if time.monotonic() > deadline:
+            raise ProcessorError(f"the backfill marker topic {topic!r} has no leader after "
+                                 f"{TIMEOUT_S:.0f}s")
+        time.sleep(0.2)
 
 
 def read_markers(config: WorkerConfig, application: str) -> dict[str, dict[str, Any]]:
