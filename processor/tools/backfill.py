@@ -96,7 +96,6 @@ def backfill(loaded: LoadedSpec, config: WorkerConfig, *, out: TextIO) -> Outcom
     if missing:
         raise ProcessorError(f"live topic(s) {', '.join(missing)} do not exist: create them "
                              "first (the history is split into their partition count)")
-    require_stopped(admin, app, "a backfill")
     ensure_marker_topic(admin, config, app)
     # a run killed inside its transaction left it open: fence and abort it before reading
     fence = TopicOutputs(config, app)
@@ -105,10 +104,11 @@ def backfill(loaded: LoadedSpec, config: WorkerConfig, *, out: TextIO) -> Outcom
     markers = read_markers(config, app)
     committed = committed_offsets(admin, app)
     live = {s.topic for s in sources.values()}
+    if identity in markers and any(topic in live for topic, _ in committed):
+        # the restore committed the group's offsets last: the hand-over is complete
+        return Outcome("already_done", identity, savepoint, switch=_switch_of(markers[identity]))
+    require_stopped(admin, app, "a backfill")
     if identity in markers:
-        if any(topic in live for topic, _ in committed):
-            return Outcome("already_done", identity, savepoint,
-                           switch=_switch_of(markers[identity]))
         return _resume(topology, config, savepoint, identity, markers[identity], out)
     if committed:
         earlier = f" (backfill(s) {', '.join(sorted(markers))} ran before)" if markers else ""

@@ -39,8 +39,8 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         for topic, n in done.topic_records.items():
             print(f"  wrote {n} record(s) to topic {topic}")
     print(f"restored the history's state ({done.restored_records} records, from "
-          f"{done.savepoint}) into application {loaded.spec.name!r}: continue live from the "
-          f"switch with {run}")
+          f"{done.savepoint}) into application {loaded.spec.name!r} in {done.seconds:.1f}s: "
+          f"continue live from the switch with {run}")
     return 0
 
 
@@ -55,7 +55,8 @@ def add_backfill(sub: argparse._SubParsersAction, topology_help: str, bootstrap_
     b.add_argument("topology", help=topology_help)
     b.add_argument("--state-dir", help="where the history's state is kept until the hand-over "
                                        "is done (default: the worker config's state_dir)")
-    b.add_argument("--config", help="worker config YAML")
+    b.add_argument("--config", help="worker config YAML: connection, security, state_dir, "
+                                    "replication (default: none, the environment's)")
     b.add_argument("--bootstrap-servers", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"),
                    help=bootstrap_help)
     b.add_argument("--log-format", choices=["auto", "json", "text"],

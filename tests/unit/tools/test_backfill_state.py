@@ -10,6 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from processor.cli import main
 from processor.errors import ProcessorError
 from processor.graph import build_topology
 from processor.runtime.batch.engine import BatchRun
@@ -146,3 +147,12 @@ def test_savepoint_from_batch_positions_marks_and_time(tmp_path: Path, topology_
               for r in map(orjson.loads, (tmp_path / "gmv.jsonl").read_bytes().splitlines())}
     assert T0 + 2000 in closed, "windows the history's watermark passed were emitted"
     assert T0 + 5000 not in closed, "the window spanning the switch was not emitted"
+
+
+def test_cli_refuses_a_topology_without_backfill_in_one_line(tmp_path: Path, capsys) -> None:
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(TOPOLOGY.split("    backfill:")[0] + TOPOLOGY.split("switch: {timestamp: %d}")[1])
+    assert main(["backfill", str(plain), "--bootstrap-servers", "unused:9092",
+                 "--state-dir", str(tmp_path / "state")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "no source has `backfill:`" in err[0]
