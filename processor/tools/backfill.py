@@ -23,13 +23,14 @@ outputs exist): start over. `processor run` then continues live with the state.
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from confluent_kafka import TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from processor.errors import ProcessorError
@@ -38,19 +39,28 @@ from processor.runtime import faults
 from processor.runtime.batch.engine import BatchRun
 from processor.runtime.batch.outputs import TopicOutputs
 from processor.runtime.config import WorkerConfig
-from processor.runtime.kafka.clients import admin_config
+from processor.runtime.kafka.clients import admin_config, restore_consumer_config
 from processor.runtime.kafka.topics import ensure_topics, partition_counts
 from processor.spec import LoadedSpec
 from processor.spec.topics import SourceSpec
 from processor.tools.backfill_marker import ensure_marker_topic, produce_marker, read_markers
 from processor.tools.backfill_savepoint import write_batch_savepoint
-from processor.tools.backfill_switch import backfill_identity, backfill_sources, switch_offsets
-from processor.tools.consumer_group import committed_offsets
+from processor.tools.backfill_switch import (
+    LOOKUP_TIMEOUT_S,
+    backfill_identity,
+    backfill_sources,
+    switch_offsets,
+)
 from processor.tools.reset import internal_topics
 from processor.tools.reset_savepoint import reset_to_savepoint
 from processor.tools.savepoint import reader, require_stopped
 from processor.tools.savepoint_format import MANIFEST, read_manifest
 from processor.tools.savepoint_restore import restore
+
+COORDINATOR_WAIT_S = 30.0
+"""How long a broker just started may answer that the group's coordinator is not ready."""
+_COORDINATOR_MOVING = {KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_NOT_AVAILABLE,
+                       KafkaError.COORDINATOR_LOAD_IN_PROGRESS}
 
 
 @dataclass
@@ -102,9 +112,8 @@ def backfill(loaded: LoadedSpec, config: WorkerConfig, *, out: TextIO) -> Outcom
     fence()
     fence.abort()
     markers = read_markers(config, app)
-    committed = committed_offsets(admin, app)
-    live = {s.topic for s in sources.values()}
-    if identity in markers and any(topic in live for topic, _ in committed):
+    committed = _committed(config, app, {s.topic: counts[s.topic] for s in sources.values()})
+    if identity in markers and committed:
         # the restore committed the group's offsets last: the hand-over is complete
         return Outcome("already_done", identity, savepoint, switch=_switch_of(markers[identity]))
     require_stopped(admin, app, "a backfill")
@@ -200,6 +209,31 @@ def _require_empty(config: WorkerConfig, topology: Topology, counts: Mapping[str
                         "starts an application; reset it first (`processor reset`)")
     finally:
         probe.close()
+
+
+def _committed(config: WorkerConfig, app: str, partitions: Mapping[str, int]
+               ) -> dict[tuple[str, int], int]:
+    """The group's committed offsets on the live topics. Asked as a consumer of the group (it
+    does not join it): librdkafka's admin offset listing crashes the process on a broker still
+    loading its group coordinator, a consumer waits for it."""
+    consumer = Consumer({**restore_consumer_config(config), "group.id": app})
+    deadline = time.monotonic() + COORDINATOR_WAIT_S
+    try:
+        while True:
+            try:
+                answer = consumer.committed([TopicPartition(t, p) for t, n in partitions.items()
+                                             for p in range(n)], timeout=LOOKUP_TIMEOUT_S)
+                break
+            except KafkaException as exc:  # e.g. "not coordinator" while it is being elected
+                err = exc.args[0]
+                if not (err.retriable() or err.code() in _COORDINATOR_MOVING) \
+                        or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+    finally:
+        consumer.close()
+    return {(tp.topic, tp.partition): tp.offset for tp in answer
+            if tp.error is None and tp.offset >= 0}
 
 
 def _iso(ms: int) -> str:
