@@ -116,6 +116,11 @@ def test_backfill_then_live_equals_one_streaming_run(broker, tmp_path: Path, uni
     sc.live_run_equals_oracle()
     again = sc.ok(sc.backfill())
     assert "already done" in again, again
+    # another backfill (another switch) into the application that now runs live: refused
+    sc.topology.write_text(sc.topology.read_text().replace(str(sc.switch), str(sc.switch + 1)))
+    other = sc.backfill()
+    assert other.returncode == 2 and "Traceback" not in other.stderr, other.stderr[-2000:]
+    assert "has committed offsets (backfill(s) " in other.stderr.strip().splitlines()[-1]
 
 
 @pytest.mark.parametrize("point, resumed", [("backfill.before_commit:1", False),

@@ -21,6 +21,7 @@ from processor.state.partitioner import partition_for
 from processor.tools.backfill import history_spec
 from processor.tools.backfill_savepoint import write_batch_savepoint
 from processor.tools.backfill_switch import backfill_identity, backfill_sources, resolve_switch
+from processor.tools.savepoint import summary
 from processor.tools.savepoint_format import read_lines, store_path
 from processor.tools.savepoint_migrate import plan_migration
 
@@ -112,6 +113,7 @@ def test_savepoint_from_batch_positions_marks_and_time(tmp_path: Path, topology_
     assert run.feeders["orders"].after_until == 80 - len(before)
     manifest = orjson.loads((root / "manifest.json").read_bytes())
     plan_migration(manifest, topology)  # a restore takes it as it is
+    assert "store gmv:" in summary(manifest)  # `savepoint inspect` reads it
     assert manifest["source_offsets"] == {"orders": {"partitions": 3,
                                                      "committed": {"0": 11, "1": 0, "2": 5}}}
     assert manifest["backfill"] == {"identity": "x"}
