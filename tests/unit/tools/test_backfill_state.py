@@ -96,7 +96,16 @@ def test_identity_is_the_topology_file_and_application(topology_path: Path) -> N
     assert first != backfill_identity(load_spec(topology_path), "bf")
 
 
-def test_savepoint_from_batch_positions_marks_and_time(tmp_path: Path, topology_path: Path) -> None:
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_savepoint_from_batch_positions_marks_and_time(tmp_path: Path, topology_path: Path,
+                                                       fmt: str) -> None:
+    if fmt == "parquet":  # a year of history is more likely Parquet: the same state from it
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(_orders()), tmp_path / "history.parquet")
+        topology_path.write_text(topology_path.read_text().replace("history.jsonl",
+                                                                   "history.parquet"))
     loaded = load_spec(topology_path)
     topology = build_topology(loaded)
     history = history_spec(loaded, {"orders": PARTITIONS})
