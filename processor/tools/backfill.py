@@ -76,7 +76,8 @@ class Outcome:
     after_switch_rows: dict[str, int] = field(default_factory=dict)
     topic_records: dict[str, int] = field(default_factory=dict)
     restored_records: int = 0
-    seconds: float = 0.0
+    batch_seconds: float = 0.0
+    restore_seconds: float = 0.0
 
 
 def history_spec(loaded: LoadedSpec, counts: Mapping[str, int]) -> LoadedSpec:
@@ -175,7 +176,8 @@ def _run(loaded: LoadedSpec, topology: Topology, config: WorkerConfig, admin: Ad
                    history_rows={t: n - after.get(t, 0) for t, n in summary.input_rows.items()},
                    after_switch_rows=after,
                    topic_records=dict(summary.topic_records),
-                   restored_records=done["records"], seconds=summary.seconds + done["seconds"])
+                   restored_records=done["records"], batch_seconds=summary.seconds,
+                   restore_seconds=done["seconds"])
 
 
 def _resume(topology: Topology, config: WorkerConfig, savepoint: Path, identity: str,
@@ -193,7 +195,7 @@ def _resume(topology: Topology, config: WorkerConfig, savepoint: Path, identity:
           file=out, flush=True)
     done = reset_to_savepoint(topology, config, savepoint, out=out)
     return Outcome("resumed", identity, savepoint, switch=_switch_of(marker),
-                   restored_records=done["records"], seconds=done["seconds"])
+                   restored_records=done["records"], restore_seconds=done["seconds"])
 
 
 def _require_empty(config: WorkerConfig, topology: Topology, counts: Mapping[str, int]) -> None:

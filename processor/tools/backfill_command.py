@@ -33,13 +33,16 @@ def cmd_backfill(args: argparse.Namespace) -> int:
               f"continue with {run}")
         return 0
     if done.status == "done":
+        rows = sum(done.history_rows.values())
+        print(f"  history run in {done.batch_seconds:.2f}s "
+              f"({rows / max(done.batch_seconds, 1e-3):,.0f} rows/s)")
         for source, n in done.history_rows.items():
             print(f"  {source}: {n} history row(s) read, {done.after_switch_rows.get(source, 0)} "
                   "at or after the switch left to the live topic")
         for topic, n in done.topic_records.items():
             print(f"  wrote {n} record(s) to topic {topic}")
     print(f"restored the history's state ({done.restored_records} records, from "
-          f"{done.savepoint}) into application {loaded.spec.name!r} in {done.seconds:.1f}s: "
+          f"{done.savepoint}) into application {loaded.spec.name!r} in {done.restore_seconds:.1f}s: "
           f"continue live from the switch with {run}")
     return 0
 
