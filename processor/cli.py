@@ -1,6 +1,6 @@
-"""`processor` command line: validate | describe | upgrade-check | run | batch | test | produce | consume |
-topics | dlq inspect | dlq replay | savepoint | dev-broker | demo | completion | reset. Every
-failure is one `error:` line and an exit code, never a traceback."""
+"""`processor` command line: validate | describe | upgrade-check | run | batch | backfill | test |
+produce | consume | topics | dlq inspect | dlq replay | savepoint | dev-broker | demo | completion |
+reset. Every failure is one `error:` line and an exit code, never a traceback."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pathlib import Path
 from confluent_kafka import KafkaException
 
 from processor.errors import ProcessorError, RecordError, SpecErrors
+from processor.tools.backfill_command import add_backfill
 from processor.tools.batch_command import add_batch
 from processor.tools.data_commands import add_data_tools
 from processor.tools.savepoint_commands import add_savepoint
@@ -354,6 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_tools(sub)
     add_savepoint(sub, TOPOLOGY_HELP)
     add_batch(sub, TOPOLOGY_HELP, BOOTSTRAP_HELP)
+    add_backfill(sub, TOPOLOGY_HELP, BOOTSTRAP_HELP)
 
     c = sub.add_parser("completion", help='print the shell completion script; enable it with '
                                           'eval "$(processor completion bash)"')

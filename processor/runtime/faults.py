@@ -8,7 +8,9 @@ Points: batch.processed, checkpoint.after_flush, checkpoint.after_changelog,
 checkpoint.before_commit, checkpoint.after_commit, restore.chunk, repartition.purged (a
 DeleteRecords answer read, runtime/kafka/purge.py), batch_run.before_commit and
 batch_run.files_committed (`processor batch`: outputs staged; files renamed, topic
-transaction not yet committed).
+transaction not yet committed), backfill.before_commit (state saved, outputs not committed),
+backfill.committed (outputs committed, nothing restored), savepoint.restore.before_offsets
+(changelogs written, group offsets not committed).
 Unset (the normal case), `point()` is a dict lookup that finds nothing.
 """
 

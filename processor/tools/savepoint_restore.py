@@ -42,6 +42,7 @@ from confluent_kafka.admin import AdminClient
 
 from processor.graph import Topology
 from processor.graph.layout import state_layout
+from processor.runtime import faults
 from processor.runtime.config import WorkerConfig
 from processor.runtime.kafka.clients import admin_config, producer_config
 from processor.runtime.kafka.produce import produce_when_room
@@ -239,6 +240,7 @@ def restore(root: Path, topology: Topology, config: WorkerConfig, *,
 
     for topic, saved in manifest["source_offsets"].items():
         group_offsets += [TopicPartition(topic, int(p), off) for p, off in saved["committed"].items()]
+    faults.point("savepoint.restore.before_offsets")
     if group_offsets:
         request = ConsumerGroupTopicPartitions(app, group_offsets)
         admin.alter_consumer_group_offsets([request], request_timeout=30)[app].result()

@@ -1,0 +1,79 @@
+"""Where a backfill hands over: per partition of the live topic, the first offset read live.
+
+The switch is a time T (`switch: {timestamp: T}`). The history is the files' rows whose event
+time is before T; the live topic is read, per partition, from the first record whose *Kafka
+timestamp* is at or after T (Kafka's offsets-for-times lookup), or from the partition's end
+when it has none yet. The two agree exactly when the live topic's records carry their event
+time as their Kafka timestamp (producers set it; the topic's `message.timestamp.type` is
+CreateTime) and each partition's timestamps do not go back across T. Otherwise give the
+offsets yourself: a history in the source's own topic switches at `switch: {offsets}`.
+
+The identity of a backfill is the topology file's bytes (it holds the switch and the history
+paths) with the application name: a rerun of the same file is the same backfill.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from pathlib import Path
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+from processor.errors import ProcessorError
+from processor.spec import LoadedSpec
+from processor.spec.topics import SourceSpec
+
+LOOKUP_TIMEOUT_S = 15.0
+
+
+def backfill_sources(loaded: LoadedSpec) -> dict[str, SourceSpec]:
+    """The stream sources with `backfill:`; refuses a topology `processor backfill` cannot run."""
+    spec = loaded.spec
+    filled = {n: s for n, s in spec.sources.items() if s.backfill is not None}
+    if not filled:
+        raise ProcessorError(f"{loaded.file}: no source has `backfill:` (history to read "
+                             "before the live topic); `processor batch` runs over files alone")
+    others = [n for n, s in spec.sources.items()
+              if s.kind == "stream" and s.backfill is None]
+    if others:
+        raise ProcessorError(f"source(s) {', '.join(others)} have no `backfill:`: every stream "
+                             "source of a backfilled topology needs its history up to the switch")
+    in_topic = [n for n, s in filled.items() if s.backfill.file is None]  # type: ignore[union-attr]
+    if in_topic:
+        raise ProcessorError(f"source(s) {', '.join(in_topic)} keep their history in their own "
+                             "topic (`backfill` without `file`): not supported yet by "
+                             "`processor backfill`; give the history as files")
+    return filled
+
+
+def backfill_identity(loaded: LoadedSpec, application: str) -> str:
+    """16 hex digits naming this backfill: the topology file's bytes and the application."""
+    digest = hashlib.sha256(application.encode() + b"\0" + Path(loaded.file).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def resolve_switch(found: Mapping[int, int], ends: Mapping[int, int]) -> dict[int, int]:
+    """Per partition, the switch offset: the offsets-for-times answer, or the partition's end
+    where none was found (Kafka answers -1: no record at or after the time yet)."""
+    return {p: (found[p] if found.get(p, -1) >= 0 else ends[p]) for p in sorted(ends)}
+
+
+def switch_offsets(consumer: Consumer, topic: str, partitions: int,
+                   timestamp_ms: int) -> dict[int, int]:
+    """The switch offsets of `topic` at `timestamp_ms`, asked of the broker."""
+    try:
+        answer = consumer.offsets_for_times(
+            [TopicPartition(topic, p, timestamp_ms) for p in range(partitions)],
+            timeout=LOOKUP_TIMEOUT_S)
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p),
+                                                  timeout=LOOKUP_TIMEOUT_S)[1]
+                for p in range(partitions)}
+    except KafkaException as exc:
+        raise ProcessorError(f"cannot look up the switch offsets of {topic!r}: "
+                             f"{exc.args[0].str()}") from None
+    for tp in answer:
+        if tp.error is not None:
+            raise ProcessorError(f"cannot look up the switch offset of {topic}[{tp.partition}]: "
+                                 f"{tp.error.str()}")
+    return resolve_switch({tp.partition: tp.offset for tp in answer}, ends)
