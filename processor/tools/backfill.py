@@ -37,11 +37,13 @@ from processor.errors import ProcessorError
 from processor.graph import Topology, build_topology
 from processor.runtime import faults
 from processor.runtime.batch.engine import BatchRun
+from processor.runtime.batch.inputs import FileFeeder
 from processor.runtime.batch.outputs import TopicOutputs
 from processor.runtime.config import WorkerConfig
 from processor.runtime.kafka.clients import admin_config, restore_consumer_config
 from processor.runtime.kafka.topics import ensure_topics, partition_counts
 from processor.spec import LoadedSpec
+from processor.spec.bounded import Bound, BoundedSpec
 from processor.spec.topics import SourceSpec
 from processor.tools.backfill_marker import ensure_marker_topic, produce_marker, read_markers
 from processor.tools.backfill_savepoint import write_batch_savepoint
@@ -80,14 +82,19 @@ class Outcome:
     restore_seconds: float = 0.0
 
 
-def history_spec(loaded: LoadedSpec, counts: Mapping[str, int]) -> LoadedSpec:
-    """The spec whose backfilled sources read their history files, with the live topic's
-    partition count (rows go to partitions by key as a producer puts them)."""
+def history_spec(loaded: LoadedSpec, counts: Mapping[str, int],
+                 switch: Mapping[str, dict[int, int]]) -> LoadedSpec:
+    """The spec whose backfilled sources read their history: files, with the live topic's
+    partition count (rows go to partitions by key as a producer puts them), or their own
+    topic from the beginning up to the switch offsets."""
     sources: dict[str, SourceSpec] = {}
     for name, src in loaded.spec.sources.items():
-        if src.backfill is not None:
+        if src.backfill is not None and src.backfill.file is not None:
             src = src.model_copy(update={"file": src.backfill.file, "backfill": None,
                                          "partitions": counts[src.topic]})
+        elif src.backfill is not None:
+            src = src.model_copy(update={"backfill": None, "bounded": BoundedSpec(
+                start="earliest", end=Bound(offsets=switch[src.topic]))})
         sources[name] = src
     spec = loaded.spec.model_copy(update={"sources": sources})
     return LoadedSpec(spec, loaded.file, loaded.lines, loaded.data)
@@ -142,18 +149,21 @@ def _run(loaded: LoadedSpec, topology: Topology, config: WorkerConfig, admin: Ad
                            bootstrap_servers=config.bootstrap_servers, wait_for_sources_s=10)
     shutil.rmtree(work, ignore_errors=True)  # an earlier attempt that never committed
     work.mkdir(parents=True)
-    until = {s.topic: s.backfill.switch.timestamp for s in sources.values()}  # type: ignore[union-attr]
+    points = {s.topic: s.backfill for s in sources.values()}
+    # history in files: the rows before the switch time; in the topic: its offsets before it
+    until = {t: b.switch.timestamp for t, b in points.items() if b.file is not None}  # type: ignore[union-attr]
     probe = reader(config)
     try:
-        switch = {topic: switch_offsets(probe, topic, counts[topic], at)  # type: ignore[arg-type]
-                  for topic, at in until.items()}
+        switch = {topic: switch_offsets(probe, topic, counts[topic], b.switch)  # type: ignore[union-attr]
+                  for topic, b in points.items()}
     finally:
         probe.close()
     print(f"backfill {identity} of {app!r}: history "
           + ", ".join(f"{t} before {_iso(at)}" for t, at in until.items())  # type: ignore[arg-type]
+          + ", ".join(f"{t} in its topic" for t in points if t not in until)
           + "; live from offsets " + ", ".join(f"{t} {offs}" for t, offs in switch.items()),
           file=out, flush=True)
-    run = BatchRun(history_spec(loaded, counts), config, state_dir=work / "batch",
+    run = BatchRun(history_spec(loaded, counts, switch), config, state_dir=work / "batch",
                    until=until)  # type: ignore[arg-type]
     savepoint = work / "savepoint"
     facts = {"identity": identity, "switch": {t: {str(p): o for p, o in offs.items()}
@@ -171,7 +181,7 @@ def _run(loaded: LoadedSpec, topology: Topology, config: WorkerConfig, admin: Ad
     faults.point("backfill.committed")
     shutil.rmtree(work / "batch", ignore_errors=True)
     done = restore(savepoint, topology, config)
-    after = {t: f.after_until for t, f in run.feeders.items()}
+    after = {t: f.after_until for t, f in run.feeders.items() if isinstance(f, FileFeeder)}
     return Outcome("done", identity, savepoint, switch=switch,
                    history_rows={t: n - after.get(t, 0) for t, n in summary.input_rows.items()},
                    after_switch_rows=after,

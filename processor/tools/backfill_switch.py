@@ -5,8 +5,9 @@ time is before T; the live topic is read, per partition, from the first record w
 timestamp* is at or after T (Kafka's offsets-for-times lookup), or from the partition's end
 when it has none yet. The two agree exactly when the live topic's records carry their event
 time as their Kafka timestamp (producers set it; the topic's `message.timestamp.type` is
-CreateTime) and each partition's timestamps do not go back across T. Otherwise give the
-offsets yourself: a history in the source's own topic switches at `switch: {offsets}`.
+CreateTime) and each partition's timestamps do not go back across T. A history kept in the
+source's own topic (`backfill` without `file`) is that topic up to the switch offsets, which a
+time or `switch: {offsets}` gives.
 
 The identity of a backfill is the topology file's bytes (it holds the switch and the history
 paths) with the application name: a rerun of the same file is the same backfill.
@@ -22,6 +23,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from processor.errors import ProcessorError
 from processor.spec import LoadedSpec
+from processor.spec.bounded import Bound
 from processor.spec.topics import SourceSpec
 
 LOOKUP_TIMEOUT_S = 15.0
@@ -39,12 +41,18 @@ def backfill_sources(loaded: LoadedSpec) -> dict[str, SourceSpec]:
     if others:
         raise ProcessorError(f"source(s) {', '.join(others)} have no `backfill:`: every stream "
                              "source of a backfilled topology needs its history up to the switch")
-    in_topic = [n for n, s in filled.items() if s.backfill.file is None]  # type: ignore[union-attr]
-    if in_topic:
-        raise ProcessorError(f"source(s) {', '.join(in_topic)} keep their history in their own "
-                             "topic (`backfill` without `file`): not supported yet by "
-                             "`processor backfill`; give the history as files")
     return filled
+
+
+def given_offsets(offsets: Mapping[int, int], ends: Mapping[int, int], topic: str
+                  ) -> dict[int, int]:
+    """`switch: {offsets}` per partition of the live topic: a partition not named switches at
+    its end (all of it is history); one the topic lacks is an error."""
+    unknown = sorted(set(offsets) - set(ends))
+    if unknown:
+        raise ProcessorError(f"backfill.switch.offsets names partition(s) {unknown} of "
+                             f"{topic!r}, which has {len(ends)}")
+    return {p: min(offsets.get(p, ends[p]), ends[p]) for p in sorted(ends)}
 
 
 def backfill_identity(loaded: LoadedSpec, application: str) -> str:
@@ -59,16 +67,18 @@ def resolve_switch(found: Mapping[int, int], ends: Mapping[int, int]) -> dict[in
     return {p: (found[p] if found.get(p, -1) >= 0 else ends[p]) for p in sorted(ends)}
 
 
-def switch_offsets(consumer: Consumer, topic: str, partitions: int,
-                   timestamp_ms: int) -> dict[int, int]:
-    """The switch offsets of `topic` at `timestamp_ms`, asked of the broker."""
+def switch_offsets(consumer: Consumer, topic: str, partitions: int, switch: Bound
+                   ) -> dict[int, int]:
+    """The switch offsets of `topic` (`switch`: a time, or offsets), asked of the broker."""
     try:
-        answer = consumer.offsets_for_times(
-            [TopicPartition(topic, p, timestamp_ms) for p in range(partitions)],
-            timeout=LOOKUP_TIMEOUT_S)
         ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p),
                                                   timeout=LOOKUP_TIMEOUT_S)[1]
                 for p in range(partitions)}
+        if switch.offsets is not None:
+            return given_offsets(switch.offsets, ends, topic)
+        answer = consumer.offsets_for_times(
+            [TopicPartition(topic, p, switch.timestamp) for p in range(partitions)],
+            timeout=LOOKUP_TIMEOUT_S)
     except KafkaException as exc:
         raise ProcessorError(f"cannot look up the switch offsets of {topic!r}: "
                              f"{exc.args[0].str()}") from None

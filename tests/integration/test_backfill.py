@@ -41,7 +41,8 @@ PARTITIONS = 4
 
 
 class Backfill:
-    def __init__(self, bootstrap: str, tmp: Path, unique: str) -> None:
+    def __init__(self, bootstrap: str, tmp: Path, unique: str, *, in_topic: bool = False) -> None:
+        """`in_topic`: the history is the live topic itself, up to the switch (no file)."""
         self.bootstrap, self.tmp = bootstrap, tmp
         self.input, self.output, self.late = f"orders-{unique}", f"gmv-{unique}", f"late-{unique}"
         orders = [(k, {**o, "id": k}) for k, o in _jittered_orders(ORDERS, seed=5)]
@@ -55,8 +56,9 @@ class Backfill:
             "topic: gmv-per-second": f"topic: {self.output}",
             "topic: gmv-late-orders": f"topic: {self.late}",
             "idle_timeout: 10s}\n": "idle_timeout: 10s}\n    backfill:\n"
-                                    "      file: {path: history.jsonl, key: id}\n"
-                                    f"      switch: {{timestamp: {self.switch}}}\n",
+                                    + ("" if in_topic else
+                                       "      file: {path: history.jsonl, key: id}\n")
+                                    + f"      switch: {{timestamp: {self.switch}}}\n",
         })
         # the file runs past the switch; the topic starts before it
         (tmp / "history.jsonl").write_bytes(
@@ -64,7 +66,8 @@ class Backfill:
         create_topic(bootstrap, self.input, PARTITIONS)
         end = max(o["ts"] for _, o in orders) + HOUR_MS
         flush = [(k, {**o, "id": k}, p) for k, o, p in _flush_records(PARTITIONS, end)]
-        self._produce([(k, o, None) for k, o in self.history[-300:] + self.live] + flush)
+        on_topic = self.history if in_topic else self.history[-300:]
+        self._produce([(k, o, None) for k, o in on_topic + self.live] + flush)
 
     def _produce(self, records: list[tuple[str, dict[str, Any], int | None]]) -> None:
         producer = Producer({"bootstrap.servers": self.bootstrap, "partitioner": "murmur2_random",
@@ -134,4 +137,15 @@ def test_backfill_killed_then_rerun_is_exactly_once(broker, tmp_path: Path, uniq
     assert killed.returncode == -9, (killed.stdout, killed.stderr[-3000:])
     out = sc.ok(sc.backfill())
     assert ("resetting the application and restoring again" in out) == resumed, out
+    sc.live_run_equals_oracle()
+
+
+def test_backfill_from_the_topic_itself_then_live_equals_one_streaming_run(
+        broker, tmp_path: Path, unique: str) -> None:
+    """A new application over a long-retained topic: its history (the offsets before the
+    switch) in batch, then live from the switch offsets; every record once."""
+    broker.require_aborted_isolation("outputs without duplicates across the hand-over")
+    sc = Backfill(broker.bootstrap, tmp_path, unique, in_topic=True)
+    out = sc.ok(sc.backfill())
+    assert "in its topic" in out, out
     sc.live_run_equals_oracle()

@@ -16,11 +16,16 @@ from processor.graph import build_topology
 from processor.runtime.batch.engine import BatchRun
 from processor.runtime.config import load_config
 from processor.spec import load_spec
-from processor.spec.bounded import FileSinkSpec
+from processor.spec.bounded import Bound, BoundedSpec, FileSinkSpec
 from processor.state.partitioner import partition_for
 from processor.tools.backfill import history_spec
 from processor.tools.backfill_savepoint import write_batch_savepoint
-from processor.tools.backfill_switch import backfill_identity, backfill_sources, resolve_switch
+from processor.tools.backfill_switch import (
+    backfill_identity,
+    backfill_sources,
+    given_offsets,
+    resolve_switch,
+)
 from processor.tools.savepoint import summary
 from processor.tools.savepoint_format import read_lines, store_path
 from processor.tools.savepoint_migrate import plan_migration
@@ -84,8 +89,25 @@ def test_sources_a_backfill_runs(tmp_path: Path, topology_path: Path) -> None:
     in_topic.write_text((TOPOLOGY % SWITCH).replace(
         f"file: {{path: history.jsonl, key: id}}\n      switch: {{timestamp: {SWITCH}}}",
         "switch: {offsets: {0: 10}}"))
-    with pytest.raises(ProcessorError, match="own topic"):
-        backfill_sources(load_spec(in_topic))
+    assert list(backfill_sources(load_spec(in_topic))) == ["orders"]  # its own topic
+
+
+def test_switch_offsets_given_per_partition_default_to_the_end() -> None:
+    assert given_offsets({0: 10}, {0: 50, 1: 40}, "t") == {0: 10, 1: 40}
+    assert given_offsets({0: 99}, {0: 50}, "t") == {0: 50}  # never past the end
+    with pytest.raises(ProcessorError, match=r"partition\(s\) \[3\] of 't', which has 2"):
+        given_offsets({3: 1}, {0: 5, 1: 5}, "t")
+
+
+def test_history_in_the_topic_is_a_range_up_to_the_switch(tmp_path: Path) -> None:
+    in_topic = tmp_path / "in_topic.yaml"
+    in_topic.write_text((TOPOLOGY % SWITCH).replace(
+        f"file: {{path: history.jsonl, key: id}}\n      switch: {{timestamp: {SWITCH}}}",
+        "switch: {offsets: {0: 10}}"))
+    history = history_spec(load_spec(in_topic), {"orders": 2}, {"orders": {0: 10, 1: 7}})
+    src = history.spec.sources["orders"]
+    assert src.backfill is None and src.file is None
+    assert src.bounded == BoundedSpec(start="earliest", end=Bound(offsets={0: 10, 1: 7}))
 
 
 def test_identity_is_the_topology_file_and_application(topology_path: Path) -> None:
@@ -108,7 +130,7 @@ def test_savepoint_from_batch_positions_marks_and_time(tmp_path: Path, topology_
                                                                    "history.parquet"))
     loaded = load_spec(topology_path)
     topology = build_topology(loaded)
-    history = history_spec(loaded, {"orders": PARTITIONS})
+    history = history_spec(loaded, {"orders": PARTITIONS}, {})
     files = {t: FileSinkSpec(path=str(tmp_path / f"{t}.jsonl"))
              for t in build_topology(history).output_topics}
     run = BatchRun(history, load_config(None, bootstrap_servers="unused:9092"), files=files,
