@@ -142,6 +142,8 @@ class BatchRun:
         started = time.monotonic()
         try:
             self._open_tasks()
+            if any(t not in self.file_sinks.writers for t in self.topology.output_topics):
+                self.topic_outputs()  # a broker that cannot take them: said before the work
             tune_gc()
             self._read_all()
             if end_of_input:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from processor.operators import Batch
+from processor.runtime.files.paths import expand
 from processor.runtime.files.read import read_rows
 from processor.spec.topics import SourceSpec
 from processor.state.partitioner import partition_for
@@ -56,6 +57,7 @@ class FileFeeder:
         topic has the rest); the others are counted in `after_until`."""
         assert src.file is not None
         self.src, self.partitions, self.base, self.chunk_rows = src, partitions, base, chunk_rows
+        expand(src.file.path, base, src.file.file_format)  # no such file: said before any work
         if until is not None and src.timestamp is None:
             raise ValueError("a history that ends at a time needs the source's `timestamp:`")
         self.until = until

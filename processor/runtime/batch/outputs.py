@@ -79,13 +79,15 @@ class TopicOutputs:
             conf["transaction.timeout.ms"] = TXN_TIMEOUT_MS
             try:
                 producer = Producer(conf)
+                producer.list_topics(timeout=10)  # an unreachable broker says so at once
                 producer.init_transactions(30)
                 producer.begin_transaction()
             except KafkaException as exc:
                 raise ProcessorError(
                     f"cannot write topic outputs: {exc.args[0].str()} (a batch run writes "
-                    f"topics through the broker at {self.config.bootstrap_servers}; write files "
-                    "only, or check the broker)") from None
+                    f"topics through the broker at {self.config.bootstrap_servers}: check "
+                    "bootstrap_servers / --bootstrap-servers and the broker, or write every "
+                    "output to a file with --output)") from None
             log.info("topic outputs: transaction begun", extra={"transactional_id": txn_id})
             self.producer = producer
         return self.producer

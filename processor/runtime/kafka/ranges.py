@@ -102,7 +102,8 @@ def resolve_ranges(admin: AdminClient, source: str, topic: str, bounded: Bounded
         meta = admin.list_topics(timeout=timeout).topics.get(topic)
     except KafkaException as exc:
         raise ProcessorError(f"source {source!r}: cannot list topic {topic!r}: "
-                             f"{exc.args[0].str()}") from None
+                             f"{exc.args[0].str()} (check bootstrap_servers / "
+                             "--bootstrap-servers and that the broker is up)") from None
     if meta is None or meta.error is not None or not meta.partitions:
         raise ProcessorError(f"source {source!r}: topic {topic!r} does not exist (a bounded "
                              "source reads a range of an existing topic)")

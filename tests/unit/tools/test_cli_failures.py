@@ -17,6 +17,7 @@ import pytest
 from tests.paths import REPO
 
 TOPOLOGY = str(REPO / "topologies" / "clean_orders.yaml")
+ORDERS_FILE = str(REPO / "tests" / "fixtures" / "batch" / "orders.jsonl")
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +84,8 @@ UNREACHABLE = [
     ("reset", TOPOLOGY, "--dry-run"),
     ("savepoint", "create", TOPOLOGY, "--to", "never-written"),
     ("savepoint", "create", TOPOLOGY, "--to", "never-written", "--stop-workers"),
+    ("batch", TOPOLOGY),  # reads its topic as a range
+    ("batch", TOPOLOGY, "--input", f"orders={ORDERS_FILE}"),  # writes its sink topic
 ]
 
 
@@ -133,6 +136,10 @@ MISSING_FILE = [
     ("reset", "missing.yaml"),
     ("savepoint", "create", "missing.yaml", "--to", "never-written"),
     ("savepoint", "restore", "missing.sp", TOPOLOGY),
+    ("batch", "missing.yaml"),
+    ("batch", TOPOLOGY, "--input", "orders=missing.jsonl"),
+    ("batch", TOPOLOGY, "--input", f"orders={ORDERS_FILE}", "--config", "missing.yaml"),
+    ("backfill", "missing.yaml"),
 ]
 
 
@@ -144,7 +151,7 @@ def test_a_missing_file_is_one_line(args: tuple[str, ...]) -> None:
 @pytest.mark.parametrize("args", [
     ("run", TOPOLOGY), ("describe", TOPOLOGY, "--show-config"), ("topics", "list"),
     ("consume", "orders"), ("produce", "orders"), ("dlq", "inspect", TOPOLOGY),
-    ("reset", TOPOLOGY)])
+    ("reset", TOPOLOGY), ("batch", TOPOLOGY)])
 def test_a_bad_setting_is_one_line(args: tuple[str, ...]) -> None:
     run = _cli(*args, env={"PROCESSOR_COMMIT_INTERVAL_MS": "soon"})
     _one_error_line(run, "commit_interval_ms", "not a duration")
