@@ -23,7 +23,6 @@ import argparse
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,7 +35,7 @@ from benchmarks.data import generate
 from benchmarks.harness import Ctx, kill_all_workers, progress, write_report
 from benchmarks.report import source_fingerprint
 from benchmarks.savepoint import timed
-from benchmarks.scenarios import BENCH, ROOT, SCENARIOS
+from benchmarks.scenarios import BENCH, SCENARIOS
 
 TOPOLOGY = BENCH / "topologies" / "tumbling_totals.yaml"
 OUTPUT_TOPIC = "user-window-totals"
@@ -128,17 +127,68 @@ def streaming_run(args: argparse.Namespace, n: int, work: Path) -> dict[str, Any
     return median_run(runs)
 
 
-def profile_batch(source: Path, work: Path, to: Path) -> None:
-    """The batch run under pyinstrument (text report, the run's own process)."""
-    cmd = batch_command(source, work / "profiled.out.jsonl")
-    pyinstrument = [sys.executable, "-m", "pyinstrument", "--show-all", "-o", str(to), "-m",
-                    "processor", *cmd[3:]]
-    subprocess.run(pyinstrument, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-    progress(f"profile: {to}")
+PROFILE_PARTS = {
+    # (class, function) -> part of the run; the first met walking down from the root counts
+    ("BatchRun", "_open_tasks"): "open tasks (RocksDB stores)",
+    ("FileFeeder", "_records"): "rows to records (key, event time, partition)",
+    ("EventTime", "observe"): "source watermark (per record)",
+    ("Task", "_run"): "operators (window, aggregate, sink)",
+    ("BatchRun", "_end_of_input"): "end of input (close windows, flush)",
+    ("BatchRun", "_commit"): "commits (flush caches, write stores)",
+    ("BatchRun", "_drain"): "repartition hand-over",
+}
+
+
+def profile_batch(source: Path, work: Path) -> dict[str, Any]:
+    """One batch run in this process under pyinstrument: seconds per part of the run (file
+    reading and parsing = what is left under the feeder), the heaviest frames beside."""
+    from pyinstrument import Profiler
+
+    from processor.runtime.batch.engine import BatchRun
+    from processor.runtime.config import WorkerConfig
+    from processor.spec import load_spec
+    from processor.spec.bounded import FileSinkSpec
+    from processor.spec.file_overrides import with_files
+
+    loaded = with_files(load_spec(TOPOLOGY), {"orders": str(source)}, keys={"orders": "user"},
+                        partitions={"orders": str(PARTITIONS)})
+    batch = BatchRun(loaded, WorkerConfig(), files={
+        OUTPUT_TOPIC: FileSinkSpec(path=str(work / "profiled.out.jsonl"))})
+    profiler = Profiler(interval=0.001)
+    with profiler:
+        batch.run()
+    root = profiler.last_session.root_frame()
+    parts: dict[str, float] = {}
+    own: dict[str, float] = {}
+
+    def walk(frame: Any, counted: bool, in_feeder: bool, parent: str) -> None:
+        key = (frame.class_name, frame.function)
+        name = (f"{frame.class_name}.{frame.function}" if frame.class_name
+                else f"{frame.function} ({frame.file_path_short})")
+        if not counted and key in PROFILE_PARTS:
+            parts[PROFILE_PARTS[key]] = parts.get(PROFILE_PARTS[key], 0.0) + frame.time
+            counted = True
+        if not frame.children:  # a leaf: `[self]` (the parent's own code) or a built-in
+            if not counted and in_feeder:
+                parts["read and parse files"] = parts.get("read and parse files", 0.0) + frame.time
+            leaf = parent if frame.function == "[self]" else name
+            own[leaf] = own.get(leaf, 0.0) + frame.time
+        in_feeder = in_feeder or key == ("FileFeeder", "chunks")
+        for child in frame.children:
+            walk(child, counted, in_feeder, name)
+
+    walk(root, False, False, "")
+    total = batch.summary.seconds
+    parts["other"] = max(0.0, total - sum(parts.values()))
+    heaviest = sorted(own.items(), key=lambda kv: -kv[1])[:8]
+    return {"run_s": round(total, 2),
+            "parts_s": {k: round(v, 3) for k, v in sorted(parts.items(), key=lambda kv: -kv[1])},
+            "heaviest_frames_s": {k: round(v, 3) for k, v in heaviest}}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="batch-bench-"))
+    load_before = os.getloadavg()
     parquet = parquet_readable(work)
     if not parquet:
         progress("the file readers here do not read Parquet: JSON lines only")
@@ -160,8 +210,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     runs.append(r)
                 entry[f"batch_{fmt}"] = median_run(runs)
                 if args.profile:
-                    profile_batch(path, work, Path(args.out or work / "x").parent
-                                  / f"batch-profile-{fmt}-{n}.txt")
+                    entry[f"batch_{fmt}"]["profile"] = profile_batch(path, work)
+                    progress(f"profile {fmt} {n:,}: {entry[f'batch_{fmt}']['profile']['parts_s']}")
             if args.streaming:
                 s = entry["streaming_exactly_once"] = streaming_run(args, n, work)
                 progress(f"streaming {n:,}: {s['records_per_s']:,} rec/s, peak RSS "
@@ -184,6 +234,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                  "partitions": PARTITIONS, "repeat": args.repeat, "cpus": os.cpu_count(),
                  "broker": args.broker if args.streaming else None,
                  "parquet_measured": parquet, "source": source_fingerprint(),
+                 # the machine's load (1/5/15 min) around the run: a shared machine's noise
+                 "load_average_before": [round(x, 2) for x in load_before],
+                 "load_average_after": [round(x, 2) for x in os.getloadavg()],
                  "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
         "sizes": sizes,
         "target": {"ratio_at_least": TARGET_RATIO,
@@ -220,8 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-streaming", dest="streaming", action="store_false",
                    help="batch runs only (no broker)")
     p.add_argument("--profile", action="store_true",
-                   help="also run each batch case once under pyinstrument; the text reports go "
-                        "next to --out (batch-profile-<format>-<n>.txt)")
+                   help="also run each batch case once in this process under pyinstrument: "
+                        "seconds per part of the run in the report (`profile`)")
     p.add_argument("--out", help="write the JSON report here")
     args = p.parse_args(argv)
     args.sizes = [int(s) for s in args.sizes.split(",")]
