@@ -5,6 +5,8 @@ file and row, the command line's answers, and outputs that appear only when a ru
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -118,6 +120,17 @@ def test_failed_run_leaves_the_previous_output(tmp_path: Path) -> None:
 
 
 # --- the command line ----------------------------------------------------------------------------
+
+@pytest.fixture(autouse=True)
+def root_logging() -> Iterator[None]:
+    """`processor batch` installs its log handler on the root logger (on the stderr capsys
+    swaps in): put the test run's back, so later tests do not log to a closed stream."""
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    yield
+    root.handlers[:], _ = saved
+    root.setLevel(saved[1])
+
 
 def error_line(stderr: str) -> str:
     """The one `error:` line of a failed command (the rest of stderr is log), no traceback."""
