@@ -26,7 +26,7 @@ from processor.graph import BuildContext, TopicEnd, Topology, build_topology
 from processor.graph.partitioning import internal_partitions
 from processor.runtime import faults
 from processor.runtime.batch.bus import Bus
-from processor.runtime.batch.inputs import BadInput, FileFeeder
+from processor.runtime.batch.inputs import CHUNK_ROWS, BadInput, FileFeeder
 from processor.runtime.batch.outputs import FileSinks, TopicOutputs
 from processor.runtime.batch.tables import BatchTables
 from processor.runtime.batch.topic_input import TopicFeeder
@@ -59,7 +59,7 @@ class BatchRun:
 
     def __init__(self, loaded: LoadedSpec, config: WorkerConfig, *,
                  files: dict[str, FileSinkSpec] | None = None, state_dir: Path | None = None,
-                 chunk_rows: int = 65536, commit_rows: int = 500_000,
+                 chunk_rows: int = CHUNK_ROWS, commit_rows: int = 500_000,
                  until: dict[str, int] | None = None) -> None:
         """`files`: topics written to files instead (default: the spec's `file:` sinks).
         `until`: per source topic, read only rows with an event time before it."""
