@@ -100,7 +100,7 @@ def test_failing_expression_names_file_and_row(tmp_path: Path) -> None:
     with pytest.raises(ProcessorError) as info:
         run(yaml, chunk_rows=8)
     message = str(info.value)
-    assert f"{tmp_path / 'orders.jsonl'}:30:" in message
+    assert f"{tmp_path / 'orders.jsonl'}, row 30:" in message
     assert "ZeroDivisionError" in message or "division" in message
 
 
@@ -192,4 +192,4 @@ def test_cli_failing_record_exits_with_the_row(tmp_path: Path, capsys: pytest.Ca
     yaml = setup(tmp_path, lines, "fail")
     code = cli.main(["batch", str(yaml)])
     err = capsys.readouterr().err
-    assert code == 2 and "orders.jsonl:7: " in error_line(err)
+    assert code == 2 and "orders.jsonl, row 7: " in error_line(err)

@@ -5,7 +5,7 @@ Each example gets seeded data of its domain (several keys, disorder, late record
 JSON lines. The batch side is BatchRun over the file (small `chunk_rows`, so windows, sessions
 and timers span chunk boundaries), every output topic written to a file, late topics included.
 The streaming side is the TopologyTestDriver fed the same rows in file order, in batches of
-uneven sizes with `run()` between, then the end-of-input watermark (engine.END_OF_INPUT).
+uneven sizes with `run()` between, then the end-of-input watermark (timeutil.watermark.END_OF_TIME).
 
 Equality is exact, for 1 and 4 source partitions: the multiset of (key, value) of every final,
 windowed or timer output and of every late-records topic. That holds because the data keeps
@@ -35,12 +35,13 @@ import orjson
 import pytest
 
 from processor.examples import reconciliation as recon
-from processor.runtime.batch.engine import END_OF_INPUT, BatchRun
+from processor.runtime.batch.engine import BatchRun
 from processor.runtime.config import WorkerConfig
 from processor.spec import load_spec
 from processor.spec.bounded import FileSinkSpec
 from processor.spec.file_overrides import with_files
 from processor.testing.driver import TopologyTestDriver
+from processor.timeutil.watermark import END_OF_TIME
 from tests.paths import REPO
 
 TOPOLOGIES = REPO / "topologies"
@@ -199,7 +200,7 @@ def streaming_outputs(yaml: Path, tmp: Path, inputs: dict[str, tuple[list[dict[s
                     driver.pipe(name, row[key], row, row["ts"])
             driver.run()
         for name in inputs:
-            driver.pipe_watermark(name, END_OF_INPUT)
+            driver.pipe_watermark(name, END_OF_TIME)
         driver.run()
         return {t: [(r["key"], orjson.loads(orjson.dumps(r["value"]))) for r in driver.output(t)]
                 for t in outputs}
