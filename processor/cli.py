@@ -86,6 +86,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from processor.spec.bound_overrides import bounded_topics, with_bounds
     from processor.spec.file_overrides import require_topics
     from processor.timeutil import parse_duration_ms
+    from processor.tools.backfill import require_backfilled
 
     loaded = with_bounds(load_spec(args.topology), *_bounds(args))
     require_topics(loaded)
@@ -97,6 +98,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                          group_protocol=args.group_protocol,
                          create_source_topics=args.create_source_topics)
     setup_logging(config.log_level, config.log_format)
+    require_backfilled(loaded, config)
     if config.metrics_port:
         _port_free(config.metrics_port)  # fail before joining the group, not after
     metrics = Metrics()  # served with /healthz, /readyz and /state on config.metrics_port

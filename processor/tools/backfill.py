@@ -135,6 +135,23 @@ def backfill(loaded: LoadedSpec, config: WorkerConfig, *, out: TextIO) -> Outcom
     return _run(loaded, topology, config, admin, sources, identity, work, out)
 
 
+def require_backfilled(loaded: LoadedSpec, config: WorkerConfig) -> None:
+    """A worker over a topology with `backfill:` sources starts once the backfill handed over
+    (the group has committed offsets on their topics): before that it would read the live
+    topics from their beginning, and the history would never be joined to them."""
+    topics = {s.topic for s in loaded.spec.sources.values() if s.backfill is not None}
+    if not topics:
+        return
+    counts = partition_counts(AdminClient(admin_config(config)))
+    present = {t: counts[t] for t in topics if t in counts}
+    if not present or _committed(config, loaded.spec.name, present):
+        return  # a missing topic: the worker says what to create
+    raise ProcessorError(
+        f"{loaded.file}: source(s) with `backfill:` and no committed offsets for application "
+        f"{loaded.spec.name!r}: run `processor backfill {loaded.file}` first (it reads the "
+        "history, then hands over to the live topics at the switch point)")
+
+
 def _switch_of(marker: dict[str, Any]) -> dict[str, dict[int, int]]:
     return {t: {int(p): o for p, o in offs.items()} for t, offs in marker["switch"].items()}
 

@@ -114,6 +114,9 @@ class Backfill:
 def test_backfill_then_live_equals_one_streaming_run(broker, tmp_path: Path, unique: str) -> None:
     broker.require_aborted_isolation("outputs without duplicates across the hand-over")
     sc = Backfill(broker.bootstrap, tmp_path, unique)
+    early = WorkerProcess(sc.topology, broker.bootstrap, tmp_path / "state", tmp_path)
+    assert early.wait(60) == 2, early.log_text()[-2000:]  # not before the backfill handed over
+    assert "run `processor backfill" in early.log_text(), early.log_text()[-2000:]
     out = sc.ok(sc.backfill())
     assert f"{len(sc.history)} history row(s) read, 200 at or after the switch" in out, out
     sc.live_run_equals_oracle()
