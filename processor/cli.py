@@ -112,8 +112,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         attach_status_line(worker.progress_bar)  # log lines step around the bar
     try:
         code = worker.run()
-        if worker.open_work is not None and not worker.open_work.empty:
-            print(worker.open_work.render(), flush=True)
+        open_work = worker.idle_stop.open_work if worker.idle_stop is not None else None
+        if open_work is not None and not open_work.empty:
+            print(open_work.render(), flush=True)
         return code
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE and config.metrics_port:

@@ -35,6 +35,7 @@ from processor.runtime.durability.restore import changelog_identities
 from processor.runtime.durability.tables import TableFollower
 from processor.runtime.gc_tuning import tune_gc
 from processor.runtime.global_state import GlobalState
+from processor.runtime.idle_stop import IdleStop
 from processor.runtime.kafka.batch import by_partition
 from processor.runtime.kafka.clients import (
     admin_config,
@@ -44,14 +45,12 @@ from processor.runtime.kafka.clients import (
 )
 from processor.runtime.kafka.collector import RecordCollector
 from processor.runtime.kafka.deadletter import DeadLetterWriter
-from processor.runtime.kafka.drain import undrained
 from processor.runtime.kafka.purge import RepartitionPurger
 from processor.runtime.kafka.serdes import Serdes
 from processor.runtime.kafka.topics import ensure_topics
 from processor.runtime.serving.directory import directory_topic
 from processor.runtime.serving.endpoint import Endpoint
 from processor.runtime.task_manager import TaskManager
-from processor.runtime.tasks.open_work import OpenWork, collect
 from processor.runtime.tasks.task import TaskState
 from processor.runtime.telemetry import Telemetry
 
@@ -76,10 +75,10 @@ class Worker:
         self.topology = topology
         self.config = config
         self.metrics = metrics or Metrics()
-        self.stop_when_idle_ms = stop_when_idle_ms
+        self.idle_stop = (IdleStop(stop_when_idle_ms, config, topology)
+                          if stop_when_idle_ms is not None else None)
         self._bounded = bounded or {}
         self.bounded_run: BoundedRun | None = None
-        self._drain_probe: Consumer | None = None  # bounded runs: reads the group's leftovers
         self.worker_id = config.resolved_worker_id()
         self.delivery_errors: list[KafkaError] = []
         self._stopping = False
@@ -88,7 +87,6 @@ class Worker:
         self.dead_letters = DeadLetterWriter(lambda: self.producer, topology.dlq_topic, topology.name)
         self.heartbeat = time.monotonic()  # the loop's last turn: /healthz
         self.endpoint: Endpoint | None = None  # metrics_port: HTTP and the worker directory
-        self.open_work: OpenWork | None = None  # set when a bounded run ends (the CLI prints it)
         self.progress_bar: ProgressBar | None = None  # restore progress on a terminal (CLI)
         self._last_activity = time.monotonic()  # input or (re)assignment, for bounded runs
         self._started_at = time.monotonic()
@@ -216,7 +214,7 @@ class Worker:
           5. commit, every `commit_interval_ms`: time passes (idle partitions, timers), the
              checkpoint, the metrics it settled, a progress line
           6. --stop-when-idle: stop once idle and the group's input is drained, then log (and
-             keep for the CLI) what stayed open: runtime/tasks/open_work.py
+             keep for the CLI) what stayed open: runtime/idle_stop.py
           7. topic ranges: end the partitions at their end; once every task is finished, the
              final checkpoint and the exit (runtime/bounded_run.py)
         """
@@ -238,14 +236,14 @@ class Worker:
                 if now >= next_checkpoint:
                     self._commit_phase(now)
                     next_checkpoint = now + interval
-                if self.stop_when_idle_ms is not None and self._bounded_run_done(now):
+                if self.idle_stop is not None and self._idle_stop_done(now):
                     break
                 if self.bounded_run is not None and self.bounded_run.done(
                         self.task_manager, self.consumer, self._commit):
                     break
             self._commit()
-            if self.stop_when_idle_ms is not None and not self._stopping:  # ended idle
-                self._report_open_work()
+            if self.idle_stop is not None and not self._stopping:  # ended idle
+                self.idle_stop.report(self.task_manager.tasks.values())
         finally:
             self._shutdown()
         return 0
@@ -312,37 +310,17 @@ class Worker:
             self._recover(exc)
         self.telemetry.export()
 
-    def _bounded_run_done(self, now: float) -> bool:
-        if not self._idle(now - self._last_activity):
+    def _idle_stop_done(self, now: float) -> bool:
+        stop = self.idle_stop
+        assert stop is not None
+        if not stop.idle(now - self._last_activity, self.task_manager):
             return False
-        if self._group_drained():
+        if stop.drained(self.consumer):
             log.info("idle: stopping bounded run",
                      extra={"records": self.telemetry.records_processed})
             return True
         self._last_activity = now  # look again after another idle period
         return False
-
-    def _report_open_work(self) -> None:
-        """A bounded run's last word: what stayed open and which partitions hold it."""
-        self.open_work = collect(self.task_manager.tasks.values())
-        log.info(self.open_work.message(), extra=self.open_work.fields())
-
-    def _idle(self, idle_s: float) -> bool:
-        assert self.stop_when_idle_ms is not None
-        return (bool(self.task_manager.tasks) and not self.task_manager.restoring
-                and idle_s * 1000 >= self.stop_when_idle_ms)
-
-    def _group_drained(self) -> bool:
-        """Every input partition of the group is processed, including those still held by a
-        crashed member whose session has not expired (runtime/kafka/drain.py)."""
-        if self._drain_probe is None:
-            self._drain_probe = Consumer(restore_consumer_config(self.config))
-        left = undrained(self.consumer, self._drain_probe, self.topology.source_topics,
-                         earliest=self.config.auto_offset_reset == "earliest")
-        if left:
-            log.info("idle, but the group has input left (another member owns it, or owned it "
-                     "and crashed): not stopping yet", extra={"partitions": left})
-        return not left
 
     # -- recovery -------------------------------------------------------------------------------
 
@@ -404,8 +382,8 @@ class Worker:
             log.warning("consumer close failed", extra={"error": exc.args[0].str()})
         self.task_manager.close_all(dirty=False)
         self.task_manager.restorer.consumer.close()
-        if self._drain_probe is not None:
-            self._drain_probe.close()
+        if self.idle_stop is not None:
+            self.idle_stop.close()
         self.tables.close()
         self.global_state.close()
         try:
