@@ -72,19 +72,29 @@ def with_files(loaded: LoadedSpec, inputs: dict[str, str], *,
     return LoadedSpec(new, loaded.file, loaded.lines, loaded.data)
 
 
-def file_outputs(loaded: LoadedSpec, outputs: dict[str, str],
-                 written: list[str]) -> dict[str, FileSinkSpec]:
+def file_outputs(loaded: LoadedSpec, outputs: dict[str, str], written: list[str], *,
+                 key_columns: dict[str, str] | None = None) -> dict[str, FileSinkSpec]:
     """Topic -> file for a batch run: the YAML's `file:` sinks, and `--output NAME=PATH`
     where NAME is a sink's name or a topic the topology writes (`written`: an inline `to`,
-    a window's late topic)."""
+    a window's late topic); `key_columns` (`--output-key NAME=COLUMN`): the record's key as
+    that column of the rows."""
     spec = loaded.spec
     out = {s.topic: s.file for s in spec.sinks.values() if s.file is not None}
-    for name, path in outputs.items():
+    keys = key_columns or {}
+    for name in dict.fromkeys([*outputs, *keys]):
         topic = spec.sinks[name].topic if name in spec.sinks else name
         if topic not in written:
-            raise ProcessorError(f"--output {name}: not a sink or a topic the topology writes "
+            flag = "--output" if name in outputs else "--output-key"
+            raise ProcessorError(f"{flag} {name}: not a sink or a topic the topology writes "
                                  f"(it writes: {', '.join(written)})")
-        out[topic] = _checked(FileSinkSpec, path=str(Path(path).resolve()))
+        if name in outputs:
+            out[topic] = _checked(FileSinkSpec, path=str(Path(outputs[name]).resolve()),
+                                  key=keys.get(name))
+        elif topic in out:
+            out[topic] = out[topic].model_copy(update={"key": keys[name]})
+        else:
+            raise ProcessorError(f"--output-key {name}: it is written to a topic (give it a "
+                                 f"file with --output {name}=PATH)")
     return out
 
 

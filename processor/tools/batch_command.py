@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
+import tempfile
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from processor.errors import RecordError
@@ -30,12 +33,23 @@ def cmd_batch(args: argparse.Namespace) -> int:
                         keys=parse_assignments(args.key, "--key"),
                         partitions=parse_assignments(args.partitions, "--partitions"))
     written = build_topology(loaded).output_topics
-    files = file_outputs(loaded, parse_assignments(args.output, "--output"), written)
+    files = file_outputs(loaded, parse_assignments(args.output, "--output"), written,
+                         key_columns=parse_assignments(args.output_key, "--output-key"))
     config = load_config(args.config, bootstrap_servers=args.bootstrap_servers,
                          log_format=args.log_format)
     setup_logging(config.log_level, config.log_format)
     try:
-        summary = BatchRun(loaded, config, files=files).run()
+        state = None
+        if args.state_dir is not None:  # the run's own directory inside it, removed at the end
+            Path(args.state_dir).mkdir(parents=True, exist_ok=True)
+            state = Path(tempfile.mkdtemp(prefix=f"{loaded.spec.name}.batch-",
+                                          dir=args.state_dir))
+        run = BatchRun(loaded, config, files=files, state_dir=state)
+        try:
+            summary = run.run()
+        finally:
+            if state is not None:
+                shutil.rmtree(state, ignore_errors=True)
     except RecordError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
@@ -72,6 +86,9 @@ def add_batch(sub: argparse._SubParsersAction, topology_help: str, bootstrap_hel
                    help="partitions of the topic the source would be live on: rows go to them "
                         "by key, as a producer would put them (default: the source's "
                         "`partitions:`, else 1)")
+    b.add_argument("--output-key", action="append", metavar="SINK=COLUMN",
+                   help="add each record's key to a file output's rows as this column "
+                        "(repeatable; default: the sink's `file.key`, else no key column)")
     b.add_argument("--start", action="append", metavar="SOURCE=POINT",
                    help="a topic source's first record: earliest, an ISO-8601 time, epoch ms or "
                         "partition:offset,... (repeatable; default: the source's `bounded:`, "
@@ -83,6 +100,9 @@ def add_batch(sub: argparse._SubParsersAction, topology_help: str, bootstrap_hel
     b.add_argument("--output", action="append", metavar="SINK=PATH",
                    help="write this sink to a file instead of its topic, atomically "
                         "(repeatable; default: the sinks' `file:` or topic)")
+    b.add_argument("--state-dir", help="where the run's RocksDB stores live while it runs, "
+                                       "in a directory of their own removed at the end "
+                                       "(default: the system's temporary directory)")
     b.add_argument("--config", help="worker config YAML: the broker and client settings for "
                                     "topic outputs and tables (default: none, built-in defaults)")
     b.add_argument("--bootstrap-servers", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"),

@@ -155,13 +155,16 @@ def test_cli_runs_a_topic_topology_over_files(tmp_path: Path, capsys: pytest.Cap
     out = tmp_path / "gmv.jsonl"
     code = cli.main(["batch", str(GMV), "--input", f"orders={src}", "--key", "orders=order_id",
                      "--partitions", "orders=4", "--output", f"gmv={out}",
-                     "--output", f"gmv-late-orders={tmp_path / 'late.jsonl'}"])
+                     "--output", f"gmv-late-orders={tmp_path / 'late.jsonl'}",
+                     "--output-key", "gmv=the_key", "--state-dir", str(tmp_path / "state")])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "read 400 from orders rows" in captured.out and f"to {out}" in captured.out
     got = rows(out)
     assert sum(r["orders"] for r in got) == 400  # every window closed at the end of input
     assert {r["country"] for r in got} == {"de", "fr", "it"}
+    assert all(r["the_key"] == r["country"] for r in got)  # the record key, as asked
+    assert list((tmp_path / "state").iterdir()) == []  # the run's stores removed at the end
     assert (tmp_path / "late.jsonl").read_bytes() == b""
 
 
