@@ -169,12 +169,8 @@ def _run(loaded: LoadedSpec, topology: Topology, config: WorkerConfig, admin: Ad
     points = {s.topic: s.backfill for s in sources.values()}
     # history in files: the rows before the switch time; in the topic: its offsets before it
     until = {t: b.switch.timestamp for t, b in points.items() if b.file is not None}  # type: ignore[union-attr]
-    probe = reader(config)
-    try:
-        switch = {topic: switch_offsets(probe, topic, counts[topic], b.switch)  # type: ignore[union-attr]
-                  for topic, b in points.items()}
-    finally:
-        probe.close()
+    switch = {s.topic: switch_offsets(admin, name, s.topic, s.backfill.switch)  # type: ignore[union-attr]
+              for name, s in sources.items()}
     print(f"backfill {identity} of {app!r}: history "
           + ", ".join(f"{t} before {_iso(at)}" for t, at in until.items())  # type: ignore[arg-type]
           + ", ".join(f"{t} in its topic" for t in points if t not in until)

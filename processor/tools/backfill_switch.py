@@ -16,14 +16,14 @@ paths) with the application name: a rerun of the same file is the same backfill.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
 from pathlib import Path
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from processor.errors import ProcessorError
+from processor.runtime.kafka.ranges import resolve_ranges
 from processor.spec import LoadedSpec
-from processor.spec.bounded import Bound
+from processor.spec.bounded import Bound, BoundedSpec
 from processor.spec.topics import SourceSpec
 
 LOOKUP_TIMEOUT_S = 15.0
@@ -44,46 +44,19 @@ def backfill_sources(loaded: LoadedSpec) -> dict[str, SourceSpec]:
     return filled
 
 
-def given_offsets(offsets: Mapping[int, int], ends: Mapping[int, int], topic: str
-                  ) -> dict[int, int]:
-    """`switch: {offsets}` per partition of the live topic: a partition not named switches at
-    its end (all of it is history); one the topic lacks is an error."""
-    unknown = sorted(set(offsets) - set(ends))
-    if unknown:
-        raise ProcessorError(f"backfill.switch.offsets names partition(s) {unknown} of "
-                             f"{topic!r}, which has {len(ends)}")
-    return {p: min(offsets.get(p, ends[p]), ends[p]) for p in sorted(ends)}
-
-
 def backfill_identity(loaded: LoadedSpec, application: str) -> str:
     """16 hex digits naming this backfill: the topology file's bytes and the application."""
     digest = hashlib.sha256(application.encode() + b"\0" + Path(loaded.file).read_bytes())
     return digest.hexdigest()[:16]
 
 
-def resolve_switch(found: Mapping[int, int], ends: Mapping[int, int]) -> dict[int, int]:
-    """Per partition, the switch offset: the offsets-for-times answer, or the partition's end
-    where none was found (Kafka answers -1: no record at or after the time yet)."""
-    return {p: (found[p] if found.get(p, -1) >= 0 else ends[p]) for p in sorted(ends)}
-
-
-def switch_offsets(consumer: Consumer, topic: str, partitions: int, switch: Bound
+def switch_offsets(admin: AdminClient, source: str, topic: str, switch: Bound
                    ) -> dict[int, int]:
-    """The switch offsets of `topic` (`switch`: a time, or offsets), asked of the broker."""
-    try:
-        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p),
-                                                  timeout=LOOKUP_TIMEOUT_S)[1]
-                for p in range(partitions)}
-        if switch.offsets is not None:
-            return given_offsets(switch.offsets, ends, topic)
-        answer = consumer.offsets_for_times(
-            [TopicPartition(topic, p, switch.timestamp) for p in range(partitions)],
-            timeout=LOOKUP_TIMEOUT_S)
-    except KafkaException as exc:
-        raise ProcessorError(f"cannot look up the switch offsets of {topic!r}: "
-                             f"{exc.args[0].str()}") from None
-    for tp in answer:
-        if tp.error is not None:
-            raise ProcessorError(f"cannot look up the switch offset of {topic}[{tp.partition}]: "
-                                 f"{tp.error.str()}")
-    return resolve_switch({tp.partition: tp.offset for tp in answer}, ends)
+    """The switch offsets of `topic`, asked of the broker: the end of the range of its history
+    (runtime/kafka/ranges.py): per partition the first offset whose record's timestamp is at or
+    after `switch.timestamp`, else the partition's end; or `switch.offsets`, a partition not
+    named switching at its end (all of it is history)."""
+    ranges = resolve_ranges(admin, source, topic, BoundedSpec(end=switch),
+                            timeout=LOOKUP_TIMEOUT_S,
+                            fields={"start": "backfill.history", "end": "backfill.switch"})
+    return {p: r.end for p, r in ranges.items()}

@@ -52,15 +52,20 @@ class PartitionOffsets:
     latest: Mapping[int, int]
 
 
-def check_partitions(source: str, bounded: BoundedSpec, partitions: list[int]) -> None:
-    """`offsets` naming a partition the topic lacks: a precise error."""
+BOUNDED_FIELDS = {"start": "bounded.start", "end": "bounded.end"}
+
+
+def check_partitions(source: str, bounded: BoundedSpec, partitions: list[int], *,
+                     fields: Mapping[str, str] = BOUNDED_FIELDS) -> None:
+    """`offsets` naming a partition the topic lacks: a precise error naming the YAML field
+    (`fields`: side -> field path, e.g. a backfill's switch is the end of its history)."""
     for side in ("start", "end"):
         point = getattr(bounded, side)
         if isinstance(point, Bound) and point.offsets is not None:
             unknown = sorted(set(point.offsets) - set(partitions))
             if unknown:
                 raise ProcessorError(
-                    f"source {source!r}: bounded.{side}.offsets names partition"
+                    f"source {source!r}: {fields[side]}.offsets names partition"
                     f"{'s' * (len(unknown) > 1)} {', '.join(map(str, unknown))}, but its topic "
                     f"has {len(partitions)} (0-{len(partitions) - 1})")
 
@@ -95,8 +100,9 @@ def _point(point: BoundPoint, p: int, low: int, high: int,
 
 
 def resolve_ranges(admin: AdminClient, source: str, topic: str, bounded: BoundedSpec, *,
-                   timeout: float = 30.0) -> Ranges:
-    """Ask the broker and resolve `bounded` for `topic` (source `source`, for errors)."""
+                   timeout: float = 30.0, fields: Mapping[str, str] = BOUNDED_FIELDS) -> Ranges:
+    """Ask the broker and resolve `bounded` for `topic` (source `source` and the YAML
+    `fields` of its points, for errors)."""
     try:
         # all topics: asking for one by name would create it where auto-creation is on
         meta = admin.list_topics(timeout=timeout).topics.get(topic)
@@ -108,7 +114,7 @@ def resolve_ranges(admin: AdminClient, source: str, topic: str, bounded: Bounded
         raise ProcessorError(f"source {source!r}: topic {topic!r} does not exist (a bounded "
                              "source reads a range of an existing topic)")
     partitions = sorted(meta.partitions)
-    check_partitions(source, bounded, partitions)
+    check_partitions(source, bounded, partitions, fields=fields)
     earliest = _list_offsets(admin, topic, partitions, OffsetSpec.earliest(), timeout)
     latest = _list_offsets(admin, topic, partitions, OffsetSpec.latest(), timeout)
     stamps = {b.timestamp for b in (bounded.start, bounded.end)

@@ -15,6 +15,7 @@ from processor.errors import ProcessorError
 from processor.graph import build_topology
 from processor.runtime.batch.engine import BatchRun
 from processor.runtime.config import load_config
+from processor.runtime.kafka.ranges import PartitionOffsets, check_partitions, compute_ranges
 from processor.spec import load_spec
 from processor.spec.bounded import Bound, BoundedSpec, FileSinkSpec
 from processor.state.partitioner import partition_for
@@ -23,8 +24,6 @@ from processor.tools.backfill_savepoint import write_batch_savepoint
 from processor.tools.backfill_switch import (
     backfill_identity,
     backfill_sources,
-    given_offsets,
-    resolve_switch,
 )
 from processor.tools.savepoint import summary
 from processor.tools.savepoint_format import read_lines, store_path
@@ -74,9 +73,19 @@ def topology_path(tmp_path: Path) -> Path:
     return path
 
 
+def _switch(bound: Bound, found: dict[int, int], ends: dict[int, int]) -> dict[int, int]:
+    """The switch offsets as switch_offsets resolves them, from the broker's answers: the end
+    of the history's range (`found`: Kafka's offsets-for-times answers, -1 for none)."""
+    at_time = {bound.timestamp: found} if bound.timestamp is not None else {}
+    ranges = compute_ranges(BoundedSpec(end=bound),
+                            PartitionOffsets(dict.fromkeys(ends, 0), ends), at_time)
+    return {p: r.end for p, r in ranges.items()}
+
+
 def test_switch_is_the_first_offset_at_or_after_the_time_else_the_end() -> None:
-    assert resolve_switch({0: 7, 1: -1, 2: 0}, {0: 9, 1: 4, 2: 3}) == {0: 7, 1: 4, 2: 0}
-    assert resolve_switch({}, {0: 5}) == {0: 5}
+    at = Bound(timestamp=SWITCH)
+    assert _switch(at, {0: 7, 1: -1, 2: 0}, {0: 9, 1: 4, 2: 3}) == {0: 7, 1: 4, 2: 0}
+    assert _switch(at, {0: -1}, {0: 5}) == {0: 5}
 
 
 def test_sources_a_backfill_runs(tmp_path: Path, topology_path: Path) -> None:
@@ -93,10 +102,12 @@ def test_sources_a_backfill_runs(tmp_path: Path, topology_path: Path) -> None:
 
 
 def test_switch_offsets_given_per_partition_default_to_the_end() -> None:
-    assert given_offsets({0: 10}, {0: 50, 1: 40}, "t") == {0: 10, 1: 40}
-    assert given_offsets({0: 99}, {0: 50}, "t") == {0: 50}  # never past the end
-    with pytest.raises(ProcessorError, match=r"partition\(s\) \[3\] of 't', which has 2"):
-        given_offsets({3: 1}, {0: 5, 1: 5}, "t")
+    assert _switch(Bound(offsets={0: 10}), {}, {0: 50, 1: 40}) == {0: 10, 1: 40}
+    assert _switch(Bound(offsets={0: 99}), {}, {0: 50}) == {0: 50}  # never past the end
+    with pytest.raises(ProcessorError, match=r"backfill\.switch\.offsets names partition 3, "
+                                             r"but its topic has 2"):
+        check_partitions("orders", BoundedSpec(end=Bound(offsets={3: 1})), [0, 1],
+                         fields={"start": "backfill.history", "end": "backfill.switch"})
 
 
 def test_history_in_the_topic_is_a_range_up_to_the_switch(tmp_path: Path) -> None:
