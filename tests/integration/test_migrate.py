@@ -12,7 +12,10 @@ aggregate).
   a savepoint is taken, A then processes everything; the reset puts A back at the savepoint
   (`--dry-run` first: both plans, nothing changed) and the rerun resumes from the savepoint's
   state: per user its first count continues the savepoint's, its counts strictly increase, and
-  its final results equal the uncut run's.
+  its final results equal the uncut run's: counts and maxima exactly, sums to the cent, and
+  `last(country)` one of the user's countries. The last two depend on the order in which the
+  input partitions' records meet in the repartition topic, which differs between any two runs
+  (as in Kafka Streams); exactly-once does not fix that order.
 """
 
 from __future__ import annotations
@@ -24,7 +27,12 @@ import orjson
 import pytest
 
 from processor.examples.revenue import revenue_oracle
-from tests.integration.kafka import WorkerProcess, latest_json_by_key, topology_file
+from tests.integration.kafka import (
+    WorkerProcess,
+    assert_revenue_matches,
+    latest_json_by_key,
+    topology_file,
+)
 from tests.integration.scenario import RevenueScenario
 from tests.integration.test_reset import _committed
 from tests.integration.test_savepoint import (
@@ -150,4 +158,9 @@ def test_reset_to_savepoint_then_rerun_equals_the_uncut_run(broker, tmp_path: Pa
         assert counts == sorted(set(counts)), (user, counts)  # strictly increasing
         assert counts[0] > saved.get(user, 0), (user, counts[0], saved.get(user))
     final = latest_json_by_key(sc.outputs())
-    assert final == uncut
+    assert_revenue_matches(final, uncut)
+    countries: dict[str, set[str]] = {}
+    for _, order in sc.produced:
+        countries.setdefault(order["user"], set()).add(order["country"])
+    odd = [(u, got["country"]) for u, got in final.items() if got["country"] not in countries[u]]
+    assert not odd, f"a last(country) the user never ordered from: {odd[:5]}"
