@@ -7,10 +7,11 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Discriminator, Field, Tag, field_validator, model_validator
 
 from processor.spec.base import REF_PATTERN, DurationMs, OnError, Strict
+from processor.spec.patterns import PatternSpec
 from processor.spec.topics import SinkSpec
 
 STEP_KINDS = ("filter", "map", "flat_map", "key_by", "window", "aggregate", "process", "python",
-              "join", "interval_join", "reconcile", "branch", "to")
+              "join", "interval_join", "reconcile", "pattern", "branch", "to")
 
 
 class PythonRef(Strict):
@@ -242,6 +243,10 @@ class ReconcileStep(_StepSpec):
     reconcile: ReconcileSpec
 
 
+class PatternStep(_StepSpec):
+    pattern: PatternSpec
+
+
 class BranchCase(Strict):
     when: str
     steps: list[Step] = Field(min_length=1)
@@ -301,6 +306,7 @@ Step = Annotated[
     | Annotated[JoinStep, Tag("join")]
     | Annotated[IntervalJoinStep, Tag("interval_join")]
     | Annotated[ReconcileStep, Tag("reconcile")]
+    | Annotated[PatternStep, Tag("pattern")]
     | Annotated[BranchStep, Tag("branch")]
     | Annotated[ToStep, Tag("to")],
     Discriminator(
