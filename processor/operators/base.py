@@ -156,6 +156,7 @@ class DeferredInput(ABC):
     failed: list[StepFailed]
     timeouts: Batch
     timeout_sink: Callable[[Batch], None] | None = None
+    matches = 0  # matches emitted since the task last drained (metrics)
 
 
 class ProcessingTimeOperator(TimedOperator):

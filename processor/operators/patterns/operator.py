@@ -60,8 +60,6 @@ class PatternOperator(KeyedWindows, DeferredInput):
         self.late = []
         self.late_count = 0
         self.windows_closed = 0
-        self.matches = 0  # emitted so far (metrics)
-        self.timed_out = 0
         self.failed: list[StepFailed] = []
         self.timeouts: Batch = []
         self.timeout_sink = None
@@ -157,7 +155,6 @@ class PatternOperator(KeyedWindows, DeferredInput):
                 self.matches += 1
             else:
                 timeouts.append((key, value, ts, offset))
-                self.timed_out += 1
 
 
 def build_pattern_operator(name: str, store_name: str, spec: PatternSpec,

@@ -58,6 +58,8 @@ class EventTime:
         self.failures = failures
         self.run_after = run_after
         self.count_late = count_late
+        # pattern step -> [matches, timeouts] since the worker last exported them
+        self.pattern_counts: dict[str, list[int]] = {}
         # this partition's watermark, or the minimum over the upstream partitions
         self.watermark: PartitionWatermark | UpstreamWatermarks = (
             UpstreamWatermarks(sum(ctx.partitions_of(t) for t in src.upstream_topics))
@@ -205,6 +207,10 @@ class EventTime:
     def _drain_deferred(self, step: StepAt[TimedOperator], op: DeferredInput) -> None:
         """Buffered input that failed when its time came goes to the step's policy; the
         step's timeouts go to its timeout topic (a record that cannot be written, too)."""
+        counts = self.pattern_counts.setdefault(op.name, [0, 0])
+        counts[0] += op.matches
+        counts[1] += len(op.timeouts)
+        op.matches = 0
         failed, op.failed = op.failed, []
         for exc in failed:
             self.failures.step_failed(exc, input_record=False, chain=step.chain)

@@ -35,6 +35,12 @@ def _driver(text: str = BASE) -> TopologyTestDriver:
     return TopologyTestDriver(load_spec_text(text, file="cards.yaml"))
 
 
+def _counts(driver: TopologyTestDriver) -> list[int]:
+    """[matches, timeouts] the tasks hold for the metrics export."""
+    per_task = [t.pattern_counts.get("pipelines[0].steps[0]", [0, 0]) for t in driver.tasks]
+    return [sum(c[0] for c in per_task), sum(c[1] for c in per_task)]
+
+
 def test_describe_names_stages_quantifiers_and_side_topics():
     text = build_topology(load_spec_text(BASE)).describe()
     assert ("pattern small{2,4} !no_refund large within 10000ms, skip past_last_event, "
@@ -73,6 +79,7 @@ def test_a_failing_condition_dead_letters_that_event_and_matching_goes_on():
         assert (headers["processor.source.offset"], headers["processor.source.timestamp"]) == (
             "1", "1500")
         assert letter["value"]["amount"] == "x"
+        assert _counts(driver) == [1, 0]  # processor_pattern_matches_total / _timeouts_total
     finally:
         driver.close()
 
@@ -94,5 +101,6 @@ def test_timeouts_and_late_records_go_to_their_topics():
         assert [[e["ts"] for e in w["value"]["stages"]["small"]] for w in watch] == [
             [1000, 2000], [2000]]
         assert [r["value"]["ts"] for r in driver.output("late-payments")] == [500]
+        assert _counts(driver) == [0, 2]
     finally:
         driver.close()
