@@ -153,29 +153,30 @@ class Matcher:
                 bit = 1 << ci
                 if mask & bit:
                     continue
-                if match is None:
+                if match is None and c.reads_match:
                     match = self._stages(pairs)
+                m = match if match is not None else _EMPTY
                 contiguity = c.contiguity
                 blocked = contiguity == NEXT  # a strict continuation has this one chance
                 ok = adjacent or contiguity != NEXT
                 if ok and adjacent:
                     for neg in c.not_next:
-                        if neg(key, v, t, match, fts):
+                        if neg(key, v, t, m, fts):
                             ok, blocked = False, True
                             break
                 if (ok and c.guard is not None and (adjacent or not c.guard_next)
-                        and c.guard(key, v, t, match, fts)):
+                        and c.guard(key, v, t, m, fts)):
                     ok, blocked = False, True
                 if ok:
                     target = c.target
-                    if conds[target](key, v, t, match if uses[target] else _EMPTY, fts):
+                    if conds[target](key, v, t, m, fts):
                         created.append([target, n + 1 if target == k else 1, i, fts, run[FIRST],
                                         0, [*pairs, [target, i, t, v]]])
                         if contiguity == RELAXED:
                             blocked = True
                 if not blocked:
                     for neg in c.not_followed_by:
-                        if neg(key, v, t, match, fts):
+                        if neg(key, v, t, m, fts):
                             blocked = True
                             break
                 if blocked:

@@ -5,9 +5,8 @@ the key's matcher state (nfa.py: buffered events and partial matches) and `E <ts
 the key at its wake time, the earliest of its first buffered event and its first partial
 match's expiry, so a watermark pass visits only the keys with something due. Everything a
 window step guarantees follows: changes are flushed as changelog writes at each checkpoint,
-a restore or a cache trim reads keys back from the store, and a pass emits in key-byte order
-with the offset of the input that moved the watermark, so a replay emits what the original
-run did. A key whose buffer and partial matches are empty has no entry.
+a restore or a cache trim reads keys back from the store, and a pass emits in key-byte order.
+A key whose buffer and partial matches are empty has no entry.
 """
 
 from __future__ import annotations
@@ -33,7 +32,7 @@ from processor.operators.patterns.nfa import (
     wake_time,
 )
 from processor.operators.patterns.program import PatternProgram, compile_pattern
-from processor.operators.windows.keyed import DIRTY, KEY, STATE, KeyedWindows
+from processor.operators.windows.keyed import DIRTY, KEY, SCHED, STATE, KeyedWindows
 from processor.spec.patterns import PatternSpec
 from processor.timeutil.watermark import Clock
 
@@ -92,17 +91,20 @@ class PatternOperator(KeyedWindows, DeferredInput):
         return {"buffered": len(state[BUF]), "partial_matches": partial}
 
     def process(self, batch: Batch) -> Batch:
+        """Buffer the batch's records (late ones aside); the watermark pass at the batch's end
+        (on_watermark) matches them. Matching is in event-time order whatever the batch
+        boundaries, so passing once per batch, not before every record as windows close, gives
+        the same matches and timeouts, stamped with the batch's last offset."""
         if not batch:
             return []
         wms = self.clock.watermarks_for(batch)
-        out: Batch = []
+        out: Batch = []  # matches come from on_watermark
         skip, enc, entries, dirty, late = self.skip_below, self.key_encode, self.entries, \
             self.dirty, self.late
         record = None
+        closed = self.closed_through
         try:
             for record, w in zip(batch, wms, strict=True):
-                if w >= self.next_close:
-                    self._close(w, record[3] - 1, out)
                 k, v, t, o = record
                 if v is None or o < skip:
                     continue
@@ -120,7 +122,9 @@ class PatternOperator(KeyedWindows, DeferredInput):
                 if not e[DIRTY]:
                     e[DIRTY] = True
                     dirty.append(kb)
-                self._schedule(kb, e)
+                s = e[SCHED]  # the index must hold the key by its wake time (keyed.py)
+                if s is None or s <= closed or t < s:
+                    self._schedule(kb, e)
         except Exception as exc:
             raise self._failed(record, exc, batch=batch, out=out) from exc
         return out

@@ -38,6 +38,7 @@ class Cont:
     not_followed_by: tuple[Cond, ...] = ()
     guard: Cond | None = None  # leaving a greedy stage with room: its condition
     guard_next: bool = False  # ... whose inner contiguity is `next` (only e_{p+1} counts)
+    reads_match: bool = True  # some condition checked here reads `match`
 
 
 @dataclass
@@ -84,9 +85,10 @@ def compile_pattern(spec: PatternSpec, broadcast: BroadcastStates | None = None)
     stages = spec.stages
     positive = [s for s in stages if not s.negative]
     compiled: dict[str, Cond] = {s.name: _cond(s, broadcast) for s in stages}
+    reads = {s.name: reads_match(s.condition) for s in stages}
     prog = PatternProgram(
         names=[s.name for s in positive], conds=[compiled[s.name] for s in positive],
-        uses_match=[reads_match(s.condition) for s in positive],
+        uses_match=[reads[s.name] for s in positive],
         mins=[s.min for s in positive], maxs=[s.max for s in positive],
         within=spec.within, skip=_skip_mode(spec))
     if isinstance(spec.skip, SkipToStage):
@@ -99,15 +101,20 @@ def compile_pattern(spec: PatternSpec, broadcast: BroadcastStates | None = None)
         for c in (BELOW, ROOM, FULL):
             conts: list[Cont] = []
             if c != FULL:  # the stage again
-                conts.append(Cont(k, _CONTIGUITY[stage.inner or "followed_by"]))
+                conts.append(Cont(k, _CONTIGUITY[stage.inner or "followed_by"],
+                                  reads_match=reads[stage.name]))
             complete = False
             if c != BELOW:
                 guard = compiled[stage.name] if stage.greedy and c == ROOM else None
                 targets, complete, negs = _reachable(stages, at, compiled, prog.names)
                 for target, (nn, nf) in zip(targets, negs, strict=True):
-                    after = stages[stages.index(positive[target])].after or "followed_by"
+                    nxt = positive[target]
+                    after = nxt.after or "followed_by"
+                    between = stages[at + 1:stages.index(nxt)]
+                    uses = (reads[nxt.name] or (guard is not None and reads[stage.name])
+                            or any(reads[s.name] for s in between if s.negative))
                     conts.append(Cont(target, _CONTIGUITY[after], nn, nf, guard,
-                                      guard is not None and stage.inner == "next"))
+                                      guard is not None and stage.inner == "next", uses))
             per_class.append(conts)
             done.append(complete)
         prog.conts.append(per_class)
