@@ -97,7 +97,8 @@ def _check(tree: ast.AST, source: str, extra_names: frozenset[str]) -> None:
                 raise ExpressionError(f"name {node.id!r} is not allowed")
             if node.id not in allowed_names:
                 raise ExpressionError(
-                    f"unknown name {node.id!r} (available: key, value, timestamp and builtins "
+                    f"unknown name {node.id!r} (available: "
+                    f"{', '.join((*RECORD_NAMES, *sorted(extra_names)))} and builtins "
                     f"{', '.join(sorted(n for n in (*SAFE_BUILTINS, *TOPOLOGY_NAMES) if n[0].islower()))})"
                 )
 
@@ -150,11 +151,12 @@ def expression_builtins(fn: Callable[..., Any]) -> dict[str, Any]:
     return builtins
 
 
-def compile_expression(source: str, broadcast: BroadcastStates | None = None
-                       ) -> Callable[[Any, Any, int], Any]:
-    """Compile `source` into `f(key, value, timestamp)`; `broadcast` is its topology's."""
-    tree = parse_expression(source)
-    return compile_tree(tree.body, source, broadcast)
+def compile_expression(source: str, broadcast: BroadcastStates | None = None,
+                       args: tuple[str, ...] = RECORD_NAMES) -> Callable[..., Any]:
+    """Compile `source` into `f(key, value, timestamp)` (or `f(*args)`: steps that give their
+    expressions more names, e.g. `match` in a pattern); `broadcast` is its topology's."""
+    tree = parse_expression(source, frozenset(args) - set(RECORD_NAMES))
+    return compile_tree(tree.body, source, broadcast, args)
 
 
 def guarded_source(source: str) -> str:
@@ -164,25 +166,26 @@ def guarded_source(source: str) -> str:
     return ast.unparse(_Guard().visit(parse_expression(source).body))
 
 
-def compile_tree(body: ast.expr, source: str, broadcast: BroadcastStates | None = None
-                 ) -> Callable[[Any, Any, int], Any]:
+def compile_tree(body: ast.expr, source: str, broadcast: BroadcastStates | None = None,
+                 args: tuple[str, ...] = RECORD_NAMES) -> Callable[..., Any]:
     """Wrap a checked expression body in a lambda, with guarded operators, and compile it once.
 
     CPython's compiler raises SyntaxError for some trees the parser accepts (`*value` alone),
     and RecursionError for very deep ones: both are an invalid expression."""
     try:
-        return _compile(_Guard().visit(copy.deepcopy(body)), source, builtins_for(broadcast))
+        return _compile(_Guard().visit(copy.deepcopy(body)), source, builtins_for(broadcast), args)
     except SyntaxError as exc:
         raise ExpressionError(f"syntax error: {exc.msg}") from None
     except (ValueError, MemoryError, RecursionError):
         raise ExpressionError("expression is too deeply nested to compile") from None
 
 
-def _compile(body: ast.expr, source: str, builtins: dict[str, Any]) -> Callable[[Any, Any, int], Any]:
+def _compile(body: ast.expr, source: str, builtins: dict[str, Any],
+             args: tuple[str, ...] = RECORD_NAMES) -> Callable[..., Any]:
     lam = ast.Expression(
         body=ast.Lambda(
             args=ast.arguments(
-                posonlyargs=[], args=[ast.arg(arg=n) for n in RECORD_NAMES], vararg=None,
+                posonlyargs=[], args=[ast.arg(arg=n) for n in args], vararg=None,
                 kwonlyargs=[], kw_defaults=[], kwarg=None, defaults=[],
             ),
             body=body,

@@ -187,6 +187,21 @@ def _process_reasons(old: dict, new: dict) -> list[Reason]:
     return out
 
 
+def _pattern_reasons(old: dict, new: dict) -> list[Reason]:
+    if old["stages"] != new["stages"]:
+        return [Reason(Verdict.INCOMPATIBLE, "", "pattern stages changed: its partial matches "
+                       "refer to stages by position (drain them, or reset)")]
+    out = []
+    changed = sorted(n for n, c in new["conditions"].items() if old["conditions"].get(n) != c)
+    if changed:
+        out.append(Reason(Verdict.COMPATIBLE, "", f"conditions of {', '.join(changed)} changed: "
+                          "partial matches go on under the new ones"))
+    if old["within"] != new["within"]:
+        out.append(Reason(Verdict.COMPATIBLE, "", f"within {old['within']} ms -> "
+                          f"{new['within']} ms: partial matches expire by the new one"))
+    return out
+
+
 def store_reasons(old: StoreLayout, new: StoreLayout) -> list[Reason]:
     """Why the state of store `old` can (not) be read as `new` (the same store name)."""
     subject = f"store {new.store}"
@@ -217,6 +232,8 @@ def store_reasons(old: StoreLayout, new: StoreLayout) -> list[Reason]:
         out += _join_reasons(a, b)
     elif a["operator"] == "process":
         out += _process_reasons(a, b)
+    elif a["operator"] == "pattern":
+        out += _pattern_reasons(a, b)
     elif a.get("emit") != b.get("emit"):
         out.append(Reason(Verdict.COMPATIBLE, "", f"emit {a.get('emit')} -> {b.get('emit')}: "
                           "the accumulators are read as before"))

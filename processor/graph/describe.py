@@ -22,6 +22,8 @@ def describe_step(step: StepNode) -> str:
         text += " [repartition]" if step.sink.internal else ""
     if step.late:
         text += f" [late records to {step.late.topic}]"
+    if step.side:
+        text += f" [timeouts to {step.side.topic}]"
     if step.table:
         text += f" [{step.table.kind.replace('_', ' ')} {step.table.name} <- {step.table.topic}]"
     if step.on_error != "dlq":

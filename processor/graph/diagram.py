@@ -83,6 +83,8 @@ def build_diagram(topology: Topology) -> Diagram:
                     diagram.connect(node, diagram.topic(step.sink.topic, step.sink.internal))
                 if step.late:
                     diagram.connect(node, diagram.topic(step.late.topic), "late", dashed=True)
+                if step.side:
+                    diagram.connect(node, diagram.topic(step.side.topic), "timeouts", dashed=True)
                 if step.table:
                     diagram.connect(diagram.topic(step.table.topic), node,
                                     step.table.kind.replace("_", " "), dashed=True)

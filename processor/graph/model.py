@@ -98,6 +98,7 @@ class StepNode:
     store: StoreDef | None = None
     sink: TopicEnd | None = None
     late: TopicEnd | None = None  # where a window's late records go
+    side: TopicEnd | None = None  # a topic the step writes itself (a pattern's timeouts)
     on_error: str = "dlq"  # dlq | skip | fail for records this step fails on
     table: TableDef | None = None  # the table a join step reads
     # a stateful step: what decides how its store's bytes are read (graph/layout.py)
@@ -132,7 +133,8 @@ class SubTopology:
     @property
     def sinks(self) -> list[TopicEnd]:
         return ([s.sink for chain in self.chains for s in chain if s.sink]
-                + [s.late for chain in self.chains for s in chain if s.late])
+                + [s.late for chain in self.chains for s in chain if s.late]
+                + [s.side for chain in self.chains for s in chain if s.side])
 
     def build_chains(self, ctx: BuildContext) -> tuple[list[list[Operator]], dict[str, str]]:
         """The operators of every chain, and each operator's error policy by operator name."""

@@ -53,6 +53,13 @@ class Metrics:
                                     "Records behind every window's lateness bound (sent to the "
                                     "late topic or dropped, as the window says)", ["topic"],
                                     registry=r)
+        self.pattern_matches = Counter("processor_pattern_matches_total",
+                                       "Matches a pattern step emitted", ["topic", "step"],
+                                       registry=r)
+        self.pattern_timeouts = Counter("processor_pattern_timeouts_total",
+                                        "Partial matches a pattern step timed out (sent to its "
+                                        "timeouts topic or dropped)", ["topic", "step"],
+                                        registry=r)
         self.dead_letters = Counter("processor_dead_letter_records_total",
                                     "Records that failed and went to the dead-letter topic "
                                     "(on_error: dlq)", ["topic", "step", "error"], registry=r)

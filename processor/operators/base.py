@@ -14,6 +14,7 @@ runtime/serving/queries.py for Queryable), never by probing attributes:
       RoutingOperator         ends its chain; leaves one batch per case in `routed` (branch)
       StatefulOperator        a store: bind, flush, committed, discard
         TimedOperator         event time: on_watermark, `late` (+ `late_sink`)
+          + DeferredInput     buffers input: `failed` records, `timeouts` (+ `timeout_sink`)
           ProcessingTimeOperator   wall-clock timers: on_processing_time
     Queryable                 (mixin) answers point lookups on its committed store
 
@@ -143,6 +144,19 @@ class TimedOperator(StatefulOperator):
     def pending(self) -> dict[str, int]:
         """What the committed store still holds open, by kind (windows; timers per time
         domain): read after a commit, when a bounded run ends (runtime/open_work.py)."""
+
+
+class DeferredInput(ABC):
+    """Mixin of a timed step that buffers its input and runs user code on it later, when the
+    watermark passes it (a pattern). A record failing then is reported in `failed` (StepFailed
+    with the record's coordinates, index -1: it changed nothing), and the step's own outputs to
+    a topic of its own (a pattern's timeouts) wait in `timeouts` for `timeout_sink` (None:
+    dropped, counted). The task drains both after each call, like `late`."""
+
+    failed: list[StepFailed]
+    timeouts: Batch
+    timeout_sink: Callable[[Batch], None] | None = None
+    matches = 0  # matches emitted since the task last drained (metrics)
 
 
 class ProcessingTimeOperator(TimedOperator):

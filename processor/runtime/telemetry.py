@@ -73,6 +73,10 @@ class Telemetry:
                                else self.metrics.skipped_records)
                     counter.labels(task.topic, step, error).inc(n)
                 task.failures.clear()
+            for step, (matches, timeouts) in task.pattern_counts.items():
+                self.metrics.pattern_matches.labels(task.topic, step).inc(matches)
+                self.metrics.pattern_timeouts.labels(task.topic, step).inc(timeouts)
+            task.pattern_counts.clear()
             if task.late_records:
                 self.metrics.late_records.labels(task.topic).inc(task.late_records)
                 task.late_records = 0

@@ -20,6 +20,7 @@ from processor.spec.steps import (
     BranchCase,
     BranchStep,
     IntervalJoinStep,
+    PatternStep,
     ProcessStep,
     ReconcileStep,
     ToStep,
@@ -75,6 +76,10 @@ def _writes(loaded: LoadedSpec) -> list[_Write]:
             elif isinstance(step, WindowStep) and isinstance(step.window.late, SinkSpec):
                 written.append((step.window.late.topic, (*path, "window", "late"),
                                 "sends late records to"))
+            elif isinstance(step, PatternStep):
+                for what, end in (("late", step.pattern.late), ("timeouts", step.pattern.timeouts)):
+                    if isinstance(end, SinkSpec):
+                        written.append((end.topic, (*path, "pattern", what), f"sends {what} to"))
             elif isinstance(step, IntervalJoinStep | ReconcileStep):
                 others = ([step.interval_join.with_] if isinstance(step, IntervalJoinStep)
                           else step.reconcile.with_)

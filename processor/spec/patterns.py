@@ -13,6 +13,7 @@ checks the expressions and stage references).
 from __future__ import annotations
 
 import re
+from itertools import pairwise
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -184,7 +185,7 @@ class PatternSpec(Strict):
         if stages[0].after is not None:
             raise ValueError(f"stage {stages[0].name!r} is the first: nothing comes before it, "
                              "so `after` does not apply")
-        for a, b in zip(stages, stages[1:], strict=False):
+        for a, b in pairwise(stages):
             if a.negative and b.negative:
                 raise ValueError(f"stages {a.name!r} and {b.name!r}: two negative stages in a "
                                  "row; put both conditions in one")

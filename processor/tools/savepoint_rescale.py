@@ -48,7 +48,8 @@ _WINDOW_KEYS = {"tumbling": fixed.STORE_KEYS, "hopping": fixed.STORE_KEYS,
                 "sliding": keyed.STORE_KEYS, "session": keyed.STORE_KEYS,
                 "count": count.STORE_KEYS}
 _OPERATOR_KEYS = {"aggregate": aggregate.STORE_KEYS, "process": process.STORE_KEYS,
-                  "interval_join": process.STORE_KEYS, "reconcile": process.STORE_KEYS}
+                  "interval_join": process.STORE_KEYS, "reconcile": process.STORE_KEYS,
+                  "pattern": keyed.STORE_KEYS}
 
 
 def store_keys(layout: StoreLayout) -> StoreKeys:

@@ -6,10 +6,11 @@ A new step kind is a spec model (spec/steps.py), an operator, and a factory regi
 from typing import Any
 
 from processor.graph.scope import StepKind
-from processor.graph.steps import aggregate, branch, joins, stateless, timed
+from processor.graph.steps import aggregate, branch, joins, pattern, stateless, timed
 
 KINDS: dict[type[Any], StepKind] = {
-    **stateless.KINDS, **aggregate.KINDS, **timed.KINDS, **joins.KINDS, **branch.KINDS,
+    **stateless.KINDS, **aggregate.KINDS, **timed.KINDS, **joins.KINDS, **pattern.KINDS,
+    **branch.KINDS,
 }
 
 __all__ = ["KINDS"]

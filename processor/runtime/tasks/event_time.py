@@ -5,7 +5,8 @@ repartition input's is the minimum over its upstream partitions, which report th
 (decode.py reads the reports). After each batch the timed operators (operators/base.py
 TimedOperator) close what the watermark passed and fire due event-time timers; between
 batches processing-time timers fire and an input partition without records for its
-`idle_timeout` goes idle. Late records are drained after each of these calls. A task feeding
+`idle_timeout` goes idle. Late records (and a pattern's timeouts and failed buffered records)
+are drained after each of these calls. A task feeding
 a repartition topic forwards its watermark there (None while idle) whenever it changes.
 
 The results of a firing run down the chain after the operator that fired: the task passes
@@ -23,7 +24,7 @@ import orjson
 
 from processor.graph import BuildContext, SubTopology
 from processor.operators import Batch, StepFailed
-from processor.operators.base import ProcessingTimeOperator, TimedOperator
+from processor.operators.base import DeferredInput, ProcessingTimeOperator, TimedOperator
 from processor.operators.sink import EmitFailed
 from processor.runtime.tasks.chains import StepAt
 from processor.runtime.tasks.failures import FailureHandler
@@ -57,6 +58,8 @@ class EventTime:
         self.failures = failures
         self.run_after = run_after
         self.count_late = count_late
+        # pattern step -> [matches, timeouts] since the worker last exported them
+        self.pattern_counts: dict[str, list[int]] = {}
         # this partition's watermark, or the minimum over the upstream partitions
         self.watermark: PartitionWatermark | UpstreamWatermarks = (
             UpstreamWatermarks(sum(ctx.partitions_of(t) for t in src.upstream_topics))
@@ -183,6 +186,8 @@ class EventTime:
     def _drain_late(self) -> None:
         for step in self.timed:
             op = step.op
+            if isinstance(op, DeferredInput):
+                self._drain_deferred(step, op)
             late = op.late
             if late:
                 sink = op.late_sink
@@ -198,6 +203,27 @@ class EventTime:
                         pending = pending[exc.index + 1:]
                 self.count_late(len(late))
                 late.clear()
+
+    def _drain_deferred(self, step: StepAt[TimedOperator], op: DeferredInput) -> None:
+        """Buffered input that failed when its time came goes to the step's policy; the
+        step's timeouts go to its timeout topic (a record that cannot be written, too)."""
+        counts = self.pattern_counts.setdefault(op.name, [0, 0])
+        counts[0] += op.matches
+        counts[1] += len(op.timeouts)
+        op.matches = 0
+        failed, op.failed = op.failed, []
+        for exc in failed:
+            self.failures.step_failed(exc, input_record=False, chain=step.chain)
+        pending, op.timeouts = op.timeouts, []
+        sink = op.timeout_sink
+        while sink is not None and pending:
+            try:
+                sink(pending)
+                break
+            except EmitFailed as exc:
+                self.failures.step_failed(StepFailed(step.op.name, pending[exc.index], exc.cause),
+                                          input_record=False, chain=step.chain)
+                pending = pending[exc.index + 1:]
 
     def _forward(self) -> bool:
         if not self.forwarders:

@@ -303,6 +303,11 @@ class Task:
         """The task's current watermark (NO_WATERMARK before any event time)."""
         return self.clock.current
 
+    @property
+    def pattern_counts(self) -> dict[str, list[int]]:
+        """Per pattern step, [matches, timeouts] since the worker last exported (and cleared) it."""
+        return self._time.pattern_counts
+
     def silent_upstream(self) -> list[str]:
         """The upstream partitions (topic[partition]) a repartition input never heard from:
         they hold its watermark at its start (e.g. right after a restore)."""

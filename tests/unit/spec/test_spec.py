@@ -119,7 +119,7 @@ def test_unknown_step_kind():
     err = only_error(text)
     assert (err.line, err.path) == (12, "pipelines[0].steps[1]")
     assert ("one of: filter, map, flat_map, key_by, window, aggregate, process, python, join, "
-            "interval_join, reconcile, branch, to") in err.message
+            "interval_join, reconcile, pattern, branch, to") in err.message
 
 
 def test_step_with_two_kinds_is_rejected():

@@ -20,7 +20,8 @@ WITH_TESTS = sorted(p for p in TOPOLOGIES.glob("*.yaml")
                     and (TOPOLOGIES / p.name.replace(".yaml", ".test.yaml")).exists())
 
 
-EXAMPLES = {"clean_orders", "failed_logins", "fraud_detection", "gmv_dashboard",
+EXAMPLES = {"card_testing", "clean_orders", "failed_logins", "failed_logins_pattern",
+            "fraud_detection", "gmv_dashboard",
             "reconciliation", "revenue_per_user", "user_sessions"}
 
 

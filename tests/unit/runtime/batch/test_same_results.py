@@ -125,6 +125,29 @@ def logins(rng: random.Random, users: int = 30, n: int = 4000) -> list[dict[str,
     return rows
 
 
+def card_payments(rng: random.Random, cards: int = 40, n: int = 3000) -> list[dict[str, Any]]:
+    """A payment every 200 ms: mostly ordinary amounts, now and then a card tested with 2-5
+    tiny payments and then (or not) used for a large one; jitter within the 5 s bound; a few
+    payments hours late (the late topic in every run)."""
+    rows = []
+    plan: dict[str, list[float]] = {}
+    for i in range(n):
+        now = T0 + i * 200
+        card = f"c{rng.randrange(cards)}"
+        if not plan.get(card) and rng.random() < 0.05:
+            plan[card] = [rng.choice((0.5, 1.0, 1.5, 2.0)) for _ in range(rng.randrange(2, 6))]
+            if rng.random() < 0.7:
+                plan[card].append(rng.choice((250.0, 480.0, 900.0)))
+        amount = plan[card].pop(0) if plan.get(card) else rng.choice((5.0, 12.5, 40.0, 150.0))
+        ts = now - rng.randrange(0, 4_000)
+        if i > 500 and rng.random() < 0.01:
+            ts = now - rng.randrange(3_600_000, 7_200_000)
+        status = "declined" if rng.random() < 0.03 else "approved"
+        rows.append({"card": card, "amount": amount, "status": status,
+                     "merchant": f"m{rng.randrange(12)}", "ts": ts})
+    return rows
+
+
 def orders_revenue(rng: random.Random, n: int = 3000) -> list[dict[str, Any]]:
     """Orders keyed by order id for 40 users, each mostly from a home country; some cancelled
     or zero (filtered out); timestamps slightly disordered (no window: never late)."""
@@ -269,6 +292,25 @@ def test_failed_logins(tmp_path: Path, partitions: int) -> None:
                          ["login-alerts"], partitions, seed=3)
     assert_same(batch, stream)
     assert len(stream["login-alerts"]) > 20
+
+
+@pytest.mark.parametrize("partitions", PARTITIONS)
+def test_failed_logins_pattern(tmp_path: Path, partitions: int) -> None:
+    rows = logins(random.Random(16))
+    batch, stream = both("failed_logins_pattern.yaml", tmp_path, {"logins": (rows, "user")},
+                         ["login-alerts"], partitions, seed=3)
+    assert_same(batch, stream)
+    assert len(stream["login-alerts"]) > 20
+
+
+@pytest.mark.parametrize("partitions", PARTITIONS)
+def test_card_testing(tmp_path: Path, partitions: int) -> None:
+    rows = card_payments(random.Random(16))
+    batch, stream = both("card_testing.yaml", tmp_path, {"payments": (rows, "card")},
+                         ["card-testing-alerts", "card-testing-watch-list", "card-payments-late"],
+                         partitions, seed=6)
+    assert_same(batch, stream)
+    assert len(stream["card-testing-alerts"]) > 10
 
 
 @pytest.mark.parametrize("partitions", PARTITIONS)
