@@ -43,6 +43,8 @@ class PatternOperator(KeyedWindows, DeferredInput):
     """Matches a compiled pattern per key. Shares the keyed windows' end index and lifecycle
     (bind, flush, committed, discard); it is no aggregate, so it sets their fields itself."""
 
+    rescan = 0  # a record at the last pass's watermark is not late: its key wakes at that time
+
     def __init__(self, name: str, store_name: str, prog: PatternProgram,
                  key_encode: Callable[[Any], bytes | None], key_decode: Callable[[bytes], Any],
                  clock: Clock, cache_max_entries: int = 100_000) -> None:

@@ -166,6 +166,7 @@ class EndIndexed(WindowOperator):
     def _open_range(self) -> tuple[bytes, bytes]:
         return self.prefix, self.prefix_end
     end_shift = 0  # reported window_end = internal end - end_shift (sliding windows: 1)
+    rescan = 1  # the store scan starts at closed_through + rescan (0: an end can equal it later)
 
     def _reset(self) -> None:
         self.buckets: dict[int, dict[bytes, Any]] = {}  # end -> {key bytes: entry}
@@ -213,7 +214,7 @@ class EndIndexed(WindowOperator):
         if bound >= self.so_next:
             lo = self.prefix
             if self.closed_through >= _MIN_TS:
-                lo += pack_ts(self.closed_through + 1)
+                lo += pack_ts(self.closed_through + self.rescan)
             nxt = INF
             for skey, raw in self.store.range(lo, self.prefix_end):
                 end = unpack_ts(skey[1:9])
