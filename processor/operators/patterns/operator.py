@@ -66,6 +66,13 @@ class PatternOperator(KeyedWindows, DeferredInput):
         self.skip_below = -1
         self._reset()
 
+    def discard(self) -> None:
+        """Forget uncommitted work, undrained timeouts and failures included."""
+        super().discard()
+        self.timeouts.clear()
+        self.failed.clear()
+        self.matches = 0
+
     def _empty(self) -> list[Any]:
         return new_state()
 
