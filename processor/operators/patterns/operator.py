@@ -80,8 +80,10 @@ class PatternOperator(KeyedWindows, DeferredInput):
         return wake_time(state, self.within)
 
     def pending(self) -> dict[str, int]:
-        return {"keys with partial matches or buffered events":
-                sum(1 for _ in self.store.range(self.prefix, self.prefix_end))} if self.store else {}
+        """Keys with buffered events or partial matches, under the kind the runtime's bounded-run
+        report counts (runtime/tasks/open_work.py PATTERN_KEYS)."""
+        return {"pattern keys": sum(1 for _ in self.store.range(self.prefix, self.prefix_end))
+                } if self.store else {}
 
     def read(self, store: Any, kb: bytes) -> dict[str, Any]:
         """A key's committed matcher state (queryable): its buffer and partial matches."""
