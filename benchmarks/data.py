@@ -17,6 +17,8 @@ from processor.tools.generator import create_topic, produce_json_to
 
 # event time of the order_payment input: orders 10 ms apart; each payment within [-1m, +5m]
 PAYMENT_OFFSET_MS = (-60_000, 300_000)
+# event types of the user_events input (the pattern scenario's a -> b -> c)
+EVENT_TYPES, EVENT_WEIGHTS = ("a", "b", "c", "x"), (25, 25, 10, 40)
 
 
 def sample_customers(n: int, *, seed: int = 11) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -51,6 +53,14 @@ def generate(kind: str, n: int, keys: int) -> Iterator[tuple[str, dict[str, Any]
         for i, (_, o) in enumerate(sample_orders(n, users=keys)):
             o["ts"] = 1_700_000_000_000 + i
             yield o["user"], o
+    elif kind == "user_events":  # the pattern's input: event types a/b/c/other, 1 ms apart
+        import random
+
+        rng = random.Random(7)
+        types = rng.choices(EVENT_TYPES, EVENT_WEIGHTS, k=n)
+        for i, (_, o) in enumerate(sample_orders(n, users=keys)):
+            yield o["user"], {"user": o["user"], "type": types[i], "amount": o["amount"],
+                              "ts": 1_700_000_000_000 + i}
     elif kind == "order":
         yield from sample_orders(n, users=keys)
     elif kind == "unique":

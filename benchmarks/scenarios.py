@@ -22,7 +22,8 @@ class Scenario:
     topology: Path
     # input generator (see `generate`): "user": keyed by user id; "order": keyed by order id;
     # "unique": one key per record; "customer": transactions keyed by customer id;
-    # "order_payment": orders and payments keyed by order id (two input topics)
+    # "order_payment": orders and payments keyed by order id (two input topics);
+    # "user_events": typed events (a, b, c, other) keyed by user id, event time 1 ms apart
     keys: str
     description: str
     targets: dict[str, tuple[str, float]] = field(default_factory=dict)  # guarantee|* -> (metric, min)
@@ -53,6 +54,10 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("session", BENCH / "topologies" / "session_totals.yaml", "user_dense",
              "session windows (2 s gap) count()+sum() per user, emit final, event time 1 ms apart",
              {"exactly_once": ("records_per_s", 50_000)}, latency=False),
+    Scenario("pattern", BENCH / "topologies" / "pattern_3stage.yaml", "user_events",
+             "3-stage pattern a -> b -> c (followed_by, within 10 s) per user, event time 1 ms "
+             "apart; matches to a sink, timeouts to their topic",
+             {"exactly_once": ("records_per_s", 50_000)}),
     Scenario("enrichment_join", BENCH / "topologies" / "enrichment_join.yaml", "customer",
              "transactions keyed by customer id, left join with a `table` of customers "
              "(co-partitioned, bootstrapped before the first record), sink",

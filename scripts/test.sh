@@ -30,7 +30,7 @@ run_pytest() {
 lane="${PROCESSOR_TEST_KAFKA:-apache}"
 echo "== pytest: the whole suite on ${KAFKA_BOOTSTRAP_SERVERS:-$lane}"
 rc=0
-PROCESSOR_TEST_KAFKA="$lane" run_pytest -q "$@" || rc=$?
+PROCESSOR_TEST_KAFKA="$lane" run_pytest -q --durations=25 "$@" || rc=$?
 if [[ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" && "$lane" != "tansu" ]]; then
     echo "== pytest: Tansu lane (embedded broker, classic group protocol)"
     PROCESSOR_TEST_KAFKA=tansu run_pytest -q tests/integration/test_end_to_end.py || rc=$?

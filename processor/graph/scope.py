@@ -297,3 +297,13 @@ class Scope:
             return streams
         one = self.repartition(path, streams, label, policy, partitions_like=partitions_like)
         return None if one is None else [one]
+
+    def keyed_node(self, at: StepAt, streams: list[Stream], label: str,
+                   make: Callable[[Stream], StepNode | None]) -> list[Stream] | None:
+        """A stateful step over one task per key: repartition first if needed (`label` names
+        the repartition topic), then the node `make` builds on the resulting stream."""
+        one = self.one_task_per_key(at.path, streams, label, self.policy(at.step, at.following))
+        if one is None:
+            return None
+        node = make(one[0])
+        return one if node is None else append_node(one, node, self.policy(at.step))

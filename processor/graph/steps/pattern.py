@@ -12,7 +12,7 @@ from __future__ import annotations
 from processor.errors import ExpressionError
 from processor.expressions import parse_expression
 from processor.graph.model import BuildContext, StepNode, TopicEnd
-from processor.graph.scope import Scope, StepAt, StepKind, Stream, append_node, auto_name
+from processor.graph.scope import Scope, StepAt, StepKind, Stream, auto_name
 from processor.operators.base import Operator
 from processor.operators.patterns import build_pattern_operator
 from processor.operators.patterns.program import COND_ARGS, SELECT_ARGS, stage_refs
@@ -25,12 +25,8 @@ from processor.timeutil.watermark import Clock
 
 def pattern_step(scope: Scope, at: StepAt, streams: list[Stream]) -> list[Stream] | None:
     spec = at.step.pattern
-    one = scope.one_task_per_key(at.path, streams, spec.store or auto_name("pattern", at.path),
-                                 scope.policy(at.step, at.following))
-    if one is None:
-        return None
-    node = _pattern_node(scope, at, one[0])
-    return one if node is None else append_node(one, node, scope.policy(at.step))
+    return scope.keyed_node(at, streams, spec.store or auto_name("pattern", at.path),
+                            lambda stream: _pattern_node(scope, at, stream))
 
 
 def _checked(scope: Scope, path: PathT, spec: PatternSpec) -> bool:

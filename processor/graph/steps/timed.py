@@ -115,12 +115,8 @@ def _window_node(scope: Scope, path: PathT, step: WindowStep, following: Aggrega
 
 def process_step(scope: Scope, at: StepAt, streams: list[Stream]) -> list[Stream] | None:
     spec = at.step.process
-    one = scope.one_task_per_key(at.path, streams, spec.store or auto_name("process", at.path),
-                                 scope.policy(at.step, at.following))
-    if one is None:
-        return None
-    node = _process_node(scope, at, one[0])
-    return one if node is None else append_node(one, node, scope.policy(at.step))
+    return scope.keyed_node(at, streams, spec.store or auto_name("process", at.path),
+                            lambda stream: _process_node(scope, at, stream))
 
 
 def _process_node(scope: Scope, at: StepAt, stream: Stream) -> StepNode | None:

@@ -68,6 +68,13 @@ class PatternOperator(KeyedWindows, DeferredInput):
         self.skip_below = -1
         self._reset()
 
+    def discard(self) -> None:
+        """Forget uncommitted work, undrained timeouts and failures included."""
+        super().discard()
+        self.timeouts.clear()
+        self.failed.clear()
+        self.matches = 0
+
     def _empty(self) -> list[Any]:
         return new_state()
 
@@ -75,8 +82,10 @@ class PatternOperator(KeyedWindows, DeferredInput):
         return wake_time(state, self.within)
 
     def pending(self) -> dict[str, int]:
-        return {"keys with partial matches or buffered events":
-                sum(1 for _ in self.store.range(self.prefix, self.prefix_end))} if self.store else {}
+        """Keys with buffered events or partial matches, under the kind the runtime's bounded-run
+        report counts (runtime/tasks/open_work.py PATTERN_KEYS)."""
+        return {"pattern keys": sum(1 for _ in self.store.range(self.prefix, self.prefix_end))
+                } if self.store else {}
 
     def read(self, store: Any, kb: bytes) -> dict[str, Any]:
         """A key's committed matcher state (queryable): its buffer and partial matches."""

@@ -32,6 +32,10 @@ class Holdback:
         return f"{self.partition} {where}{ahead}"
 
 
+PATTERN_KEYS = "pattern keys"
+"""The kind a pattern step reports its open keys under (operators/patterns/operator.py)."""
+
+
 class HasOpenWork(Protocol):
     def open_work(self) -> tuple[dict[str, dict[str, int]], list[Holdback]]: ...
 
@@ -52,14 +56,24 @@ class OpenWork:
         return sum(n for p in self.pending.values() for k, n in p.items() if k.endswith("timers"))
 
     @property
+    def pattern_keys(self) -> int:
+        """Keys of pattern steps still buffering events or holding partial matches."""
+        return sum(p.get(PATTERN_KEYS, 0) for p in self.pending.values())
+
+    @property
     def empty(self) -> bool:
-        return not self.windows and not self.timers and not self.held_back_by
+        return (not self.windows and not self.timers and not self.pattern_keys
+                and not self.held_back_by)
 
     def _headline(self) -> str:
         if self.empty:
             return "bounded run ended with nothing open"
-        return (f"bounded run ended with {self.windows} window{'s' * (self.windows != 1)} open "
+        text = (f"bounded run ended with {self.windows} window{'s' * (self.windows != 1)} open "
                 f"and {self.timers} timer{'s' * (self.timers != 1)} pending")
+        if self.pattern_keys:
+            text += (f", {self.pattern_keys} pattern key{'s' * (self.pattern_keys != 1)} with "
+                     "buffered events or partial matches")
+        return text
 
     def message(self) -> str:
         """One line: what stayed open and what holds it."""
@@ -72,6 +86,7 @@ class OpenWork:
     def fields(self) -> dict[str, Any]:
         """The structured form, for the log record's fields."""
         return {"open_windows": self.windows, "pending_timers": self.timers,
+                "open_pattern_keys": self.pattern_keys,
                 "pending_by_step": self.pending,
                 "watermark_held_back_by": [
                     {"partition": h.partition, "watermark": h.watermark, "others": h.others}

@@ -104,3 +104,22 @@ def test_timeouts_and_late_records_go_to_their_topics():
         assert _counts(driver) == [0, 2]
     finally:
         driver.close()
+
+
+def shape(key, match, start, end):
+    """A python `select`: called as fn(key, match, start, end)."""
+    return {"card": key, "small": [e["amount"] for e in match["small"]], "span_ms": end - start}
+
+
+def test_a_python_select_shapes_each_match():
+    text = BASE.replace("          store: cards\n", "          store: cards\n          select: "
+                        "{python: \"tests.unit.graph.test_pattern_step:shape\"}\n")
+    driver = _driver(text)
+    try:
+        for amount, ts in [(1, 1000), (0.5, 2000), (1.5, 2500), (300, 4000), (9, 30_000)]:
+            driver.pipe("payments", "c1", {"amount": amount, "kind": "pay", "ts": ts}, ts)
+        driver.run()
+        assert [(a["key"], a["value"], a["timestamp"]) for a in driver.output("alerts")] == [
+            ("c1", {"card": "c1", "small": [1, 0.5, 1.5], "span_ms": 3000}, 4000)]
+    finally:
+        driver.close()

@@ -76,6 +76,19 @@ pipelines:
       - interval_join: {with: other, key: "value['user']", before: 1h, after: 1h, store: matched}
       - to: {topic: joined, partitions: 1}
   - from: events
+    name: patterns
+    steps:
+      - key_by: "value['user']"
+      - pattern:
+          stages:
+            - {name: even, where: "value['i'] % 2 == 0"}
+            - {name: third, where: "value['i'] % 3 == 0"}
+          within: 1h
+          timeouts: drop
+          late: drop
+          store: patterns
+      - to: {topic: patterned, partitions: 1}
+  - from: events
     name: groups
     steps:
       - key_by: "value['user']"
@@ -85,7 +98,7 @@ pipelines:
 USERS = [f"user-{i}" for i in range(12)]
 FAMILIES = {"totals": {"<key>"}, "tumbles": {"W", "M"}, "sessions": {"K", "E", "M"},
             "slides": {"K", "E", "M"}, "counts": {"C"}, "proc": {"s", "t"},
-            "matched": {"s", "t"}, "groups": {"s", "t"}}
+            "matched": {"s", "t"}, "groups": {"s", "t"}, "patterns": {"K", "E", "M"}}
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +152,7 @@ def _entries(found: dict[int, list[tuple[bytes, bytes]]]):
 
 def test_state_moves_to_the_partition_of_its_key_and_bookkeeping_merges(stores) -> None:
     layouts, found = stores
-    for name in ("tumbles", "sessions", "proc", "groups"):
+    for name in ("tumbles", "sessions", "proc", "groups", "patterns"):
         entries = _entries(found[name])
         for new in (8, 2):
             move = plan_store(layouts[name], 3, new, entries)
@@ -149,7 +162,7 @@ def test_state_moves_to_the_partition_of_its_key_and_bookkeeping_merges(stores) 
             assert len(data) == sum(1 for e in found[name].values() for k, _ in e
                                     if keys.record_key(k) is not None)
             assert all(partition_for(keys.record_key(k), new) == q for q, k in data)
-            if name in ("tumbles", "sessions"):  # one merged M in every new partition
+            if name in ("tumbles", "sessions", "patterns"):  # one merged M in every new partition
                 ms = {q: v for q, k, v in moved if k == b"M"}
                 assert set(ms) == set(range(new))
                 assert {orjson.loads(v) for v in ms.values()} == {max(

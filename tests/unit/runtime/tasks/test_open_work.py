@@ -11,10 +11,12 @@ import orjson
 import pytest
 
 from processor.graph import BuildContext, build_topology
+from processor.operators.patterns import build_pattern_operator
 from processor.operators.process import ProcessFunction
 from processor.runtime.tasks.open_work import Holdback, OpenWork, collect, format_time
 from processor.runtime.tasks.task import Task, TaskState
 from processor.spec import load_spec_text
+from processor.spec.patterns import PatternSpec
 from processor.state import RocksStore
 from processor.timeutil.watermark import Clock
 from tests.unit.operators.windows.test_windows import FAST, STRING, Harness, window_spec
@@ -186,5 +188,39 @@ def test_process_function_counts_committed_timers_per_domain(tmp_path: Path) -> 
         store.apply(writes, {})
         op.committed()
         assert op.pending() == {"event_time timers": 3, "processing_time timers": 3}
+    finally:
+        store.close()
+
+
+def test_open_pattern_keys_are_counted_and_named():
+    report = OpenWork({"pipelines[0].steps[0]": {"pattern keys": 3}})
+    assert not report.empty and report.pattern_keys == 3
+    assert report.message() == ("bounded run ended with 0 windows open and 0 timers pending, "
+                                "3 pattern keys with buffered events or partial matches")
+    assert report.fields()["open_pattern_keys"] == 3
+    assert "  step pipelines[0].steps[0]: 3 pattern keys" in report.render().splitlines()
+
+
+def test_a_pattern_step_counts_its_committed_open_keys(tmp_path: Path) -> None:
+    spec = PatternSpec.model_validate({
+        "stages": [{"name": "a", "where": "value == 1"}, {"name": "b", "where": "value == 2"}],
+        "within": 100, "timeouts": "drop", "late": "drop"})
+    store = RocksStore(tmp_path / "s")
+    clock = Clock()
+    op = build_pattern_operator("p", "st", spec, STRING.encode, STRING.decode, clock)
+    try:
+        op.bind(store)
+        clock.set_batch([0, 1, 2], [0, 0, 0], 10)
+        op.process([("a", 1, 5, 0), ("b", 1, 6, 1), ("c", 3, 20, 2)])  # c: buffered
+        op.on_watermark(10, 2)
+        _, writes = op.flush()
+        store.apply(writes, {})
+        op.committed()
+        assert op.pending() == {"pattern keys": 3}
+        op.on_watermark(1 << 62, 2)  # the end of a bounded run: everything expires
+        _, writes = op.flush()
+        store.apply(writes, {})
+        op.committed()
+        assert op.pending() == {"pattern keys": 0}
     finally:
         store.close()
