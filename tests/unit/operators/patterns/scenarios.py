@@ -144,7 +144,8 @@ def streams(draw: Any) -> dict[str, Any]:
         counts[key] += 1
         now += rng.randint(0, step) + (rng.randint(5, 30) if rng.random() < 0.08 else 0)
         lag = rng.randint(0, disorder) * (3 if rng.random() < 0.1 else 1) if rng.random() < 0.5 else 0
-        records.append((key, {"x": rng.randint(0, 6)}, now - lag, i))
+        value = None if rng.random() < 0.04 else {"x": rng.randint(0, 6)}  # None: a tombstone
+        records.append((key, value, now - lag, i))
     cut = draw(st.sampled_from([0.1, 0.3, 0.7]))
     batches: list[list[Any]] = [[]]
     for record in records:

@@ -140,6 +140,8 @@ def expected(spec: PatternSpec, conds: dict[str, Cond], sc: dict[str, Any]
     per_key: dict[Any, list[tuple[Any, int, int]]] = defaultdict(list)
     late = []
     for record, w in zip(sc["records"], before, strict=True):
+        if record[1] is None:  # a tombstone is no event (README, Patterns: Event time)
+            continue
         per_key[record[0]].append((record[1], record[2], w))
         if record[2] < w:
             late.append((record, 0, 0, w))
