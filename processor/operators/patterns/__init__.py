@@ -27,7 +27,8 @@ A *match* is a valid candidate in which every positive stage has its minimum; it
 its last event.
 
 Emission and skipping. Events are processed one by one. At event i, every match completing
-at i is taken in order (first index, then the index sequence lexicographically) and emitted
+at i is taken in order (first index, then the index sequence lexicographically, then the
+stage sequence: for the same events an earlier stage first) and emitted
 unless its first index is below the skip point q (initially 0). After each emission q rises
 to max(q, point): no_skip: no change; past_last_event (default): last index + 1;
 to_next: first index + 1; to_first S / to_last S: the first / last index of stage S in the
@@ -44,7 +45,8 @@ greedy - the continuations leaving a greedy stage, by an event the stage could t
 condition is evaluated under ctx = P's pairs. P *expires* at ts(first) + within: it is reported
 as a timeout if, considering the events with timestamp below that, some continuation is
 unblocked and its first index is at least q (q as it stands after those events). A candidate
-that is a match is never a timeout, even if it could still grow.
+that is a match is never a timeout, even if it could still grow. Timeouts go out in the order
+of their expiry, then as matches do.
 
 Time. Nothing above depends on when events arrive within the watermark bound: the operator
 buffers each key's events and processes them in (timestamp, arrival) order once the watermark

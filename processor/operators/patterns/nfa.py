@@ -18,7 +18,6 @@ whose expression raises is reported (`failed`) and leaves the state as if it nev
 from __future__ import annotations
 
 from collections.abc import Callable
-from operator import itemgetter
 from typing import Any
 
 from processor.operators.patterns.program import (
@@ -37,7 +36,13 @@ MATCH, TIMEOUT = 0, 1
 Output = tuple[int, Any, int]  # (MATCH | TIMEOUT, value, timestamp)
 Failure = tuple[list[Any], Exception]  # (the buffer entry, what it raised)
 _EMPTY: dict[str, list[Any]] = {}
-_BY_START = itemgetter(0)
+
+
+def _order(run: list[Any]) -> tuple[Any, ...]:
+    """Runs go out by first ts (= expiry order), first index, index sequence, then stages
+    (for the same events, an earlier stage first)."""
+    pairs = run[PAIRS]
+    return run[FIRST_TS], run[FIRST], [p[1] for p in pairs], [p[0] for p in pairs]
 
 
 def new_state() -> list[Any]:
@@ -119,7 +124,7 @@ class Matcher:
         state[RUNS] = [r for r in runs if r[FIRST_TS] + within > through]
         prog = self.prog
         live = [r for r in gone if not prog.complete[r[STAGE]][prog.count_class(r[STAGE], r[COUNT])]]
-        live.sort(key=lambda r: (r[FIRST_TS], r[FIRST], [p[1] for p in r[PAIRS]]))
+        live.sort(key=_order)
         for r in live:
             pairs = r[PAIRS]
             expired = r[FIRST_TS] + within
@@ -211,7 +216,7 @@ class Matcher:
         returns the new skip point."""
         prog = self.prog
         if len(done) > 1:
-            done.sort(key=lambda r: (r[FIRST], [p[1] for p in r[PAIRS]]))
+            done.sort(key=_order)
         skip, target = prog.skip, prog.skip_stage
         for run in done:
             if run[FIRST] < q:
