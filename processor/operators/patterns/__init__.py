@@ -48,6 +48,16 @@ unblocked and its first index is at least q (q as it stands after those events).
 that is a match is never a timeout, even if it could still grow. Timeouts go out in the order
 of their expiry, then as matches do.
 
+A trailing negative stage. A pattern may end with a `not_followed_by` stage N (never with
+`not_next`). Its candidates with every positive stage at its minimum are then *pending*: such a
+candidate P becomes a match at its expiry, ts(first) + within, if no event j after last(P)
+with ts(j) < ts(first) + within satisfies N under ctx = P's pairs, and is emitted then: after
+every event with a smaller timestamp, before any event at or after its expiry; matches of one
+expiry go out in the order above, then that expiry's timeouts; the skip rule applies as for
+any match (q rises; candidates, pending ones included, starting below q are gone). A pending
+candidate whose N occurred is no match; it times out as a partial match if it can still grow
+(and is not reported otherwise). A pending match's record has timestamp ts(first) + within - 1.
+
 Time. Nothing above depends on when events arrive within the watermark bound: the operator
 buffers each key's events and processes them in (timestamp, arrival) order once the watermark
 reaches their timestamp, expiring partial matches in time order between them (every partial
