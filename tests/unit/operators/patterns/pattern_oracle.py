@@ -4,8 +4,11 @@ It reads the module docstring of processor/operators/patterns literally: drop th
 order the rest by (timestamp, arrival), enumerate every candidate (increasing index sequences
 with a stage assignment) checking rules (a)-(e) pair by pair, then walk the events in order to
 emit the matches under the skip rule, and decide each partial match's timeout from the events
-before its expiry. No NFA, no runs, no incremental state: exponential, meant for ~10 events a
-key. Conditions are Python callables `cond(value, match, start)`.
+before its expiry. With a trailing `not_followed_by` every match is pending: it goes out at its
+expiry if that stage's condition stayed false, so the walk is over moments - each event, and
+each expiry before the events at its time - with the skip point rising at both. No NFA, no
+runs, no incremental state: exponential, meant for ~10 events a key. Conditions are Python
+callables `cond(value, match, start)`.
 
 Enumeration extends valid candidates one pair at a time: a pair's validity depends only on the
 pairs before it and the events up to it, so the prefixes of a valid candidate are valid and
@@ -50,6 +53,8 @@ class PatternOracle:
         self.at = [self.stages.index(s) for s in self.positive]  # place in the pattern
         self.conds = conds
         self.within = spec.within
+        last = self.stages[-1]  # a trailing not_followed_by makes every match a pending one
+        self.trailing: StageSpec | None = last if last.negative else None
 
     # -- rules (a)-(e) ------------------------------------------------------------------------
 
@@ -215,7 +220,7 @@ class PatternOracle:
 
         final_watermark: how far the watermark got (None: to the end of time). Events with a
         timestamp at or below it (below it unless ready_inclusive) have been processed, and
-        partial matches whose expiry is at or below it have expired."""
+        partial matches (pending ones too) whose expiry is at or below it have expired."""
         late = [n for n, (_, t, w) in enumerate(records) if t < w]
         kept = [Event(v, t, n) for n, (v, t, w) in enumerate(records) if t >= w]
         ev = sorted(kept, key=lambda e: (e.ts, e.arrival))
@@ -226,40 +231,66 @@ class PatternOracle:
             processed = sum(1 for e in ev if e.ts < final_watermark
                             or (ready_inclusive and e.ts == final_watermark))
         everything = list(self.candidates(ev))
-        complete = sorted((c for c in everything if self.is_match(c) and c[-1][1] < processed),
-                          key=lambda c: (c[-1][1], c[0][1], [i for _, i in c], [k for k, _ in c]))
+
+        def order(c: Pairs) -> tuple[Any, ...]:
+            return c[0][1], [i for _, i in c], [k for k, _ in c]
+
+        def expiry(c: Pairs) -> int:
+            return ev[c[0][1]].ts + self.within
+
+        def horizon(t: int) -> int:  # the number of events with timestamp below t
+            return sum(1 for e in ev if e.ts < t)
+
+        at_event: dict[int, list[Pairs]] = {i: [] for i in range(processed)}
+        expiring: dict[int, list[Pairs]] = {}  # candidates by expiry, up to the watermark
+        for c in everything:
+            if final_watermark is None or expiry(c) <= final_watermark:
+                expiring.setdefault(expiry(c), []).append(c)
+            if self.trailing is None and self.is_match(c) and c[-1][1] < processed:
+                at_event[c[-1][1]].append(c)
+        # the moments in time order: an expiry at t before the events at t
+        moments = sorted([(ev[i].ts, 1, i) for i in range(processed)]
+                         + [(t, 0, t) for t in expiring])
         q = 0
-        q_after = []  # q after each processed event
-        by_end = {i: [c for c in complete if c[-1][1] == i] for i in range(processed)}
-        for i in range(processed):
-            for c in by_end[i]:
+        for _, is_event, at in moments:
+            if is_event:
+                found = at_event[at]
+            else:
+                h = horizon(at)  # the events before the expiry
+                found = [c for c in expiring[at] if self.trailing is not None
+                         and self.is_match(c) and self.clear_of_trailing(ev, c, h)]
+            for c in sorted(found, key=order):
                 if c[0][1] >= q:
                     out.matches.append(c)
                     q = self.skip_point(c, q)
-            q_after.append(q)
-        partial = []
-        for c in everything:
-            if self.is_match(c):
-                continue
-            expiry = ev[c[0][1]].ts + self.within
-            if final_watermark is not None and expiry > final_watermark:
-                continue
-            horizon = sum(1 for e in ev if e.ts < expiry)
-            q_then = q_after[horizon - 1] if horizon else 0
-            if c[0][1] >= q_then and self.unblocked(ev, c, horizon):
-                partial.append(c)
-        partial.sort(key=lambda c: (ev[c[0][1]].ts, c[0][1], [i for _, i in c], [k for k, _ in c]))
-        out.timeouts = partial
+            if not is_event:  # q stands after the events before `at` and at's matches
+                out.timeouts += sorted((c for c in expiring[at] if c[0][1] >= q and c not in found
+                                        and self.times_out(ev, c, h)), key=order)
         out.match_records = [self.match_record(ev, c) for c in out.matches]
         out.timeout_records = [self.timeout_record(ev, c) for c in out.timeouts]
         return out
+
+    def times_out(self, ev: list[Event], pairs: Pairs, horizon: int) -> bool:
+        """A partial match, or a pending candidate whose trailing N occurred, that can grow."""
+        if self.is_match(pairs) and self.trailing is None:
+            return False  # a match is never a timeout
+        return self.unblocked(ev, pairs, horizon)
+
+    def clear_of_trailing(self, ev: list[Event], pairs: Pairs, horizon: int) -> bool:
+        """Whether no event after the pending candidate's last, before its expiry (index
+        `horizon`, exclusive), satisfies the trailing negative stage under ctx = its pairs."""
+        assert self.trailing is not None
+        match, start = self.ctx(ev, pairs)
+        return not any(self.holds(self.trailing.name, ev[j], match, start)
+                       for j in range(pairs[-1][1] + 1, horizon))
 
     def stages_of(self, ev: list[Event], pairs: Pairs) -> dict[str, list[Any]]:
         return self.ctx(ev, pairs)[0]
 
     def match_record(self, ev: list[Event], pairs: Pairs) -> tuple[dict[str, Any], int]:
         start, end = ev[pairs[0][1]].ts, ev[pairs[-1][1]].ts
-        return {"start": start, "end": end, "stages": self.stages_of(ev, pairs)}, end
+        at = end if self.trailing is None else start + self.within - 1  # a pending match: expiry - 1
+        return {"start": start, "end": end, "stages": self.stages_of(ev, pairs)}, at
 
     def timeout_record(self, ev: list[Event], pairs: Pairs) -> tuple[dict[str, Any], int]:
         start, end = ev[pairs[0][1]].ts, ev[pairs[-1][1]].ts

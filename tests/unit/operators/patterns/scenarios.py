@@ -112,6 +112,10 @@ def patterns(draw: Any) -> tuple[PatternSpec, dict[str, Cond]]:
     for i, s in enumerate(stages):  # greedy needs a required stage after it
         if s.get("greedy") and all(t.negative or t.min == 0 for t in specs[i + 1:]):
             del s["greedy"]
+    if draw(st.integers(0, 3)) == 0:  # a trailing not_followed_by: every match is pending
+        src, fn = draw(condition(names, negative=True))
+        stages.append({"name": "z", "not_followed_by": src})
+        conds["z"] = fn
     skip: Any = draw(st.sampled_from(["no_skip", "past_last_event", "to_next", "first", "last"]))
     if skip in ("first", "last"):
         skip = {f"to_{skip}": draw(st.sampled_from(names))}

@@ -190,7 +190,8 @@ SETTINGS = settings(max_examples=500, deadline=None,
 def test_matches_and_timeouts_agree_with_the_oracle(case: Any, sc: dict[str, Any]) -> None:
     spec, conds = case
     matches, timeouts = check_against_oracle(spec, conds, sc)
-    event(f"matches: {'some' if matches else 'none'}; timeouts: {'some' if timeouts else 'none'}")
+    event(f"matches: {'some' if matches else 'none'}; timeouts: {'some' if timeouts else 'none'}"
+          f"{'; trailing not_followed_by' if spec.stages[-1].negative else ''}")
 
 
 # -- cases worked by hand -----------------------------------------------------------------------
@@ -279,6 +280,14 @@ HAND_CASES = {  # narrow combinations the random patterns reach rarely
         [{"name": "a", "where": "value['x'] == 1"},
          {"name": "b", "where": "value['x'] == 2", "after": "followed_by_any"}],
         "no_skip", [1, 2, 2, 1]),
+    "trailing not_followed_by after one_or_more": (
+        [{"name": "a", "where": "value['x'] == 1"},
+         {"name": "b", "where": "value['x'] == 2", "one_or_more": True},
+         {"name": "z", "not_followed_by": "value['x'] == 0"}], "no_skip", [1, 2, 0, 2, 1, 2, 2]),
+    "trailing not_followed_by reading match": (
+        [{"name": "a", "where": "value['x'] < 3"}, {"name": "b", "where": "value['x'] >= 3"},
+         {"name": "z", "not_followed_by": "value['x'] > match['b'][-1]['x']"}],
+        "past_last_event", [1, 4, 3, 2, 5, 1, 6, 6]),
     "running sum": ([{"name": "a", "where": "sum(e['x'] for e in match['a']) + value['x'] < 7",
                       "one_or_more": True},
                      {"name": "b", "where": "value['x'] == sum(e['x'] for e in match['a'])"}],
