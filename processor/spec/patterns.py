@@ -179,9 +179,12 @@ class PatternSpec(Strict):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"stage names must be unique: {', '.join(dup)}")
-        if stages[0].negative or stages[-1].negative:
-            raise ValueError(f"a pattern cannot {'start' if stages[0].negative else 'end'} with "
-                             "a negative stage (it forbids events between two stages)")
+        if stages[0].negative:
+            raise ValueError("a pattern cannot start with a negative stage (it forbids events "
+                             "after the stage before it)")
+        if stages[-1].kind == "not_next":
+            raise ValueError(f"a pattern cannot end with not_next (stage {stages[-1].name!r}): "
+                             "end it with not_followed_by, which holds until `within` passes")
         if stages[0].after is not None:
             raise ValueError(f"stage {stages[0].name!r} is the first: nothing comes before it, "
                              "so `after` does not apply")

@@ -7,7 +7,8 @@ A key's state is one JSON list, `[seq, pos, q, buffer, runs]`:
     q       the skip point: runs starting below it are gone
     buffer  [ts, seq, value, offset] not processed yet, sorted by (ts, seq)
     runs    partial matches [stage, count, last index, first ts, first index, blocked, pairs]
-            with `blocked` a bit per continuation (program.py) and pairs [stage, i, ts, value]
+            with `blocked` a bit per continuation (program.py) and pairs
+            [stage, i, ts, value, input offset]
 
 Indices only compare within the state, so an emptied state is dropped and a later event of
 the key starts again from zero. An event is processed as a unit: every condition, the
@@ -21,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from processor.operators.patterns.program import (
+    END,
     NEXT,
     PAST_LAST,
     RELAXED,
@@ -102,35 +104,68 @@ class Matcher:
             for entry in due:
                 t = entry[0]
                 if state[RUNS]:
-                    self._expire(state, t, out)  # what cannot take an event at t
+                    self._expire(key, state, t, out, failed)  # what cannot take an event at t
                 try:
-                    self._event(key, state, t, entry[2], out)
+                    self._event(key, state, t, entry[2], entry[3], out)
                 except Exception as exc:
                     failed.append((entry, exc))
-        if state[RUNS] and self._expire(state, bound, out):
+        if state[RUNS] and self._expire(key, state, bound, out, failed):
             changed = True
         return changed
 
     # -- expiry --------------------------------------------------------------------------------
 
-    def _expire(self, state: list[Any], through: int, out: list[Output]) -> bool:
-        """Time out every run with first ts + within <= `through` (it cannot take an event at
-        `through` or later); report the ones that are not matches already."""
+    def _expire(self, key: Any, state: list[Any], through: int, out: list[Output],
+                failed: list[Failure]) -> bool:
+        """End every run with first ts + within <= `through` (it cannot take an event at
+        `through` or later), one expiry time after the other: a pending run whose trailing
+        negative stage saw no event is a match (skip rule as at an event), then the runs that
+        could still grow and are no match time out."""
         within = self.within
         runs = state[RUNS]
         gone = [r for r in runs if r[FIRST_TS] + within <= through]
         if not gone:
             return False
-        state[RUNS] = [r for r in runs if r[FIRST_TS] + within > through]
+        gone.sort(key=_order)
         prog = self.prog
-        live = [r for r in gone if not prog.complete[r[STAGE]][prog.count_class(r[STAGE], r[COUNT])]]
-        live.sort(key=_order)
-        for r in live:
-            pairs = r[PAIRS]
-            expired = r[FIRST_TS] + within
-            out.append((TIMEOUT, {"start": r[FIRST_TS], "end": pairs[-1][2], "expired_at": expired,
-                                  "stages": self._stages(pairs)}, expired - 1))
+        q = state[Q]
+        n, i = len(gone), 0
+        while i < n:
+            first_ts = gone[i][FIRST_TS]
+            expired = first_ts + within
+            timeouts = []
+            while i < n and gone[i][FIRST_TS] == first_ts:
+                r = gone[i]
+                i += 1
+                if r[FIRST] < q:
+                    continue  # skipped past by a match of this expiry
+                c = prog.count_class(r[STAGE], r[COUNT])
+                if self._pending(r, c):
+                    try:
+                        value = self._value(key, r)
+                    except Exception as exc:  # its last event takes the blame, with coordinates
+                        last = r[PAIRS][-1]
+                        failed.append(([last[2], -1, last[3], last[4]], exc))
+                        continue
+                    out.append((MATCH, value, expired - 1))
+                    q = self._skip(q, r)
+                elif not prog.complete[r[STAGE]][c]:
+                    timeouts.append(r)
+            for r in timeouts:
+                if r[FIRST] >= q:
+                    pairs = r[PAIRS]
+                    out.append((TIMEOUT, {"start": first_ts, "end": pairs[-1][2],
+                                          "expired_at": expired, "stages": self._stages(pairs)},
+                                expired - 1))
+        state[RUNS] = [r for r in runs if r[FIRST_TS] + within > through and r[FIRST] >= q]
+        state[Q] = q
         return True
+
+    def _pending(self, run: list[Any], c: int) -> bool:
+        """Whether the run is a pending match whose trailing negative stage saw no event."""
+        mask = run[BLOCKED]
+        return any(cont.target == END and not mask & (1 << ci)
+                   for ci, cont in enumerate(self.prog.conts[run[STAGE]][c]))
 
     # -- one event ----------------------------------------------------------------------------
 
@@ -141,7 +176,8 @@ class Matcher:
             m[names[p[0]]].append(p[3])
         return m
 
-    def _event(self, key: Any, state: list[Any], t: int, v: Any, out: list[Output]) -> None:
+    def _event(self, key: Any, state: list[Any], t: int, v: Any, o: int,
+               out: list[Output]) -> None:
         prog = self.prog
         conds, uses, conts_of, cls = prog.conds, prog.uses_match, prog.conts, prog.count_class
         i, q = state[POS], state[Q]
@@ -172,13 +208,12 @@ class Matcher:
                 if (ok and c.guard is not None and (adjacent or not c.guard_next)
                         and c.guard(key, v, t, m, fts)):
                     ok, blocked = False, True
-                if ok:
-                    target = c.target
-                    if conds[target](key, v, t, m, fts):
-                        created.append([target, n + 1 if target == k else 1, i, fts, run[FIRST],
-                                        0, [*pairs, [target, i, t, v]]])
-                        if contiguity == RELAXED:
-                            blocked = True
+                target = c.target
+                if ok and target != END and conds[target](key, v, t, m, fts):
+                    created.append([target, n + 1 if target == k else 1, i, fts, run[FIRST], 0,
+                                    [*pairs, [target, i, t, v, o]]])
+                    if contiguity == RELAXED:
+                        blocked = True
                 if not blocked:
                     for neg in c.not_followed_by:
                         if neg(key, v, t, m, fts):
@@ -190,7 +225,7 @@ class Matcher:
                 masks.append((run, new_mask))
         for s in prog.starts:
             if conds[s](key, v, t, self._stages([]) if uses[s] else _EMPTY, t):
-                created.append([s, 1, i, t, i, 0, [[s, i, t, v]]])
+                created.append([s, 1, i, t, i, 0, [[s, i, t, v, o]]])
         emitted: list[Output] = []
         live = []
         if created:
@@ -214,23 +249,26 @@ class Matcher:
     def _emit(self, key: Any, done: list[list[Any]], q: int, out: list[Output]) -> int:
         """Emit the matches completing at this event in order, skipping as the strategy says;
         returns the new skip point."""
-        prog = self.prog
         if len(done) > 1:
             done.sort(key=_order)
-        skip, target = prog.skip, prog.skip_stage
         for run in done:
             if run[FIRST] < q:
                 continue
-            pairs = run[PAIRS]
-            out.append((MATCH, self._value(key, run), pairs[-1][2]))
-            if skip == PAST_LAST:
-                q = max(q, pairs[-1][1] + 1)
-            elif skip == TO_NEXT:
-                q = max(q, run[FIRST] + 1)
-            elif skip in (TO_FIRST, TO_LAST):
-                at = [p[1] for p in pairs if p[0] == target]
-                if at:
-                    q = max(q, at[0] if skip == TO_FIRST else at[-1])
+            out.append((MATCH, self._value(key, run), run[PAIRS][-1][2]))
+            q = self._skip(q, run)
+        return q
+
+    def _skip(self, q: int, run: list[Any]) -> int:
+        """The skip point after emitting `run` as a match."""
+        skip, pairs = self.prog.skip, run[PAIRS]
+        if skip == PAST_LAST:
+            return max(q, pairs[-1][1] + 1)
+        if skip == TO_NEXT:
+            return max(q, run[FIRST] + 1)
+        if skip in (TO_FIRST, TO_LAST):
+            at = [p[1] for p in pairs if p[0] == self.prog.skip_stage]
+            if at:
+                return max(q, at[0] if skip == TO_FIRST else at[-1])
         return q
 
     def _value(self, key: Any, run: list[Any]) -> Any:

@@ -4,7 +4,9 @@ A run (a partial match, nfa.py) is at a positive stage `k` having taken `n` even
 it may do next depends only on (k, n) through three classes of n (below min, between min and
 max, at max), so the continuations are tabulated once here: `conts[k][c]` lists them (the
 stage itself again first, if it may repeat), `complete[k][c]` says whether the run is a
-match. The runtime loop in nfa.py then only indexes tables.
+match. With a trailing `not_followed_by` stage a run that reached the end is *pending* instead:
+its continuation to END, blocked by that stage's events, makes it a match at its expiry. The
+runtime loop in nfa.py then only indexes tables.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from processor.spec.patterns import PatternSpec, SkipToStage, StageSpec
 COND_ARGS = ("key", "value", "timestamp", "match", "start")
 SELECT_ARGS = ("key", "value", "timestamp", "match", "start", "end")
 NEXT, RELAXED, ANY = 0, 1, 2
+END = -1  # the target of a pending match's continuation: its expiry (a trailing negative stage)
 _CONTIGUITY = {"next": NEXT, "followed_by": RELAXED, "followed_by_any": ANY}
 BELOW, ROOM, FULL = 0, 1, 2  # the classes of a stage's count: < min, in [min, max), == max
 NO_SKIP, PAST_LAST, TO_NEXT, TO_FIRST, TO_LAST = range(5)
@@ -107,6 +110,11 @@ def compile_pattern(spec: PatternSpec, broadcast: BroadcastStates | None = None)
             if c != BELOW:
                 guard = compiled[stage.name] if stage.greedy and c == ROOM else None
                 targets, complete, negs = _reachable(stages, at, compiled, prog.names)
+                if complete and stages[-1].negative:  # pending: a match at its expiry unless
+                    trailing = stages[-1]  # the trailing stage's events come first
+                    conts.append(Cont(END, ANY, (), (compiled[trailing.name],),
+                                      reads_match=reads[trailing.name]))
+                    complete = False
                 for target, (nn, nf) in zip(targets, negs, strict=True):
                     nxt = positive[target]
                     after = nxt.after or "followed_by"

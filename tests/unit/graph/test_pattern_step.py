@@ -123,3 +123,44 @@ def test_a_python_select_shapes_each_match():
             ("c1", {"card": "c1", "small": [1, 0.5, 1.5], "span_ms": 3000}, 4000)]
     finally:
         driver.close()
+
+
+LOCKOUTS = """\
+name: lockouts
+sources:
+  logins: {topic: logins, timestamp: {field: ts}}
+pipelines:
+  - from: logins
+    steps:
+      - pattern:
+          stages:
+            - {name: fails, where: "value['event'] == 'login_failed'", times: 2}
+            - {name: no_success, not_followed_by: "value['event'] == 'login_ok'"}
+          within: 1m
+          timeouts: {topic: lockout-timeouts}
+          late: drop
+      - to: {topic: lockouts}
+"""
+
+
+def test_a_trailing_not_followed_by_matches_at_the_expiry_when_nothing_forbidden_came():
+    driver = _driver(LOCKOUTS)
+    try:
+        for key, event, ts in [("u1", "login_failed", 1000), ("u2", "login_failed", 1000),
+                               ("u1", "login_failed", 2000), ("u2", "login_failed", 3000),
+                               ("u3", "login_failed", 5000), ("u3", "login_failed", 6000),
+                               ("u2", "login_ok", 30000), ("u3", "login_ok", 65000),
+                               ("u9", "logout", 200000)]:
+            driver.pipe("logins", key, {"event": event, "ts": ts}, ts)
+        driver.run()
+        # u1: no success within a minute of its first failure; u3: its success came at the
+        # expiry (65000 is not below 5000 + 60000); u2: a success in time, no lockout
+        assert [(r["key"], r["timestamp"], r["value"]["start"], r["value"]["end"])
+                for r in driver.output("lockouts")] == [("u1", 60999, 1000, 2000),
+                                                       ("u3", 64999, 5000, 6000)]
+        # u2's second failure alone could still have grown into two failures: it times out;
+        # u1's and u3's are behind the matches (skip past the last event)
+        assert [(r["key"], r["value"]["start"]) for r in driver.output("lockout-timeouts")] == [
+            ("u2", 3000)]
+    finally:
+        driver.close()
