@@ -288,6 +288,10 @@ HAND_CASES = {  # narrow combinations the random patterns reach rarely
         [{"name": "a", "where": "value['x'] < 3"}, {"name": "b", "where": "value['x'] >= 3"},
          {"name": "z", "not_followed_by": "value['x'] > match['b'][-1]['x']"}],
         "past_last_event", [1, 4, 3, 2, 5, 1, 6, 6]),
+    "trailing not_followed_by after a skipped optional stage": (
+        [{"name": "a", "where": "value['x'] == 1"}, {"name": "m", "not_followed_by": "value['x'] == 0"},
+         {"name": "b", "where": "value['x'] == 2", "optional": True},
+         {"name": "z", "not_followed_by": "value['x'] == 3"}], "no_skip", [1, 0, 4, 1, 2, 3, 1, 0, 2, 5]),
     "running sum": ([{"name": "a", "where": "sum(e['x'] for e in match['a']) + value['x'] < 7",
                       "one_or_more": True},
                      {"name": "b", "where": "value['x'] == sum(e['x'] for e in match['a'])"}],

@@ -455,3 +455,12 @@ def test_each_pending_candidate_is_judged_by_the_events_before_its_own_expiry():
     out = run(spec, [("a", 0), ("b", 3), ("a", 10), ("b", 11), ("n", 12)])
     # (a0 b1) goes out at 10 (n4 comes after its expiry); (a2 b3) is blocked by n4
     assert indices(out.matches) == [(0, 1)] and out.timeouts == []
+
+
+def test_only_the_trailing_stage_applies_to_a_pending_candidate_that_skipped_an_optional_one():
+    spec = trailing(st("a"), neg("m"), st("b", optional=True), skip="no_skip")
+    conds = {**LETTERS, "m": letter("m")}
+    # (a0) took no b: m lies between a and b only, so it forbids nothing here
+    assert indices(run(spec, seq("am"), conds).matches) == [(0,)]
+    assert indices(run(spec, seq("amb"), conds).matches) == [(0,)]  # (a0 b2) passes m1
+    assert indices(run(spec, seq("abm"), conds).matches) == [(0,), (0, 1)]
