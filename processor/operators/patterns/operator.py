@@ -54,13 +54,11 @@ class PatternOperator(KeyedWindows, DeferredInput):
         self.key_decode = key_decode
         self.clock = clock
         self.cache_max_entries = cache_max_entries
-        self.lateness = 0
-        self.final = True
+        self.lateness = 0  # a record below the watermark is late
         self.matcher = Matcher(prog)
         self.within = prog.within
         self.late = []
         self.late_count = 0
-        self.windows_closed = 0
         self.failed: list[StepFailed] = []
         self.timeouts: Batch = []
         self.timeout_sink = None

@@ -84,7 +84,8 @@ def stage_refs(source: str) -> list[str]:
 
 
 def compile_pattern(spec: PatternSpec, broadcast: BroadcastStates | None = None) -> PatternProgram:
-    """Compile `spec` (raises ExpressionError naming the stage for a bad condition)."""
+    """Compile `spec`; raises ExpressionError for a bad expression (graph/steps/pattern.py
+    checks every one first, naming its stage, file and line)."""
     stages = spec.stages
     positive = [s for s in stages if not s.negative]
     compiled: dict[str, Cond] = {s.name: _cond(s, broadcast) for s in stages}
