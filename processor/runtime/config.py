@@ -76,6 +76,7 @@ class WorkerConfig(BaseSettings):
     restore_batch_size: int = Field(default=50_000, ge=1)
     # global tables and broadcast sources are read to their end before processing starts
     table_bootstrap_timeout_ms: int = Field(default=600_000, ge=1)
+    source_topic_wait_ms: int = Field(default=30_000, ge=0)  # for missing source topics
     group_protocol: Literal["consumer", "classic"] = Field(
         default="consumer",
         description="consumer: KIP-848 (Apache Kafka >= 4.0), incremental and co-partitioned "

@@ -102,7 +102,8 @@ class Worker:
             create_sources=cfg.create_source_topics,
             replication_factor=cfg.replication_factor,
             directory=directory_topic(self.topology.name) if cfg.metrics_port is not None else None,
-            changelog_configs=cfg.changelog_topic_configs, bootstrap_servers=cfg.bootstrap_servers))
+            changelog_configs=cfg.changelog_topic_configs, bootstrap_servers=cfg.bootstrap_servers,
+            wait_for_sources_s=cfg.source_topic_wait_ms / 1000))
         if self._bounded:
             self.bounded_run = BoundedRun.resolve(admin, self._bounded, self.topology,
                                                   restore_consumer_config(cfg))

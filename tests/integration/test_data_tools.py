@@ -127,7 +127,8 @@ def test_consume_is_read_committed_and_starts_at_the_end(broker, unique: str) ->
 
 
 def test_the_worker_names_the_command_for_a_missing_source_topic(broker, tmp_path: Path,
-                                                                 unique: str) -> None:
+                                                                 unique: str, monkeypatch) -> None:
+    monkeypatch.setenv("PROCESSOR_SOURCE_TOPIC_WAIT_MS", "3000")  # the default waits 30 s
     missing = f"nowhere-{unique}"
     path = topology_file(tmp_path, "clean_orders.yaml", f"missing-{unique}",
                          {"topic: orders\n": f"topic: {missing}\n",

@@ -63,7 +63,8 @@ def test_a_declared_source_topic_is_created_and_its_records_processed(broker, tm
 
 
 def test_an_undeclared_source_topic_is_still_waited_for_with_the_setting_on(
-        broker, tmp_path: Path, unique: str) -> None:
+        broker, tmp_path: Path, unique: str, monkeypatch) -> None:
+    monkeypatch.setenv("PROCESSOR_SOURCE_TOPIC_WAIT_MS", "3000")  # the default waits 30 s
     missing, name = f"undeclared-{unique}", f"undeclared-{unique}"
     path = _clean_orders(tmp_path, name, missing, f"undeclared-out-{unique}", partitions=None)
     run = subprocess.run([sys.executable, "-m", "processor", "run", str(path),
