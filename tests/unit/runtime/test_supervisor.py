@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -319,3 +320,16 @@ def test_members_failing_to_reach_the_broker_stop_the_run(tmp_path: Path) -> Non
     errors = [line for line in run.stderr.splitlines() if line.startswith("error: ")]
     assert errors and all("Broker transport failure" in line for line in errors), run.stderr
     assert '"msg": "member started"' in run.stderr and '"msg": "all members exited"' in run.stderr
+
+
+def test_a_member_port_in_use_is_one_line(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("0.0.0.0", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        run = _cli("run", TOPOLOGY, "--processes", "2", "--metrics-port", str(port - 1),
+                   "--state-dir", str(tmp_path), "--bootstrap-servers", "127.0.0.1:1")
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "is in use" in errors[0], run.stderr
+    assert "member started" not in run.stderr
