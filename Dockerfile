@@ -89,6 +89,9 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
 # Exec form: the worker is PID 1 and receives SIGTERM itself (it handles it: finishes the batch,
 # commits the last checkpoint, leaves the group). Give it more than the transaction timeout to
 # stop (docker stop -t 90; the Helm chart sets terminationGracePeriodSeconds: 90).
+# More cores per container: `run ... --processes N` makes PID 1 a supervisor of N workers that
+# forwards SIGTERM to each and waits for them; member i serves port 9100 + i (publish them all;
+# the HEALTHCHECK above sees member 0, the supervisor restarts a member that dies).
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["processor"]
 CMD ["run", "/app/topologies/revenue_per_user.yaml", "--config", "/app/config/default.yaml"]

@@ -66,7 +66,7 @@ class MeasuredWorker(WorkerProcess):
                  wrapped: bool = False) -> None:
         self.label = label
         self.on_event = on_event
-        self.wrapped = wrapped  # under py-spy: the worker is a child of the process started
+        self.wrapped = wrapped  # under py-spy or --processes: workers are children of the process
         self.events: list[dict[str, Any]] = []
         self.returncode: int | None = None
         self.ru_maxrss_kb: int | None = None
@@ -215,6 +215,7 @@ class Ctx:
     repeat: int = 1
     customers: int = 10_000  # rows of the customers table (enrichment scenarios)
     scenario_records: dict[str, int] = field(default_factory=dict)  # per-scenario --records
+    processes: int = 1  # `processor run --processes N`: the workers are children of the command
 
     def records_for(self, sc: Scenario) -> int:
         return self.scenario_records.get(sc.name, self.records)
@@ -247,6 +248,8 @@ class Ctx:
         cmd = worker_command(topology, bootstrap, state_dir, guarantee=guarantee,
                              stop_when_idle=idle or self.idle, commit_interval=self.commit_interval,
                              config=config)
+        if self.processes > 1:
+            cmd += ["--processes", str(self.processes)]
         if profile_to is not None:
             pyspy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
             if not pyspy:
@@ -259,7 +262,7 @@ class Ctx:
         progress(f"{label}: starting worker (log {log_path})")
         return MeasuredWorker(label, cmd, self.worker_env(), log_path,
                               broker.proc.pid if broker.proc else None, on_event,
-                              wrapped=profile_to is not None)
+                              wrapped=profile_to is not None or self.processes > 1)
 
 
 def new_broker(kind: str, work: Path, slug: str) -> EmbeddedBroker | ApacheKafkaBroker:

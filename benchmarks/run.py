@@ -88,6 +88,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="run the throughput workers under py-spy (cpu: on-CPU samples only; wall: "
                         "idle/waiting samples too); top functions go in the report and the raw "
                         "stacks next to it (profile-<mode>-<scenario>-<guarantee>.txt)")
+    p.add_argument("--processes", type=int, default=1, metavar="N",
+                   help="run each worker as `processor run --processes N` (N group members "
+                        "under one command; CPU summed over them, peak RSS the largest member's)")
     p.add_argument("--keep-work-dir", action="store_true", help="keep worker logs and state dirs")
     args = p.parse_args(argv)
     if args.guarantees is None:
@@ -128,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         repeat=args.repeat or (1 if q or args.profile else 3),
         customers=args.customers,
         scenario_records=args.scenario_records,
+        processes=args.processes,
     )
     out.parent.mkdir(parents=True, exist_ok=True)
 

@@ -81,6 +81,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from processor.observability.logging import setup_logging
     from processor.observability.metrics import Metrics
     from processor.runtime.config import load_config
+    from processor.runtime.supervisor import follow_supervisor, supervise, tag_member_logs
     from processor.runtime.worker import Worker
     from processor.spec import load_spec
     from processor.spec.bound_overrides import bounded_topics, with_bounds
@@ -99,12 +100,17 @@ def cmd_run(args: argparse.Namespace) -> int:
                          create_source_topics=args.create_source_topics)
     setup_logging(config.log_level, config.log_format)
     require_backfilled(loaded, config)
+    if args.processes != 1:  # N members under this command (runtime/supervisor.py)
+        return supervise(args.argv, config, args.processes, topology.source_topics, _port_free)
+    member = follow_supervisor()
+    if member:
+        tag_member_logs(config.resolved_worker_id())
     if config.metrics_port:
         _port_free(config.metrics_port)  # fail before joining the group, not after
     metrics = Metrics()  # served with /healthz, /readyz and /state on config.metrics_port
     idle = parse_duration_ms(args.stop_when_idle) if args.stop_when_idle else None
     worker = Worker(topology, config, stop_when_idle_ms=idle, metrics=metrics, bounded=bounded)
-    if sys.stderr.isatty():
+    if sys.stderr.isatty() and not member:  # members share the terminal: no bars
         from processor.observability.logging import attach_status_line
         from processor.observability.progress import ProgressBar
 
@@ -229,8 +235,6 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="processor", description=__doc__)
     p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
@@ -287,6 +291,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--create-source-topics", action="store_true", default=None,
                    help="create a missing source topic whose source declares `partitions:`, "
                         "with that count (default: the config's create_source_topics, off)")
+    r.add_argument("--processes", type=int, default=1, metavar="N",
+                   help="run N group members under this command, one process each (member i: "
+                        "worker id <worker_id>-i, state dir <state_dir>/member-i, HTTP port "
+                        "metrics_port + i); signals go to all (default: %(default)s, in-process)")
     r.add_argument("--stop-when-idle", metavar="DURATION",
                    help="bounded run: stop after no input for this long (e.g. 5s), then report "
                         "what stayed open (default: run until stopped)")
@@ -369,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)  # what --processes members rerun
     try:
         return args.fn(args)
     except SpecErrors as exc:
