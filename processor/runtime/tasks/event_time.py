@@ -19,6 +19,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from operator import itemgetter
+from typing import Any
 
 import orjson
 
@@ -190,17 +192,7 @@ class EventTime:
                 self._drain_deferred(step, op)
             late = op.late
             if late:
-                sink = op.late_sink
-                pending = late
-                while sink is not None and pending:
-                    try:
-                        sink(pending)
-                        break
-                    except EmitFailed as exc:  # this late record cannot go to the late topic
-                        record = pending[exc.index][0]
-                        self.failures.step_failed(StepFailed(op.name, record, exc.cause),
-                                                  input_record=False, chain=step.chain)
-                        pending = pending[exc.index + 1:]
+                self._send(step, op.late_sink, late, itemgetter(0))
                 self.count_late(len(late))
                 late.clear()
 
@@ -214,15 +206,21 @@ class EventTime:
         failed, op.failed = op.failed, []
         for exc in failed:
             self.failures.step_failed(exc, input_record=False, chain=step.chain)
-        pending, op.timeouts = op.timeouts, []
-        sink = op.timeout_sink
+        timeouts, op.timeouts = op.timeouts, []
+        self._send(step, op.timeout_sink, timeouts, lambda record: record)
+
+    def _send(self, step: StepAt[TimedOperator], sink: Callable[[list[Any]], None] | None,
+              pending: list[Any], record_of: Callable[[Any], Any]) -> None:
+        """Write `pending` to a step's own topic (None: dropped); an entry that cannot be
+        written goes to the step's policy as its record (`record_of`), the rest still go."""
         while sink is not None and pending:
             try:
                 sink(pending)
-                break
+                return
             except EmitFailed as exc:
-                self.failures.step_failed(StepFailed(step.op.name, pending[exc.index], exc.cause),
-                                          input_record=False, chain=step.chain)
+                self.failures.step_failed(
+                    StepFailed(step.op.name, record_of(pending[exc.index]), exc.cause),
+                    input_record=False, chain=step.chain)
                 pending = pending[exc.index + 1:]
 
     def _forward(self) -> bool:
