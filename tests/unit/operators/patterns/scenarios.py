@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from processor.spec.patterns import PatternSpec, StageSpec
 from tests.unit.operators.patterns.pattern_oracle import Cond
+from tests.unit.operators.task_play import cut
 
 POSITIVE = "abcd"
 
@@ -150,16 +151,7 @@ def streams(draw: Any) -> dict[str, Any]:
         lag = rng.randint(0, disorder) * (3 if rng.random() < 0.1 else 1) if rng.random() < 0.5 else 0
         value = None if rng.random() < 0.04 else {"x": rng.randint(0, 6)}  # None: a tombstone
         records.append((key, value, now - lag, i))
-    cut = draw(st.sampled_from([0.1, 0.3, 0.7]))
-    batches: list[list[Any]] = [[]]
-    for record in records:
-        batches[-1].append(record)
-        if rng.random() < cut:
-            batches.append([])
-    batches = [b for b in batches if b]
-    # per batch: 0 nothing, 1 checkpoint, 2 checkpoint then crash, 3 crash (back to the last
-    # checkpoint), 4 flush then crash before the writes reach the store
-    events = [rng.choice([0, 0, 0, 1, 1, 1, 2, 3, 4]) for _ in batches]
+    batches, events = cut(rng, records, draw(st.sampled_from([0.1, 0.3, 0.7])))
     return {"records": records, "batches": batches, "events": events,
             "ooo": draw(st.integers(0, 10)), "close_at_end": draw(st.booleans()),
             "cache": draw(st.sampled_from([0, 2, 100_000])), "reuse": draw(st.booleans()),

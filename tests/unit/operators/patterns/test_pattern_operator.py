@@ -18,10 +18,10 @@ from hypothesis import HealthCheck, event, given, settings
 from processor.operators.patterns import build_pattern_operator
 from processor.serde import serde_for
 from processor.spec.patterns import PatternSpec
-from processor.state import RocksStore
-from processor.timeutil.watermark import END_OF_TIME, NO_WATERMARK, Clock, PartitionWatermark
+from processor.timeutil.watermark import END_OF_TIME, NO_WATERMARK, PartitionWatermark
 from tests.unit.operators.patterns.pattern_oracle import Cond, run_oracle
 from tests.unit.operators.patterns.scenarios import patterns, streams
+from tests.unit.operators.task_play import TaskPlay
 
 STRING = serde_for("string")
 
@@ -29,19 +29,16 @@ STRING = serde_for("string")
 # -- the task, played -------------------------------------------------------------------------
 
 
-class Harness:
-    """Plays a task: watermarks per batch, on_watermark at batch ends, checkpoints, crashes."""
+class Harness(TaskPlay):
+    """The pattern operator played as a task (tests/unit/operators/task_play.py); its late
+    records and timeouts collected after each call."""
 
     def __init__(self, path: Path, spec: PatternSpec, ooo: int, cache_max_entries: int = 100_000
                  ) -> None:
-        self.store = RocksStore(path)
-        self.spec, self.ooo, self.cache_max_entries = spec, ooo, cache_max_entries
-        self.clock = Clock()
-        self.op = self.new_operator()
-        self.op.bind(self.store)
-        self.wm = PartitionWatermark(ooo)
+        self.spec, self.cache_max_entries = spec, cache_max_entries
         self.timeouts: list[Any] = []
         self.late: list[Any] = []
+        super().__init__(path, ooo)
 
     def new_operator(self) -> Any:
         return build_pattern_operator("pipelines[0].steps[1]", "p", self.spec, STRING.encode,
@@ -55,30 +52,12 @@ class Harness:
         self.op.late.clear()
 
     def run(self, batch: list[Any], close_at_end: bool) -> list[Any]:
-        before = self.wm.observe([r[2] for r in batch])
-        self.clock.set_batch([r[3] for r in batch], before, self.wm.current)
-        out = self.op.process(batch)
-        if close_at_end:
-            out += self.op.on_watermark(self.clock.current, batch[-1][3])
+        out = self.feed(batch, close_at_end)
         self.drain()
         return out
 
-    def checkpoint(self) -> None:
-        emits, writes = self.op.flush()
-        assert emits == []
-        self.store.apply(writes, {})
-        self.op.committed()
-
     def crash(self, max_ts: int, offset: int, reuse: bool) -> list[Any]:
-        """Dirty close, then restore from the store with the checkpointed watermark."""
-        self.op.discard()
-        if not reuse:
-            self.op = self.new_operator()
-        self.op.bind(self.store)
-        self.wm = PartitionWatermark(self.ooo)
-        self.wm.max_ts = max_ts
-        self.clock.set_batch([], [], self.wm.current)
-        out = self.op.on_watermark(self.wm.current, offset - 1)
+        out = self.restore(max_ts, offset, reuse)
         self.drain()
         return out
 

@@ -17,8 +17,8 @@ from processor.operators import StepFailed, compile_aggregation, parse_field
 from processor.operators.windows import build_window_operator
 from processor.serde import serde_for
 from processor.spec.steps import PythonReducer, WindowSpec
-from processor.state import RocksStore
-from processor.timeutil.watermark import NO_WATERMARK, Clock, PartitionWatermark
+from processor.timeutil.watermark import NO_WATERMARK, Clock
+from tests.unit.operators.task_play import TaskPlay, cut
 from tests.unit.operators.windows.window_oracle import run_oracle
 
 MODULE = "tests.unit.operators.windows.test_windows"
@@ -60,53 +60,27 @@ def window_spec(kind: str, params: dict[str, int], lateness: int = 0, emit: str 
     return WindowSpec(**{kind: shape}, allowed_lateness=lateness, emit=emit, late="drop")
 
 
-class Harness:
-    """Plays a task: watermarks per batch, on_watermark at batch ends, checkpoints, crashes."""
+class Harness(TaskPlay):
+    """A window step and its aggregate, played as a task (tests/unit/operators/task_play.py)."""
 
     def __init__(self, path: Path, spec: WindowSpec, fields: dict[str, Any], ooo: int,
                  cache_max_entries: int = 100_000, key_decode: Any = STRING.decode) -> None:
-        self.store = RocksStore(path)
-        self.spec, self.agg, self.ooo = spec, compiled(fields), ooo
+        self.spec, self.agg = spec, compiled(fields)
         self.cache_max_entries, self.key_decode = cache_max_entries, key_decode
-        self.clock = Clock()
-        self.op = self.new_operator()
-        self.op.bind(self.store)
-        self.wm = PartitionWatermark(ooo)
+        super().__init__(path, ooo)
 
     def new_operator(self):
         return build_window_operator("pipelines[0].steps[1]", "s", self.spec, self.agg, STRING.encode,
                                      self.key_decode, self.clock, self.cache_max_entries)
 
     def run(self, batch: list[Any], close_at_end: bool) -> tuple[list[Any], list[Any]]:
-        before = self.wm.observe([r[2] for r in batch])
-        self.clock.set_batch([r[3] for r in batch], before, self.wm.current)
-        out = self.op.process(batch)
-        if close_at_end:
-            out += self.op.on_watermark(self.clock.current, batch[-1][3])
+        out = self.feed(batch, close_at_end)
         late = list(self.op.late)
         self.op.late.clear()
         return out, late
 
-    def checkpoint(self) -> None:
-        emits, writes = self.op.flush()
-        assert emits == []
-        self.store.apply(writes, {})
-        self.op.committed()
-
     def crash(self, max_ts: int, offset: int, reuse: bool) -> list[Any]:
-        """Dirty close, then restore from the store with the checkpointed watermark."""
-        self.op.discard()
-        if not reuse:
-            self.op = self.new_operator()
-        self.op.bind(self.store)
-        self.wm = PartitionWatermark(self.ooo)
-        self.wm.max_ts = max_ts
-        self.clock.set_batch([], [], self.wm.current)
-        # like the task after a restore: the last offset the state holds
-        return self.op.on_watermark(self.wm.current, offset - 1)
-
-    def close(self) -> None:
-        self.store.close()
+        return self.restore(max_ts, offset, reuse)
 
 
 KIND_PARAMS = {
@@ -137,16 +111,7 @@ def scenario(draw: Any, kind: str) -> dict[str, Any]:
         lag = rng.randint(0, disorder) * (3 if rng.random() < 0.1 else 1) if rng.random() < 0.5 else 0
         value = None if rng.random() < 0.06 else {"x": rng.randint(-5, 20)}
         records.append((rng.choice(keys), value, now - lag, i))
-    cut = draw(st.sampled_from([0.1, 0.3, 0.7]))
-    batches: list[list[Any]] = [[]]
-    for record in records:
-        batches[-1].append(record)
-        if rng.random() < cut:
-            batches.append([])
-    batches = [b for b in batches if b]
-    # per batch: 0 nothing, 1 checkpoint, 2 checkpoint then crash, 3 crash (back to the last
-    # checkpoint), 4 flush then crash before the writes reach the store
-    events = [rng.choice([0, 0, 0, 1, 1, 1, 2, 3, 4]) for _ in batches]
+    batches, events = cut(rng, records, draw(st.sampled_from([0.1, 0.3, 0.7])))
     return {
         "params": draw(KIND_PARAMS[kind]()), "records": records, "batches": batches,
         "events": events, "ooo": draw(st.integers(0, 20)), "lateness": draw(st.integers(0, 20)),
