@@ -17,6 +17,7 @@ from processor.operators import Operator
 from processor.operators.fusion import fuse
 from processor.operators.sink import Emitter
 from processor.spec.loader import PathT
+from processor.state.memory import StateMemory
 from processor.timeutil.watermark import Clock
 
 
@@ -87,6 +88,15 @@ class BuildContext:
     serde_for: Callable[[TopicEnd, bool], Any] | None = None
     dead_letter: Callable[[Any], None] | None = None  # writes a runtime DeadLetter
     table_for: Callable[[TableDef], Any] | None = None  # the store holding a table (get(bytes))
+    memory: StateMemory | None = None  # the worker's shared RocksDB memory (None: per store)
+
+
+NO_ENTRY_CAP = 2**62
+
+
+def entry_cap(cache_max_entries: int | None) -> int:
+    """An operator's cache entry cap from the worker's setting (None: only the budget bounds it)."""
+    return NO_ENTRY_CAP if cache_max_entries is None else cache_max_entries
 
 
 @dataclass

@@ -44,6 +44,12 @@ class Metrics:
         self.state_bytes = Gauge("processor_state_bytes",
                                  "Estimated live data bytes of a local store partition",
                                  ["store", "partition"], registry=r)
+        self.state_memory = Gauge("processor_state_memory_bytes",
+                                  "State memory within the memory budget: RocksDB block cache, "
+                                  "memtables, and the operators' write caches (estimated)",
+                                  ["part"], registry=r)
+        self.state_memory_budget = Gauge("processor_state_memory_budget_bytes",
+                                         "The worker's memory_budget (0: unbounded)", registry=r)
         self.restore_remaining = Gauge("processor_restore_remaining_records",
                                        "Changelog records left to restore for a store partition",
                                        ["store", "partition"], registry=r)

@@ -103,8 +103,9 @@ class StatefulOperator(Operator):
     offsets below `skip_below` are already in it: skip them); `process` per batch; at each
     checkpoint `flush()` -> (records to emit downstream, changelog writes since the last
     flush); after the commit succeeded `committed()` (the writes are in the store now: the
-    cache may be trimmed); on a dirty close `discard()` (forget everything uncommitted). The
-    operator only reads its store: the task writes it, atomically with the checkpoint.
+    cache may be trimmed), then maybe `trim_cache()` when the worker's memory budget is over;
+    on a dirty close `discard()` (forget everything uncommitted). The operator only reads its
+    store: the task writes it, atomically with the checkpoint.
     """
 
     stateful = True
@@ -121,6 +122,21 @@ class StatefulOperator(Operator):
 
     @abstractmethod
     def discard(self) -> None: ...
+
+    # the write cache, as the worker's memory budget sees it (state/memory.py `WriteCache`)
+    @abstractmethod
+    def cache_bytes(self) -> int:
+        """Estimated bytes of decoded state held beside the store."""
+
+    @abstractmethod
+    def trim_cache(self) -> None:
+        """Drop cached state the store holds (only between `committed()` and the next batch)."""
+
+
+# bytes per cached entry of the operators that do not estimate theirs from its size (windows,
+# process functions, joins, patterns): a decoded accumulator or state value with its key and
+# index slots, at the aggregate's resident cost of a mid-sized entry (not measured per operator)
+CACHED_ENTRY_BYTES = 500
 
 
 class TimedOperator(StatefulOperator):

@@ -40,6 +40,7 @@ from heapq import heapify, heappop, heappush
 from typing import Any
 
 from processor.operators.base import (
+    CACHED_ENTRY_BYTES,
     Batch,
     KeyFamilyError,
     LateRecord,
@@ -178,8 +179,14 @@ class ProcessFunction(ProcessingTimeOperator, ProcessHost):
             self._pending[d] = heap
         self._rescan()
         if len(self._cache) > self.cache_max_entries:
-            self._cache = {sk: self._cache[sk] for sk in self._dirty}
-            self._base = {sk: b for sk in self._dirty if (b := self._base.get(sk)) is not None}
+            self.trim_cache()
+
+    def cache_bytes(self) -> int:
+        return len(self._cache) * CACHED_ENTRY_BYTES
+
+    def trim_cache(self) -> None:
+        self._cache = {sk: self._cache[sk] for sk in self._dirty}
+        self._base = {sk: b for sk in self._dirty if (b := self._base.get(sk)) is not None}
 
     def discard(self) -> None:
         """Forget uncommitted work (dirty close): the store is the truth again."""

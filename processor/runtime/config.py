@@ -7,16 +7,14 @@ the clients need them; `masked()` and processor/secrets.py keep them out of ever
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import re
 import socket
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import (
     AliasChoices,
+    ByteSize,
     Field,
     SecretStr,
     ValidationError,
@@ -27,10 +25,16 @@ from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from processor import secrets
 from processor.errors import SpecError, SpecErrors
+from processor.runtime.config_files import (
+    attributed_errors,
+    env_names,
+    env_settings,
+    read_config_file,
+)
 from processor.serde.registry import RegistryBearer, RegistryRetries, RegistryTls, SchemaRegistry
+from processor.state.memory import MIN_BUDGET
 from processor.timeutil import parse_duration_ms
 
-ENV_PREFIX = "PROCESSOR_"
 SECURITY_PROPERTIES = {
     "security_protocol": "security.protocol",
     "sasl_mechanism": "sasl.mechanism",
@@ -72,7 +76,11 @@ class WorkerConfig(BaseSettings):
     worker_id: str | None = None
     batch_size: int = Field(default=10_000, ge=1)
     poll_timeout_ms: int = Field(default=100, ge=0)
-    cache_max_entries: int = Field(default=100_000, ge=0)
+    memory_budget: ByteSize | None = Field(
+        default=ByteSize(512 * 1024**2), ge=MIN_BUDGET,
+        description="bytes of state memory (RocksDB caches, memtables, write caches): '512MiB'")
+    cache_max_entries: int | None = Field(default=None, ge=0,
+                                          description="an entry cap per write cache, besides the budget")
     restore_batch_size: int = Field(default=50_000, ge=1)
     # global tables and broadcast sources are read to their end before processing starts
     table_bootstrap_timeout_ms: int = Field(default=600_000, ge=1)
@@ -320,85 +328,23 @@ def _registry_basic_auth(settings: dict[str, Any]) -> bool:
                 or userinfo)
 
 
-def _env_names(setting: str) -> list[str]:
-    names = [f"{ENV_PREFIX}{setting.upper()}"]
-    return [*names, "KAFKA_BOOTSTRAP_SERVERS"] if setting == "bootstrap_servers" else names
-
-
-def _read_file(path: str | Path) -> tuple[dict[str, Any], dict[str, int]]:
-    """The file's settings and the line of each top-level key."""
-    file = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.load(text, Loader=yaml.SafeLoader) or {}
-    except OSError as exc:
-        raise SpecErrors([SpecError(f"cannot read config: {exc.strerror}", file=file)]) from None
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        raise SpecErrors([SpecError(f"YAML syntax error: {exc.problem}", file=file,
-                                    line=mark.line + 1 if mark else None)]) from None
-    if not isinstance(data, dict):
-        raise SpecErrors([SpecError("config must be a YAML mapping", file=file, line=1)])
-    lines = {k.value: k.start_mark.line + 1 for k, _ in node.value} if isinstance(
-        node, yaml.MappingNode) else {}
-    return data, lines
-
-
-def _env_settings() -> dict[str, Any]:
-    """PROCESSOR_* variables as raw settings (JSON objects decoded), to find their secrets."""
-    out: dict[str, Any] = {}
-    for name, value in os.environ.items():
-        if name.upper().startswith(ENV_PREFIX):
-            try:
-                decoded = json.loads(value) if value.lstrip().startswith("{") else value
-            except ValueError:
-                decoded = value
-            out[name[len(ENV_PREFIX):].lower()] = decoded
-    return out
-
-
 def load_config(path: str | Path | None = None, **overrides: Any) -> WorkerConfig:
     """Build the config and register its secrets for masking; errors name the file, line and
     field (or `env` / `command line`), and never show a secret value."""
     file = str(path) if path else None
-    data, lines = _read_file(path) if path else ({}, {})
+    data, lines = read_config_file(path) if path else ({}, {})
     # precedence: file < environment < explicit overrides (CLI flags)
     for name in list(data):
-        if any(n in os.environ for n in _env_names(name)):
+        if any(n in os.environ for n in env_names(name)):
             del data[name]
     cli = {k: v for k, v in overrides.items() if v is not None}
     data.update(cli)
     try:
         config = WorkerConfig(**data)
     except (ValidationError, SettingsError) as exc:
-        hidden = secrets.secret_values(data) | secrets.secret_values(_env_settings())
+        hidden = secrets.secret_values(data) | secrets.secret_values(env_settings())
         raise SpecErrors([SpecError(secrets.redact(e.message, hidden), file=e.file, line=e.line,
                                     path=e.path)
-                          for e in _errors(exc, file, lines, cli)]) from None
+                          for e in attributed_errors(exc, file, lines, cli)]) from None
     secrets.register(secrets.secret_values(config))
     return config
-
-
-def _errors(exc: ValidationError | SettingsError, file: str | None, lines: dict[str, int],
-            cli: dict[str, Any]) -> list[SpecError]:
-    """Attribute each error to where its setting came from: flag, environment or file."""
-    if isinstance(exc, SettingsError):  # an environment variable that is not valid JSON
-        match = re.search(r'field "(\w+)"', str(exc))
-        name = match[1] if match else ""
-        return [SpecError(f"{ENV_PREFIX}{name.upper()} must be a JSON object", file="env",
-                          path=name or None)]
-    errors = []
-    for err in exc.errors(include_url=False):
-        field = ".".join(str(p) for p in err["loc"])
-        top = str(err["loc"][0]) if err["loc"] else ""
-        if top in cli:
-            where, line = "command line", None
-        elif any(os.environ.get(n) for n in _env_names(top)):
-            where, line = "env", None
-        else:
-            where, line = file, lines.get(top)
-        msg = "unknown setting" if err["type"] == "extra_forbidden" else err["msg"]
-        errors.append(SpecError(msg.removeprefix("Value error, "), file=where, line=line,
-                                path=field))
-    return errors

@@ -19,14 +19,17 @@ from processor.graph.model import TableDef
 from processor.operators.broadcast import BroadcastState
 from processor.runtime.durability.tables import TableFollower
 from processor.runtime.kafka.serdes import Serdes
+from processor.state.memory import StateMemory
 from processor.state.table import TableStore
 
 log = logging.getLogger("processor.worker")  # the worker's log lines, as before the split
 
 
 class GlobalState:
-    def __init__(self, topology: Topology, state_dir: Path, serdes: Serdes) -> None:
+    def __init__(self, topology: Topology, state_dir: Path, serdes: Serdes,
+                 memory: StateMemory | None = None) -> None:
         self.topology = topology
+        self.memory = memory
         self.state_dir = state_dir
         self.serdes = serdes
         self.stores: dict[str, TableStore] = {}  # global tables and broadcasts by name
@@ -45,7 +48,7 @@ class GlobalState:
             return
         for t in [*topology.global_tables, *topology.broadcasts]:
             store = self.stores[t.name] = TableStore(
-                self.state_dir / topology.name / f"global-{t.name}")
+                self.state_dir / topology.name / f"global-{t.name}", self.memory)
             on_update = None
             if t.kind == "broadcast":
                 self.broadcast.declare(t.name, self.serdes(t.end, True).decode,

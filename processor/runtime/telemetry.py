@@ -21,6 +21,7 @@ from processor.observability.progress import ProgressBar
 from processor.runtime.config import WorkerConfig
 from processor.runtime.task_manager import TaskManager
 from processor.runtime.tasks.task import Task, TaskState
+from processor.state.memory import StateMemory
 from processor.timeutil.watermark import NO_WATERMARK
 
 log = logging.getLogger("processor.worker")  # the worker's log lines, as before the split
@@ -30,7 +31,8 @@ class Telemetry:
     def __init__(self, metrics: Metrics, config: WorkerConfig, task_manager: TaskManager,
                  consumer: Consumer, produced: dict[str, int], *,
                  last_turn: Callable[[], float], stopping: Callable[[], bool],
-                 started_at: float, progress_bar: ProgressBar | None = None) -> None:
+                 started_at: float, progress_bar: ProgressBar | None = None,
+                 memory: StateMemory | None = None) -> None:
         """`produced`: records written per topic since the last export (the collector's);
         `last_turn()`: when the loop last turned; `stopping()`: the worker is shutting down;
         `progress_bar`: restore progress on a terminal (CLI)."""
@@ -42,6 +44,8 @@ class Telemetry:
         self._last_turn = last_turn
         self._stopping = stopping
         self.progress_bar = progress_bar
+        self.memory = memory
+        metrics.state_memory_budget.set(memory.budget if memory is not None else 0)
         self.records_processed = 0
         self._consumed = metrics.records_consumed
         self._observed_at = 0.0  # last lag / store-size observation
@@ -115,6 +119,9 @@ class Telemetry:
                 keys, size = store.stats()
                 self.metrics.state_keys.labels(name, str(partition)).set(keys)
                 self.metrics.state_bytes.labels(name, str(partition)).set(size)
+        if self.memory is not None:
+            for part, size in self.memory.usage().items():
+                self.metrics.state_memory.labels(part).set(size)
 
     def restore_progress(self, progress: list[tuple[str, int, int, int | None]]) -> None:
         """The restorer's progress after every chunk: gauges and the progress bar."""

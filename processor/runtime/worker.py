@@ -25,6 +25,7 @@ from confluent_kafka.admin import AdminClient
 
 from processor.errors import ProcessorError
 from processor.graph import BuildContext, Topology
+from processor.graph.model import entry_cap
 from processor.observability.metrics import Metrics
 from processor.observability.progress import ProgressBar
 from processor.runtime import faults
@@ -36,7 +37,7 @@ from processor.runtime.durability.tables import TableFollower
 from processor.runtime.gc_tuning import tune_gc
 from processor.runtime.global_state import GlobalState
 from processor.runtime.idle_stop import IdleStop
-from processor.runtime.kafka.batch import by_partition
+from processor.runtime.kafka.batch import by_partition, consumer_error
 from processor.runtime.kafka.clients import (
     admin_config,
     consumer_config,
@@ -53,18 +54,9 @@ from processor.runtime.serving.endpoint import Endpoint
 from processor.runtime.task_manager import TaskManager
 from processor.runtime.tasks.task import TaskState
 from processor.runtime.telemetry import Telemetry
+from processor.state.memory import state_memory
 
 log = logging.getLogger("processor.worker")
-
-
-def _consumer_error(m: Any, err: KafkaError) -> None:
-    """A consumer message carrying an error: end of partition is routine, a fatal error stops
-    the worker, anything else is logged (librdkafka retries it)."""
-    if err.code() == KafkaError._PARTITION_EOF:
-        return
-    if err.fatal():
-        raise KafkaException(err)
-    log.warning("consumer error", extra={"error": err.str()})
 
 
 class Worker:
@@ -90,7 +82,8 @@ class Worker:
         self.progress_bar: ProgressBar | None = None  # restore progress on a terminal (CLI)
         self._last_activity = time.monotonic()  # input or (re)assignment, for bounded runs
         self._started_at = time.monotonic()
-        self.global_state = GlobalState(topology, config.state_dir, self.serdes)
+        self.memory = state_memory(config.memory_budget)
+        self.global_state = GlobalState(topology, config.state_dir, self.serdes, self.memory)
 
     # -- setup ----------------------------------------------------------------------------------
 
@@ -122,7 +115,7 @@ class Worker:
                                 cfg.table_bootstrap_timeout_ms / 1000)
         self.checkpointer = Checkpointer(self.producer, self.consumer,
                                          exactly_once=cfg.exactly_once, metrics=self.metrics,
-                                         delivery_errors=self.delivery_errors)
+                                         delivery_errors=self.delivery_errors, memory=self.memory)
         self.checkpointer.membership_doubt = self._membership_doubt
         self.checkpointer.on_committed = RepartitionPurger.for_topology(
             admin, self.topology, cfg.repartition_purge_interval_ms).committed_offsets
@@ -138,7 +131,7 @@ class Worker:
         self.telemetry = Telemetry(self.metrics, cfg, self.task_manager, self.consumer,
                                    self.collector.produced, last_turn=lambda: self.heartbeat,
                                    stopping=lambda: self._stopping, started_at=self._started_at,
-                                   progress_bar=self.progress_bar)
+                                   progress_bar=self.progress_bar, memory=self.memory)
         restorer = self.task_manager.restorer
         restorer.hooks.append(lambda n: n and self.metrics.restore_records.inc(n))
         restorer.hooks.append(lambda n: n and faults.point("restore.chunk"))
@@ -182,12 +175,12 @@ class Worker:
     def _task_context(self, partition: int) -> BuildContext:
         """What a new task's operators are built with: emitters, codecs, dead letters, tables."""
         c = self.collector
-        return BuildContext(c.emitter_for, partition, self.config.cache_max_entries,
+        return BuildContext(c.emitter_for, partition, entry_cap(self.config.cache_max_entries),
                             late_emitter_for=c.late_emitter_for,
                             watermark_emitter_for=c.watermark_emitter_for,
                             partitions_of=c.partitions.__getitem__,
                             serde_for=self.serdes, dead_letter=self.dead_letters,
-                            table_for=self.global_state.table_for)
+                            table_for=self.global_state.table_for, memory=self.memory)
 
     def _publish_assignment(self) -> None:
         if self.endpoint is not None:
@@ -280,7 +273,7 @@ class Worker:
 
     def _dispatch(self, msgs: list[Any]) -> None:
         tasks = self.task_manager.tasks
-        for tp, batch in by_partition(msgs, _consumer_error).items():
+        for tp, batch in by_partition(msgs, consumer_error).items():
             task = tasks.get(tp)
             if task is None or task.state is not TaskState.RUNNING:
                 continue  # fetched before a revoke/pause took effect; will be re-read

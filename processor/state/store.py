@@ -13,7 +13,9 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from rocksdict import AccessType, Options, Rdict, WriteBatch
+from rocksdict import AccessType, BlockBasedOptions, Options, Rdict, WriteBatch
+
+from processor.state.memory import StateMemory
 
 _DATA = b"d"
 _META = b"m"
@@ -27,22 +29,34 @@ META_CHANGELOG_ID = "changelog_id"
 META_LAYOUT = "layout"  # the state layout the data was written with (graph/layout.py)
 
 
-def _options() -> Options:
+def _options(memory: StateMemory | None) -> Options:
     opts = Options(raw_mode=True)
     opts.create_if_missing(True)
     opts.set_max_background_jobs(2)
     opts.increase_parallelism(2)
+    # most lookups of a large key space are of keys not stored yet (a key's first record): a
+    # bloom filter answers those without reading data blocks
+    table = BlockBasedOptions()
+    table.set_bloom_filter(10, False)
+    if memory is not None:
+        memory.options(opts, table)
+    opts.set_block_based_table_factory(table)
+    opts.set_memtable_whole_key_filtering(True)
+    opts.set_memtable_prefix_bloom_ratio(0.02)
     return opts
 
 
 class RocksStore:
-    """A store directory: `<state_dir>/<topology>/<store>/<partition>`."""
+    """A store directory: `<state_dir>/<topology>/<store>/<partition>`; with `memory`, its
+    block cache and memtables are the worker's shared ones (state/memory.py)."""
 
-    def __init__(self, path: Path, *, read_only: bool = False) -> None:
+    def __init__(self, path: Path, *, read_only: bool = False,
+                 memory: StateMemory | None = None) -> None:
         self.path = path
+        self._memory = memory
         path.mkdir(parents=True, exist_ok=True)
         access = AccessType.read_only() if read_only else AccessType.read_write()
-        self._db = Rdict(str(path), options=_options(), access_type=access)
+        self._db = Rdict(str(path), options=_options(memory), access_type=access)
 
     def get(self, key: bytes) -> bytes | None:
         return self._db.get(_DATA + key)
@@ -83,13 +97,16 @@ class RocksStore:
         return self.meta_int(META_POSITION)
 
     def apply(self, writes: dict[bytes, bytes | None], meta: dict[str, int | bytes]) -> None:
-        """Write data and checkpoint metadata atomically."""
+        """Write data and checkpoint metadata atomically. In key order: RocksDB's memtable (a
+        skip list) takes ordered inserts faster, ~1.5 against ~2.5 µs a key at a million keys."""
         batch = WriteBatch(raw_mode=True)
-        for key, value in writes.items():
+        put, delete = batch.put, batch.delete
+        for key in sorted(writes):
+            value = writes[key]
             if value is None:
-                batch.delete(_DATA + key)
+                delete(_DATA + key)
             else:
-                batch.put(_DATA + key, value)
+                put(_DATA + key, value)
         for name, value in meta.items():
             batch.put(_META + name.encode(), value if isinstance(value, bytes) else str(value).encode())
         self._db.write(batch)
@@ -127,7 +144,8 @@ class RocksStore:
         self._db.close()
         self.wipe(self.path)
         self.path.mkdir(parents=True, exist_ok=True)
-        self._db = Rdict(str(self.path), options=_options(), access_type=AccessType.read_write())
+        self._db = Rdict(str(self.path), options=_options(self._memory),
+                         access_type=AccessType.read_write())
 
     @staticmethod
     def wipe(path: Path) -> None:

@@ -21,11 +21,13 @@ from typing import Any
 
 from rocksdict import BlockBasedOptions, Options, Rdict, WriteBatch
 
+from processor.state.memory import StateMemory
+
 _META_CF = "meta"
 _OFFSET = b"next_offset/"
 
 
-def _options() -> Options:
+def _options(memory: StateMemory | None) -> Options:
     opts = Options(raw_mode=True)
     opts.create_if_missing(True)
     opts.create_missing_column_families(True)
@@ -35,6 +37,8 @@ def _options() -> Options:
     # SST files and memtables answers those without reading a data block (~0.5 -> ~0.25 µs)
     table = BlockBasedOptions()
     table.set_bloom_filter(10, False)
+    if memory is not None:
+        memory.options(opts, table)
     opts.set_block_based_table_factory(table)
     opts.set_memtable_whole_key_filtering(True)
     opts.set_memtable_prefix_bloom_ratio(0.02)
@@ -44,10 +48,11 @@ def _options() -> Options:
 class TableStore:
     """One directory per materialized table (partition set): `get` by raw key, offsets in meta."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, memory: StateMemory | None = None) -> None:
         self.path = path
         path.mkdir(parents=True, exist_ok=True)
-        self._db = Rdict(str(path), options=_options(), column_families={_META_CF: _options()})
+        self._db = Rdict(str(path), options=_options(memory),
+                         column_families={_META_CF: _options(memory)})
         self._meta: Any = self._db.get_column_family(_META_CF)
         self._meta_cf: Any = self._db.get_column_family_handle(_META_CF)
         # the hot path: the C-level lookup itself, shadowing the method below

@@ -131,6 +131,16 @@ def test_prometheus_scrapes_lag_throughput_and_checkpoints(broker, tmp_path, uni
             f'sum(processor_transactions_total{{{sel},result="committed"}})')
         assert transactions is not None and transactions > 0, (transactions, context())
 
+        # -- the memory budget (512 MiB by default): each part in use and within its share
+        budget = prom.value(f'processor_state_memory_budget_bytes{{{sel}}}')
+        assert budget == 512 * 1024**2, (budget, context())
+        parts = {s["metric"]["part"]: s["value"]
+                 for s in prom.query(f'processor_state_memory_bytes{{{sel}}}')}
+        assert set(parts) == {"block_cache", "memtables", "write_caches"}, (parts, context())
+        assert 0 < parts["memtables"] <= budget / 4, parts  # the store's writes
+        assert 0 < parts["write_caches"] <= budget / 2, parts  # the aggregate's cached keys
+        assert 0 <= parts["block_cache"] <= budget / 4, parts
+
         # -- the aggregate's results reach the output topic
         produced = prom.value(f'sum(processor_records_produced_total{{{sel},topic="{output}"}})')
         assert produced is not None and produced > 0, (produced, context())

@@ -46,6 +46,7 @@ import orjson
 
 from processor.operators.aggregate import CompiledAggregation
 from processor.operators.base import (
+    CACHED_ENTRY_BYTES,
     Batch,
     KeyFamilyError,
     LateRecord,
@@ -250,7 +251,14 @@ class EndIndexed(WindowOperator):
 
     def committed(self) -> None:
         """The flushed writes are in the store: drop what the store now answers for."""
-        if self.dirty or self._cached() <= self.cache_max_entries:
+        if self._cached() > self.cache_max_entries:
+            self.trim_cache()
+
+    def cache_bytes(self) -> int:
+        return self._cached() * CACHED_ENTRY_BYTES
+
+    def trim_cache(self) -> None:
+        if self.dirty:
             return
         # everything cached is in the store now and becomes store-only
         if self.heap:

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from processor.operators.base import Batch, KeyFamilyError, StoreKeys
+from processor.operators.base import CACHED_ENTRY_BYTES, Batch, KeyFamilyError, StoreKeys
 from processor.operators.windows.base import WindowOperator
 
 
@@ -130,5 +130,12 @@ class CountWindows(WindowOperator):
         return [], writes
 
     def committed(self) -> None:
-        if not self.dirty and len(self.entries) > self.cache_max_entries:
+        if len(self.entries) > self.cache_max_entries:
+            self.trim_cache()
+
+    def cache_bytes(self) -> int:
+        return len(self.entries) * CACHED_ENTRY_BYTES
+
+    def trim_cache(self) -> None:
+        if not self.dirty:
             self.entries.clear()

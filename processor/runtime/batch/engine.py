@@ -23,6 +23,7 @@ from typing import Any
 
 from processor.errors import ProcessorError, RecordError
 from processor.graph import BuildContext, TopicEnd, Topology, build_topology
+from processor.graph.model import entry_cap
 from processor.graph.partitioning import internal_partitions
 from processor.runtime import faults
 from processor.runtime.batch.bus import Bus
@@ -40,6 +41,7 @@ from processor.runtime.tasks.task import Task, TaskState
 from processor.serde.errors import DeserializationError
 from processor.spec import LoadedSpec
 from processor.spec.bounded import FileSinkSpec
+from processor.state.memory import state_memory
 
 log = logging.getLogger("processor.batch")
 
@@ -72,6 +74,7 @@ class BatchRun:
         self.state_dir = Path(tempfile.mkdtemp(prefix="processor-batch-")) if state_dir is None \
             else state_dir
         self.serdes = Serdes(config.schema_registry)
+        self.memory = state_memory(config.memory_budget)
         self.tables = BatchTables(self.topology, config, self.state_dir, self.serdes)
         topics = {s.topic: TopicFeeder(n, s, config) for n, s in spec.sources.items()
                   if s.kind == "stream" and s.file is None}
@@ -117,12 +120,13 @@ class BatchRun:
         c = self.collector
         for sub in self.topology.subtopologies:
             for p in range(c.partitions[sub.source.topic]):
-                ctx = BuildContext(self._emitter_for, p, self.config.cache_max_entries,
+                ctx = BuildContext(self._emitter_for, p, entry_cap(self.config.cache_max_entries),
                                    late_emitter_for=self._late_emitter_for,
                                    watermark_emitter_for=c.watermark_emitter_for,
                                    partitions_of=c.partitions.__getitem__,
                                    serde_for=self.serdes, dead_letter=self.dead_letters,
-                                   table_for=self.tables.global_state.table_for)
+                                   table_for=self.tables.global_state.table_for,
+                                   memory=self.memory)
                 self.tasks[(sub.source.topic, p)] = Task(self.topology.name, sub, p, ctx,
                                                          self.state_dir)
         self.tables.load(list(self.tasks.values()))
@@ -240,6 +244,8 @@ class BatchRun:
             self._drain()
         for task in self.tasks.values():
             task.committed({})
+        if self.memory is not None:
+            self.memory.enforce(op for task in self.tasks.values() for _, _, op in task.stateful)
 
     def _guarded(self, task: Task, topic: str, work: Any) -> None:
         """Run `work`; a record error names the file and row it came from."""

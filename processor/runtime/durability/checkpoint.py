@@ -26,6 +26,7 @@ from processor.runtime import faults
 from processor.runtime.kafka.produce import produce_when_room
 from processor.runtime.tasks.task import Task, TaskState
 from processor.state import LAYOUT_KEY, POSITION_KEY
+from processor.state.memory import StateMemory
 
 log = logging.getLogger("processor.checkpoint")
 
@@ -96,8 +97,10 @@ def send_offsets(producer: Producer, offsets: list[TopicPartition], group_metada
 
 class Checkpointer:
     def __init__(self, producer: Producer, consumer: Consumer, *, exactly_once: bool,
-                 metrics: Metrics, delivery_errors: list[KafkaError]) -> None:
+                 metrics: Metrics, delivery_errors: list[KafkaError],
+                 memory: StateMemory | None = None) -> None:
         self.producer = producer
+        self.memory = memory
         self.consumer = consumer
         self.exactly_once = exactly_once
         self.metrics = metrics
@@ -216,6 +219,8 @@ class Checkpointer:
             task.committed({store: self._changelog_last[(topic, task.partition)] + 1
                             for store, topic in task.changelogs.items()
                             if (topic, task.partition) in self._changelog_last})
+        if self.memory is not None:  # the write caches back inside the budget
+            self.memory.enforce(op for task in tasks for _, _, op in task.stateful)
         if self.on_committed is not None:
             self.on_committed(offsets)
         elapsed = time.perf_counter() - started

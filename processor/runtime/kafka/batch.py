@@ -8,10 +8,13 @@ caller's `on_error`, since what an end of partition or a failed fetch means diff
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from confluent_kafka import KafkaError
+from confluent_kafka import KafkaError, KafkaException
+
+log = logging.getLogger("processor.worker")
 
 TopicPartitionKey = tuple[str, int]
 
@@ -32,3 +35,13 @@ def by_partition(msgs: Iterable[Any], on_error: Callable[[Any, KafkaError], None
             grouped[tp] = records = []
         records.append(m)
     return grouped
+
+
+def consumer_error(m: Any, err: KafkaError) -> None:
+    """The worker's `on_error`: end of partition is routine, a fatal error stops the worker,
+    anything else is logged (librdkafka retries it)."""
+    if err.code() == KafkaError._PARTITION_EOF:
+        return
+    if err.fatal():
+        raise KafkaException(err)
+    log.warning("consumer error", extra={"error": err.str()})

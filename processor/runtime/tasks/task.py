@@ -60,7 +60,7 @@ class Task:
         # per-task tables: partition p of each table a join reads (runtime/durability/tables.py fills them);
         # one directory per task, as two sub-topologies may join the same table
         self.tables: dict[str, TableStore] = {
-            t.name: TableStore(state_dir / topology / f"table-{t.name}" / self.id)
+            t.name: TableStore(state_dir / topology / f"table-{t.name}" / self.id, ctx.memory)
             for t in sub.tables}
         self.table_topics = {t.name: t.topic for t in sub.tables}
         global_table = ctx.table_for
@@ -72,7 +72,8 @@ class Task:
         # operators with a store (aggregate, window, process, join): queries.py reads them
         self.stateful = self._tree.stateful
         self.stores: dict[str, RocksStore] = {
-            op.store_name: RocksStore(state_dir / topology / op.store_name / str(partition))
+            op.store_name: RocksStore(state_dir / topology / op.store_name / str(partition),
+                                      memory=ctx.memory)
             for _, _, op in self.stateful
         }
         self.changelogs = {s.name: s.changelog_topic for s in sub.stores}
