@@ -294,8 +294,9 @@ class Aggregate(StatefulOperator, Queryable):
 
     def flush(self) -> tuple[Batch, Writes]:
         """Return (records to emit downstream, changelog writes) for keys changed since last flush."""
-        cache, result = self.cache, self.agg.result
-        writes: Writes = {kb: orjson.dumps(cache[kb]) for kb in self.dirty}
+        cache, result, dumps = self.cache, self.agg.result, orjson.dumps
+        # copies: orjson's bytes keep 4 KiB each until the commit, 100 MB for 25k changed keys
+        writes: Writes = {kb: (raw := dumps(cache[kb]))[:-1] + raw[-1:] for kb in self.dirty}
         if writes:
             sample = len(writes) * ENTRY_BYTES + sum(
                 len(kb) + RAW_FACTOR * len(raw) for kb, raw in writes.items())  # type: ignore[arg-type]

@@ -15,7 +15,7 @@ from processor.serde.errors import (
     SerializationError,
 )
 from processor.serde.factory import build_serde
-from processor.serde.formats import FORMATS, SCHEMALESS_FORMATS, Serde, serde_for
+from processor.serde.formats import FORMATS, SCHEMALESS_FORMATS, Serde, serde_for, state_key_serde
 from processor.serde.registry import SchemaRegistry
 from processor.serde.schemas import load_avro_schema, load_json_schema
 
@@ -35,4 +35,5 @@ __all__ = [
     "load_avro_schema",
     "load_json_schema",
     "serde_for",
+    "state_key_serde",
 ]

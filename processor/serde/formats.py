@@ -64,6 +64,21 @@ _SERDES = {
 }
 
 
+def _json_state_key(obj: Any) -> bytes | None:
+    """A JSON key as a store holds it: a compact copy. orjson (3.13) hands out bytes objects
+    that keep a 4 KiB buffer each, which a cached key would keep alive (4 KiB per cached key)."""
+    if obj is None:
+        return None
+    raw = orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS)
+    return raw[:-1] + raw[-1:]
+
+
+def state_key_serde(fmt: str) -> Serde:
+    """The serde of a stateful step's keys: `serde_for`'s, with keys that may stay cached."""
+    serde = serde_for(fmt)
+    return Serde(fmt, _json_state_key, serde.decode) if fmt == "json" else serde
+
+
 def serde_for(fmt: str) -> Serde:
     """Look up a schema-less serde by format name (raw codec exceptions, for the hot path)."""
     try:

@@ -12,7 +12,7 @@ from processor.graph.layout import aggregate_facts
 from processor.graph.model import BuildContext, StepNode
 from processor.graph.scope import Scope, StepAt, StepKind, Stream, append_node, auto_name
 from processor.operators import Aggregate, Operator, compile_aggregation
-from processor.serde import serde_for
+from processor.serde import state_key_serde
 from processor.spec.steps import AggregateStep
 
 
@@ -36,7 +36,7 @@ def _aggregate_node(scope: Scope, at: StepAt, stream: Stream) -> StepNode | None
         return None
     store_name = store.name
     agg = compile_aggregation(fields, scope.broadcast)
-    encode = serde_for(stream.key_format).encode
+    encode = state_key_serde(stream.key_format).encode
 
     def build(ctx: BuildContext) -> Operator:
         return Aggregate(name, store_name, agg, encode, spec.emit, ctx.cache_max_entries)

@@ -16,7 +16,7 @@ from processor.graph.scope import Scope, StepAt, StepKind, Stream, auto_name
 from processor.operators.base import Operator
 from processor.operators.patterns import build_pattern_operator
 from processor.operators.patterns.program import COND_ARGS, SELECT_ARGS, stage_refs
-from processor.serde import serde_for
+from processor.serde import state_key_serde
 from processor.spec.loader import PathT
 from processor.spec.patterns import PatternSpec
 from processor.spec.steps import PatternStep
@@ -81,7 +81,7 @@ def _pattern_node(scope: Scope, at: StepAt, stream: Stream) -> StepNode | None:
     if (store is None or not ok or (spec.late != "drop" and late is None)
             or (spec.timeouts != "drop" and timeouts is None)):
         return None
-    serde = serde_for(stream.key_format)
+    serde = state_key_serde(stream.key_format)
     step_name, store_name, broadcast = at.name, store.name, scope.broadcast
     try:
         build_pattern_operator(step_name, store_name, spec, serde.encode, serde.decode, Clock(),

@@ -20,7 +20,7 @@ from processor.operators import compile_aggregation
 from processor.operators.base import Operator
 from processor.operators.process import ProcessFunction
 from processor.operators.windows import build_window_operator
-from processor.serde import serde_for
+from processor.serde import state_key_serde
 from processor.spec.loader import PathT, format_path
 from processor.spec.steps import AggregateStep, ProcessStep, WindowSpec, WindowStep
 from processor.timeutil.watermark import Clock
@@ -90,7 +90,7 @@ def _window_node(scope: Scope, path: PathT, step: WindowStep, following: Aggrega
     if store is None or fields is None or not ok or (wspec.late != "drop" and late is None):
         return None
     agg = compile_aggregation(fields, scope.broadcast)
-    serde = serde_for(stream.key_format)
+    serde = state_key_serde(stream.key_format)
     step_name = format_path(path)
     try:
         build_window_operator(step_name, name, wspec, agg, serde.encode, serde.decode, Clock())
@@ -127,7 +127,7 @@ def _process_node(scope: Scope, at: StepAt, stream: Stream) -> StepNode | None:
     on_timer = scope.callable((*ppath, "on_timer"), spec.on_timer) if spec.on_timer else None
     if store is None or fn is None or (spec.on_timer and on_timer is None):
         return None
-    serde = serde_for(stream.key_format)
+    serde = state_key_serde(stream.key_format)
     step_name, store_name, broadcast = at.name, store.name, scope.broadcast
 
     def build(ctx: BuildContext) -> Operator:
