@@ -3,6 +3,8 @@ its YAML, the verdict and the words of the reason."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from processor.graph import build_topology
@@ -140,3 +142,18 @@ def test_internal_topics_touched():
     dropped = BASE.replace("      - key_by: \"value['user']\"\n", "")
     topics = classify(_layout(BASE), _layout(dropped)).topics
     assert "app-totals-repartition" in topics.orphaned
+
+
+def test_an_interval_join_store_of_the_map_state_format_is_refused():
+    """Stores written before the join kept one entry per record (state_format absent from their
+    layout): the new operator cannot read them, so the change is incompatible, never silent."""
+    new = _layout(BASE)
+    store = new.stores["matched"]
+    assert store.facts["state_format"] == "records-1"
+    old_facts = {k: v for k, v in store.facts.items() if k != "state_format"}
+    old = dataclasses.replace(new, stores={**new.stores,
+                                           "matched": dataclasses.replace(store, facts=old_facts)})
+    result = classify(old, new)
+    assert result.verdict is X
+    assert any("store matched: state format map states -> records-1" in r.render()
+               for r in result.reasons)
