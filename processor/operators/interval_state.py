@@ -24,11 +24,11 @@ keeps it when the join's bounds change.
 from __future__ import annotations
 
 from collections.abc import Callable
-from heapq import heapify, heappop, heappush
+from heapq import heappop, heappush
 from typing import Any
 
 from processor.operators.base import KeyFamilyError, StoreKeys, Writes
-from processor.state.keys import pack_ts, unpack_ts
+from processor.state.keys import unpack_ts
 
 STATE_FORMAT = "records-1"
 """Recorded in the store's layout (graph/layout.py): the map-state format before it had none,
@@ -36,16 +36,17 @@ so a worker refuses a store written in it (graph/compat.py) instead of misreadin
 FAMILY = b"i"
 _END = bytes((FAMILY[0] + 1,))
 _HEAD = 17  # value header: ts, expiry, matched
-_SIDE = (b"\x00", b"\x01")  # a side's (or a flag's) byte
 
 
-Buffered = list  # one buffered record: [ts, expiry, matched 0|1, value as JSON, store key, stored]
-TS, EXPIRY, MATCHED, RAW, SK, STORED = range(6)  # STORED: in the store, or in a flush on its way
-_BIAS = 1 << 63
-
-
+Buffered = tuple[int, int, int, bytes, bytes]
+"""One buffered record: (ts, expiry, matched 0|1, value as JSON, store key). A tuple of atoms
+(the collector stops tracking it); marking it matched replaces it in its key's list."""
+TS, EXPIRY, MATCHED, RAW, SK = range(5)
 Sides = list[list[Buffered]]  # a key's records per side, in arrival order
 Expired = Callable[[bytes, int, Buffered], None]  # (key bytes, side, record) leaving the buffer
+_BIAS = 1 << 63
+_SIDE = (b"\x00", b"\x01")  # a side's (or a flag's) byte
+_FIRST = bytes(4)  # n of the first record of an offset
 
 
 def _key_prefix(kb: bytes) -> bytes:
@@ -64,13 +65,16 @@ STORE_KEYS = StoreKeys("i<len><key><side><offset><n>", record_key)
 
 
 def _decode(sk: bytes, raw: bytes) -> Buffered:
-    return [unpack_ts(raw[:8]), unpack_ts(raw[8:16]), raw[16], raw[_HEAD:], sk, True]
+    return (unpack_ts(raw[:8]), unpack_ts(raw[8:16]), raw[16], raw[_HEAD:], sk)
 
 
 class IntervalState:
     """The records a join holds, per key and side, over its store (see the module docstring).
     Like every operator state it only reads the store: `flush` returns the changes since the
-    last flush as changelog writes, which the task applies with the checkpoint."""
+    last flush as changelog writes, which the task applies with the checkpoint.
+
+    The due index is a heap of distinct expiries (ints compare fast) with the keys due at each
+    in `_due`; an entry is stale when the key's earliest expiry moved since, and is skipped."""
 
     def __init__(self, cache_max_entries: int) -> None:
         self.cache_max_entries = cache_max_entries
@@ -81,9 +85,11 @@ class IntervalState:
         """Forget everything not committed: the store is the truth again."""
         self._keys: dict[bytes, Sides] = {}  # the cached keys (their records, loaded in full)
         self._cached = 0  # records in the cached keys
-        self._writes: dict[bytes, Buffered | None] = {}  # changed since the last flush
+        self._new: dict[bytes, Buffered] = {}  # added since the last flush: not in the store
+        self._changed: dict[bytes, Buffered | None] = {}  # stored ones changed since: None = gone
         self._next: dict[bytes, int] | None = None  # key -> earliest expiry; None: not built
-        self.heap: list[tuple[int, bytes]] = []  # (expiry, key), stale entries skipped
+        self.heap: list[int] = []  # expiries with keys in _due
+        self._due: dict[int, list[bytes]] = {}
 
     def bind(self, store: Any) -> None:
         self.store = store
@@ -93,16 +99,23 @@ class IntervalState:
         """The expiry index, built from the store by one scan on first use."""
         nxt = self._next
         if nxt is None:
-            nxt = {}
+            nxt = self._next = {}
             for sk, raw in self.store.range(FAMILY, _END):
                 kb, expiry = record_key(sk), unpack_ts(raw[8:16])
                 assert kb is not None
                 if expiry < nxt.get(kb, expiry + 1):
                     nxt[kb] = expiry
-            self.heap = [(e, kb) for kb, e in nxt.items()]
-            heapify(self.heap)
-            self._next = nxt
+            for kb, e in nxt.items():
+                self._schedule(kb, e)
         return nxt
+
+    def _schedule(self, kb: bytes, expiry: int) -> None:
+        keys = self._due.get(expiry)
+        if keys is None:
+            self._due[expiry] = [kb]
+            heappush(self.heap, expiry)
+        else:
+            keys.append(kb)
 
     def records(self, kb: bytes) -> Sides:
         """The records of key `kb` per side (the live lists: change them only through here)."""
@@ -122,85 +135,97 @@ class IntervalState:
 
     def add(self, kb: bytes, sides: Sides, side: int, ts: int, expiry: int, offset: int,
             raw: bytes, matched: int) -> None:
-        """Append a record to key `kb`'s side (`sides` = records(kb))."""
+        """Append a record to key `kb`'s side (`sides` = records(kb), so the index is built)."""
         own = sides[side]
         head = FAMILY + len(kb).to_bytes(4, "big") + kb + _SIDE[side] + (offset + _BIAS).to_bytes(8, "big")
-        n = 0
-        for b in reversed(own):  # records sharing the offset arrived last
-            if not b[SK].startswith(head):
-                break
-            n += 1
-        sk = head + n.to_bytes(4, "big")
-        b = [ts, expiry, matched, raw, sk, False]
+        if own and own[-1][4][:-4] == head:  # records sharing an offset arrive one after another
+            sk = head + (int.from_bytes(own[-1][4][-4:], "big") + 1).to_bytes(4, "big")
+        else:
+            sk = head + _FIRST
+        b = (ts, expiry, matched, raw, sk)
         own.append(b)
         self._cached += 1
-        self._writes[sk] = b
+        self._new[sk] = b
         nxt = self._next
-        assert nxt is not None  # built by records()
+        assert nxt is not None
         if expiry < nxt.get(kb, expiry + 1):
             nxt[kb] = expiry
-            heappush(self.heap, (expiry, kb))
+            keys = self._due.get(expiry)
+            if keys is None:
+                self._due[expiry] = [kb]
+                heappush(self.heap, expiry)
+            else:
+                keys.append(kb)
 
-    def mark(self, b: Buffered) -> None:
-        b[MATCHED] = 1
-        self._writes[b[SK]] = b
+    def mark(self, records: list[Buffered], i: int) -> None:
+        """Record `records[i]` met a partner."""
+        b = records[i]
+        b = records[i] = (b[0], b[1], 1, b[3], b[4])
+        sk = b[SK]
+        if sk in self._new:
+            self._new[sk] = b
+        else:
+            self._changed[sk] = b
 
     def expire(self, limit: int, emit: Expired) -> None:
         """Drop every record with expiry <= limit, key by key in (expiry, key bytes) order;
         `emit(kb, side, record)` sees each before it goes (left side first, arrival order)."""
-        nxt, heap = self.index(), self.heap
-        while heap and heap[0][0] <= limit:
-            expiry, kb = heappop(heap)
-            if nxt.get(kb) != expiry:
-                continue  # stale: the key's earliest expiry changed since
-            sides = self.records(kb)
-            first = None
-            gone: list[tuple[int, Buffered]] = []
-            for side in (0, 1):
-                kept = []
-                for b in sides[side]:
-                    e = b[EXPIRY]
-                    if e > expiry:
-                        kept.append(b)
-                        if first is None or e < first:
-                            first = e
-                    else:
-                        self._drop(b)
+        nxt, heap, due = self.index(), self.heap, self._due
+        new, changed = self._new, self._changed
+        while heap and heap[0] <= limit:
+            expiry = heappop(heap)
+            keys = due.pop(expiry)
+            if len(keys) > 1:
+                keys.sort()
+            for kb in keys:
+                if nxt.get(kb) != expiry:
+                    continue  # stale: the key's earliest expiry changed since
+                sides = self._keys.get(kb) or self.records(kb)
+                first = None
+                gone: list[tuple[int, Buffered]] = []
+                for side in (0, 1):
+                    kept = []
+                    for b in sides[side]:
+                        e = b[1]  # EXPIRY
+                        if e > expiry:
+                            kept.append(b)
+                            if first is None or e < first:
+                                first = e
+                            continue
+                        sk = b[4]  # SK
+                        if new.pop(sk, None) is None:
+                            changed[sk] = None  # in the store: delete it
                         gone.append((side, b))
-                sides[side] = kept
-            if first is None:
-                del nxt[kb]
-                del self._keys[kb]
-            else:
-                nxt[kb] = first
-                heappush(heap, (first, kb))
-            for side, b in gone:  # the key's state is settled: a failing emit loses only these
-                emit(kb, side, b)
-
-    def _drop(self, b: Buffered) -> None:
-        self._cached -= 1
-        if b[STORED]:
-            self._writes[b[SK]] = None
-        else:
-            del self._writes[b[SK]]  # never written: nothing to delete
+                    sides[side] = kept
+                self._cached -= len(gone)
+                if first is None:
+                    del nxt[kb]
+                    del self._keys[kb]
+                else:
+                    nxt[kb] = first
+                    self._schedule(kb, first)
+                for side, b in gone:  # the key's state is settled: a failing emit loses only these
+                    emit(kb, side, b)
 
     def flush(self) -> Writes:
         writes: Writes = {}
-        for sk, b in self._writes.items():
-            if b is None:
-                writes[sk] = None
-            else:
-                writes[sk] = pack_ts(b[TS]) + pack_ts(b[EXPIRY]) + _SIDE[b[MATCHED]] + b[RAW]
-                b[STORED] = True
-        self._writes = {}
+        for sk, b in self._changed.items():
+            writes[sk] = None if b is None else _encode(b)
+        for sk, b in self._new.items():
+            writes[sk] = _encode(b)
+        self._new, self._changed = {}, {}
         return writes
 
     def committed(self) -> None:
         """The flushed writes are in the store: trim the key cache if it grew too large."""
-        if self._cached > self.cache_max_entries and not self._writes:
+        if self._cached > self.cache_max_entries and not self._new and not self._changed:
             self._keys = {}
             self._cached = 0
 
     def pending(self) -> int:
         """Distinct (key, expiry) pairs in the committed store: the expiries still to come."""
         return len({(record_key(sk), raw[8:16]) for sk, raw in self.store.range(FAMILY, _END)})
+
+
+def _encode(b: Buffered) -> bytes:
+    return (b[0] + _BIAS).to_bytes(8, "big") + (b[1] + _BIAS).to_bytes(8, "big") + _SIDE[b[2]] + b[3]

@@ -55,7 +55,7 @@ from processor.operators.base import (
     failed_at,
 )
 from processor.operators.context import check_timestamp
-from processor.operators.interval_state import MATCHED, RAW, TS, Buffered, IntervalState
+from processor.operators.interval_state import Buffered, IntervalState
 from processor.operators.reconcile import RESERVED_SIDE_NAMES, Reconcile, side_value
 from processor.timeutil.watermark import Clock
 
@@ -131,7 +131,7 @@ class IntervalJoin(TimedOperator):
                 prev = o
                 continue  # already reflected in the restored store
             heap = state.heap
-            if heap and heap[0][0] <= wm:
+            if heap and heap[0] <= wm:
                 self._expire(wm, prev if prev >= 0 else o - 1, out)
             try:
                 one(record, wm, out)
@@ -147,7 +147,7 @@ class IntervalJoin(TimedOperator):
         out: Batch = []
         self.state.index()
         heap = self.state.heap
-        if heap and heap[0][0] <= watermark:
+        if heap and heap[0] <= watermark:
             self._expire(watermark, offset, out)
         self._last_offset = max(self._last_offset, offset)
         return out
@@ -157,7 +157,11 @@ class IntervalJoin(TimedOperator):
         kb = self.key_encode(key)
         if kb is None:
             raise ValueError("record key is null; an interval join needs a key (use key_by)")
-        side, v = side_value(value, 2)
+        if type(value) is tuple and len(value) == 2 and (value[0] == 0 or value[0] == 1) \
+                and type(value[0]) is int:
+            side, v = value
+        else:
+            side, v = side_value(value, 2)  # a list, or a value that fails here
         if v is None:
             return
         if ts < wm:
@@ -172,20 +176,22 @@ class IntervalJoin(TimedOperator):
             lo, hi = ts - self.after_ms, ts + self.before_ms
         state = self.state
         sides = state.records(kb)
-        matches = [b for b in sides[1 - side] if lo <= b[0] <= hi]  # b[TS]
+        other = sides[1 - side]
+        matches = [i for i, b in enumerate(other) if lo <= b[0] <= hi] if other else other
         state.add(kb, sides, side, ts, expiry, offset, raw, 1 if matches else 0)
         if not matches:
             return
         mark = self._alone[1 - side]  # the flag only matters if the other side may be emitted alone
         left, right = self.names
         append = out.append
-        for b in matches:
-            if mark and not b[MATCHED]:
-                state.mark(b)
-            other = _loads(b[RAW])  # a fresh copy per output, as stored
-            pair = {left: v, right: other} if side == 0 else {left: other, right: v}
-            t = b[TS]
-            append((key, pair, ts if ts >= t else t, offset))
+        for i in matches:
+            b = other[i]
+            if mark and not b[2]:  # MATCHED
+                state.mark(other, i)
+            o = _loads(b[3])  # RAW: a fresh copy per output, as stored
+            t = b[0]  # TS
+            append((key, {left: v, right: o} if side == 0 else {left: o, right: v},
+                    ts if ts >= t else t, offset))
 
     def _expire(self, watermark: int, offset: int, out: Batch) -> None:
         """Remove the records with expiry <= watermark; emit unmatched ones alone by the kind."""
@@ -194,14 +200,14 @@ class IntervalJoin(TimedOperator):
         keys: dict[bytes, Any] = {}
 
         def expired(kb: bytes, side: int, b: Buffered) -> None:
-            if not alone[side] or b[MATCHED]:
+            if not alone[side] or b[2]:  # MATCHED
                 return
             key = keys.get(kb, _MISS)
             if key is _MISS:
                 key = keys[kb] = decode(kb)
-            v = _loads(b[RAW])
+            v = _loads(b[3])  # RAW
             out.append((key, {left: v, right: None} if side == 0 else {left: None, right: v},
-                        b[TS], offset))
+                        b[0], offset))  # TS
 
         try:
             self.state.expire(watermark, expired)
