@@ -49,6 +49,12 @@ _SIDE = (b"\x00", b"\x01")  # a side's (or a flag's) byte
 _FIRST = bytes(4)  # n of the first record of an offset
 
 
+def compact(b: bytes) -> bytes:
+    """A copy of `b` that holds just its bytes: orjson (3.13) hands out bytes objects that keep
+    a 4 KiB buffer each, which a buffered record would keep alive (measured: 9 KB per key)."""
+    return bytes(memoryview(b))
+
+
 def _key_prefix(kb: bytes) -> bytes:
     return FAMILY + len(kb).to_bytes(4, "big") + kb
 
@@ -116,6 +122,10 @@ class IntervalState:
             heappush(self.heap, expiry)
         else:
             keys.append(kb)
+
+    def cached(self, kb: bytes) -> Sides | None:
+        """The records of key `kb` if they are in memory (else: records(kb))."""
+        return self._keys.get(kb)
 
     def records(self, kb: bytes) -> Sides:
         """The records of key `kb` per side (the live lists: change them only through here)."""

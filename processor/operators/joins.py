@@ -55,7 +55,7 @@ from processor.operators.base import (
     failed_at,
 )
 from processor.operators.context import check_timestamp
-from processor.operators.interval_state import Buffered, IntervalState
+from processor.operators.interval_state import Buffered, IntervalState, compact
 from processor.operators.reconcile import RESERVED_SIDE_NAMES, Reconcile, side_value
 from processor.timeutil.watermark import Clock
 
@@ -169,13 +169,16 @@ class IntervalJoin(TimedOperator):
             self.late_count += 1
             return
         expiry = check_timestamp(ts + self._keep[side] + 1)  # may fail: before any change
-        raw = _dumps(v)  # may fail too
+        raw = compact(_dumps(v))  # may fail too
         if side == 0:
             lo, hi = ts - self.before_ms, ts + self.after_ms
         else:
             lo, hi = ts - self.after_ms, ts + self.before_ms
         state = self.state
-        sides = state.records(kb)
+        sides = state.cached(kb)
+        if sides is None:
+            kb = compact(kb)  # the key's bytes stay in the state's index
+            sides = state.records(kb)
         other = sides[1 - side]
         matches = [i for i, b in enumerate(other) if lo <= b[0] <= hi] if other else other
         state.add(kb, sides, side, ts, expiry, offset, raw, 1 if matches else 0)
