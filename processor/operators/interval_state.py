@@ -4,9 +4,9 @@ when each key's next record expires.
 A join touches its state twice per record: it matches the record against the other side's
 records of its key and appends it; later, when the watermark passes a record's expiry, it drops
 it. Both are served from memory: the records of a key are loaded once (one prefix scan, or
-nothing when the index says the key holds none) and kept in arrival order; the index maps each
-key holding records to its earliest expiry, and a heap of (expiry, key) hands out the due keys
-in (expiry, key bytes) order without any store scan per record. The store stays the truth: the
+nothing when the index says the key holds none) and kept in arrival order; the expiry index
+(operators/expiry_index.py) maps each key holding records to its earliest expiry and hands out
+the due keys in (expiry, key bytes) order without any store scan per record. The store stays the truth: the
 index is built from it by one scan of the family at the first use after bind or discard, and
 the key cache is trimmed after a commit once it holds more than `cache_max_entries` records.
 
@@ -24,10 +24,10 @@ keeps it when the join's bounds change.
 from __future__ import annotations
 
 from collections.abc import Callable
-from heapq import heappop, heappush
 from typing import Any
 
 from processor.operators.base import KeyFamilyError, StoreKeys, Writes
+from processor.operators.expiry_index import ExpiryIndex
 from processor.state.keys import unpack_ts
 
 STATE_FORMAT = "records-1"
@@ -77,10 +77,7 @@ def _decode(sk: bytes, raw: bytes) -> Buffered:
 class IntervalState:
     """The records a join holds, per key and side, over its store (see the module docstring).
     Like every operator state it only reads the store: `flush` returns the changes since the
-    last flush as changelog writes, which the task applies with the checkpoint.
-
-    The due index is a heap of distinct expiries (ints compare fast) with the keys due at each
-    in `_due`; an entry is stale when the key's earliest expiry moved since, and is skipped."""
+    last flush as changelog writes, which the task applies with the checkpoint."""
 
     def __init__(self, cache_max_entries: int) -> None:
         self.cache_max_entries = cache_max_entries
@@ -93,35 +90,26 @@ class IntervalState:
         self._cached = 0  # records in the cached keys
         self._new: dict[bytes, Buffered] = {}  # added since the last flush: not in the store
         self._changed: dict[bytes, Buffered | None] = {}  # stored ones changed since: None = gone
-        self._next: dict[bytes, int] | None = None  # key -> earliest expiry; None: not built
-        self.heap: list[int] = []  # expiries with keys in _due
-        self._due: dict[int, list[bytes]] = {}
+        self._index: ExpiryIndex | None = None  # built from the store on first use
 
     def bind(self, store: Any) -> None:
         self.store = store
         self.reset()
 
-    def index(self) -> dict[bytes, int]:
+    def index(self) -> ExpiryIndex:
         """The expiry index, built from the store by one scan on first use."""
-        nxt = self._next
-        if nxt is None:
-            nxt = self._next = {}
+        index = self._index
+        if index is None:
+            nxt: dict[bytes, int] = {}
             for sk, raw in self.store.range(FAMILY, _END):
                 kb, expiry = record_key(sk), unpack_ts(raw[8:16])
                 assert kb is not None
                 if expiry < nxt.get(kb, expiry + 1):
                     nxt[kb] = expiry
+            index = self._index = ExpiryIndex()
             for kb, e in nxt.items():
-                self._schedule(kb, e)
-        return nxt
-
-    def _schedule(self, kb: bytes, expiry: int) -> None:
-        keys = self._due.get(expiry)
-        if keys is None:
-            self._due[expiry] = [kb]
-            heappush(self.heap, expiry)
-        else:
-            keys.append(kb)
+                index.set(kb, e)
+        return index
 
     def cached(self, kb: bytes) -> Sides | None:
         """The records of key `kb` if they are in memory (else: records(kb))."""
@@ -132,7 +120,7 @@ class IntervalState:
         sides = self._keys.get(kb)
         if sides is None:
             sides = [[], []]
-            if kb in self.index():
+            if kb in self.index().next:
                 prefix = _key_prefix(kb)
                 # a key out of the cache has no change waiting: the store holds it all
                 for sk, raw in self.store.range(prefix):
@@ -156,16 +144,9 @@ class IntervalState:
         own.append(b)
         self._cached += 1
         self._new[sk] = b
-        nxt = self._next
-        assert nxt is not None
-        if expiry < nxt.get(kb, expiry + 1):
-            nxt[kb] = expiry
-            keys = self._due.get(expiry)
-            if keys is None:
-                self._due[expiry] = [kb]
-                heappush(self.heap, expiry)
-            else:
-                keys.append(kb)
+        index = self._index
+        assert index is not None  # built by records()
+        index.lower(kb, expiry)
 
     def mark(self, records: list[Buffered], i: int) -> None:
         """Record `records[i]` met a partner."""
@@ -180,42 +161,34 @@ class IntervalState:
     def expire(self, limit: int, emit: Expired) -> None:
         """Drop every record with expiry <= limit, key by key in (expiry, key bytes) order;
         `emit(kb, side, record)` sees each before it goes (left side first, arrival order)."""
-        nxt, heap, due = self.index(), self.heap, self._due
-        new, changed = self._new, self._changed
-        while heap and heap[0] <= limit:
-            expiry = heappop(heap)
-            keys = due.pop(expiry)
-            if len(keys) > 1:
-                keys.sort()
-            for kb in keys:
-                if nxt.get(kb) != expiry:
-                    continue  # stale: the key's earliest expiry changed since
-                sides = self._keys.get(kb) or self.records(kb)
-                first = None
-                gone: list[tuple[int, Buffered]] = []
-                for side in (0, 1):
-                    kept = []
-                    for b in sides[side]:
-                        e = b[1]  # EXPIRY
-                        if e > expiry:
-                            kept.append(b)
-                            if first is None or e < first:
-                                first = e
-                            continue
-                        sk = b[4]  # SK
-                        if new.pop(sk, None) is None:
-                            changed[sk] = None  # in the store: delete it
-                        gone.append((side, b))
-                    sides[side] = kept
-                self._cached -= len(gone)
-                if first is None:
-                    del nxt[kb]
-                    del self._keys[kb]
-                else:
-                    nxt[kb] = first
-                    self._schedule(kb, first)
-                for side, b in gone:  # the key's state is settled: a failing emit loses only these
-                    emit(kb, side, b)
+        index, new, changed = self.index(), self._new, self._changed
+        while (due := index.pop(limit)) is not None:
+            expiry, kb = due
+            sides = self._keys.get(kb) or self.records(kb)
+            first = None
+            gone: list[tuple[int, Buffered]] = []
+            for side in (0, 1):
+                kept = []
+                for b in sides[side]:
+                    e = b[1]  # EXPIRY
+                    if e > expiry:
+                        kept.append(b)
+                        if first is None or e < first:
+                            first = e
+                        continue
+                    sk = b[4]  # SK
+                    if new.pop(sk, None) is None:
+                        changed[sk] = None  # in the store: delete it
+                    gone.append((side, b))
+                sides[side] = kept
+            self._cached -= len(gone)
+            if first is None:
+                index.remove(kb)
+                del self._keys[kb]
+            else:
+                index.set(kb, first)
+            for side, b in gone:  # the key's state is settled: a failing emit loses only these
+                emit(kb, side, b)
 
     def flush(self) -> Writes:
         writes: Writes = {}

@@ -122,7 +122,7 @@ class IntervalJoin(TimedOperator):
             return out
         marks = self.clock.watermarks_for(batch)
         state, skip, one = self.state, self.skip_below, self._record
-        state.index()
+        index = state.index()
         prev = self._last_offset
         record: Record
         for record, wm in zip(batch, marks, strict=True):
@@ -130,8 +130,7 @@ class IntervalJoin(TimedOperator):
             if o < skip:
                 prev = o
                 continue  # already reflected in the restored store
-            heap = state.heap
-            if heap and heap[0] <= wm:
+            if index.due() <= wm:
                 self._expire(wm, prev if prev >= 0 else o - 1, out)
             try:
                 one(record, wm, out)
@@ -145,9 +144,7 @@ class IntervalJoin(TimedOperator):
     def on_watermark(self, watermark: int, offset: int) -> Batch:
         """Drop the records whose interval the watermark passed; their emissions carry `offset`."""
         out: Batch = []
-        self.state.index()
-        heap = self.state.heap
-        if heap and heap[0] <= watermark:
+        if self.state.index().due() <= watermark:
             self._expire(watermark, offset, out)
         self._last_offset = max(self._last_offset, offset)
         return out
