@@ -17,6 +17,7 @@ from processor.graph.scope import Scope, StepAt, StepKind, Stream, append_node, 
 from processor.operators import KeyBy
 from processor.operators.base import Operator
 from processor.operators.interval_state import STATE_FORMAT as INTERVAL_STATE_FORMAT
+from processor.operators.reconcile_state import STATE_FORMAT as RECONCILE_STATE_FORMAT
 from processor.serde import serde_for
 from processor.spec.loader import PathT, format_path
 from processor.spec.steps import IntervalJoinStep, JoinStep, ReconcileStep
@@ -205,7 +206,7 @@ def _state_facts(step: IntervalJoinStep | ReconcileStep, names: list[str]) -> di
                 "state_format": INTERVAL_STATE_FORMAT}
     r = step.reconcile
     return {"operator": "reconcile", "key_format": "json", "sides": names, "timeout": r.timeout,
-            "mismatch": r.mismatch}
+            "mismatch": r.mismatch, "state_format": RECONCILE_STATE_FORMAT}
 
 
 def _label(step: IntervalJoinStep | ReconcileStep, names: list[str]) -> str:

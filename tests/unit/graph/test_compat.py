@@ -144,16 +144,17 @@ def test_internal_topics_touched():
     assert "app-totals-repartition" in topics.orphaned
 
 
-def test_an_interval_join_store_of_the_map_state_format_is_refused():
-    """Stores written before the join kept one entry per record (state_format absent from their
-    layout): the new operator cannot read them, so the change is incompatible, never silent."""
+@pytest.mark.parametrize(("store", "now"), [("matched", "records-1"), ("groups", "groups-1")])
+def test_a_join_store_of_the_process_function_format_is_refused(store: str, now: str) -> None:
+    """Interval joins and reconciles kept process-function state before (no state_format in
+    their layout): the new operators cannot read it, so the change is incompatible, never silent."""
     new = _layout(BASE)
-    store = new.stores["matched"]
-    assert store.facts["state_format"] == "records-1"
-    old_facts = {k: v for k, v in store.facts.items() if k != "state_format"}
+    layout = new.stores[store]
+    assert layout.facts["state_format"] == now
+    old_facts = {k: v for k, v in layout.facts.items() if k != "state_format"}
     old = dataclasses.replace(new, stores={**new.stores,
-                                           "matched": dataclasses.replace(store, facts=old_facts)})
+                                           store: dataclasses.replace(layout, facts=old_facts)})
     result = classify(old, new)
     assert result.verdict is X
-    assert any("store matched: state format map states -> records-1" in r.render()
+    assert any(f"store {store}: state format process state -> {now}" in r.render()
                for r in result.reasons)
