@@ -4,18 +4,19 @@ Input records are `(key, (side, value), ts, offset)` from the join's repartition
 is the stream named `names[i]` (0 = the pipeline's own stream). Tombstones (value None) are
 ignored: they neither open nor fill a group.
 
-A group opens with the first record of a key that has none open, at event time t0, and an
-event-time timer is registered at t0 + timeout. Each side keeps its latest value; a repeated
+A group opens with the first record of a key that has none open, at event time t0; its
+deadline is t0 + timeout. Each side keeps its latest value; a repeated
 record of a side replaces the earlier value and is counted. The group is reported exactly once:
 
 - as soon as every side is present (timestamp = the completing record's):
   `{"key", "status": "matched" | "mismatched", "missing": [], <name>: value for every side}`,
   "mismatched" when the `mismatch(key, {name: value}, ts)` expression is truthy;
-- else when the timer fires (watermark >= t0 + timeout; timestamp = t0 + timeout):
+- else when the watermark reaches the deadline (watermark >= t0 + timeout; timestamp = t0 +
+  timeout):
   `{"key", "status": "incomplete", "missing": [absent names, in side order], <name>: value | None}`;
 
 plus `"repeats": {name: n}` when some side repeated (omitted otherwise). Reporting clears the
-group (and its timer): a later record of the key opens a new group, which is reported in turn,
+group (and its deadline): a later record of the key opens a new group, which is reported in turn,
 so no record is lost — even one arriving after its group's timeout (it is never "late").
 
 State: one store entry per open group, the groups in memory and an index of their deadlines
