@@ -159,6 +159,10 @@ def _window_reasons(old: dict, new: dict) -> list[Reason]:
 
 def _join_reasons(old: dict, new: dict) -> list[Reason]:
     out = []
+    if old.get("state_format") != new.get("state_format"):
+        was, now = old.get("state_format") or "process state", new.get("state_format") or "process state"
+        out.append(Reason(Verdict.INCOMPATIBLE, "", f"state format {was} -> {now}: the open state "
+                          "is stored in another layout"))
     if old.get("type") != new.get("type"):
         out.append(Reason(Verdict.INCOMPATIBLE, "", f"join type {old.get('type')} -> "
                           f"{new.get('type')}: buffered records carry the old type's matches"))

@@ -23,14 +23,12 @@ unmatched right record as `{left_name: None, right_name: rv}` at tr. No later re
 it, so the unmatched result is final. (Accepting records behind the watermark whose own
 interval is still open would make both unsafe: their partners may already be gone.)
 
-State layout, per key, two map states (operators/process.py layout):
-
-    s m \\x01l <key>   left records:  {"<tl>:<offset>:<n>": [lv, matched 0|1], ...}
-    s m \\x01r <key>   right records: {"<tr>:<offset>:<n>": [rv, matched 0|1], ...}
-    t e <ts + bound + 1> <key>       the cleanup timers
-
-`n` keeps records with equal time and offset apart; the entry's time is read from its map key,
-so matching decodes only the values that join. The store holds the records of the last
+State: one store entry per buffered record and an in-memory index of each key's next expiry
+(operators/interval_state.py), so a record costs one in-memory match and one put, and the
+expiries due at a watermark are found without scanning the store. Removing a record at its
+expiry (time + bound + 1) is the event-time timer of the description above: expiries fire
+before the record that brings the watermark past them, in (expiry, key bytes) order, each
+key's due records left side first, in arrival order. The store holds the records of the last
 after_ms (left) / before_ms (right) of event time plus the out-of-orderness, nothing more.
 
 `TableJoin`: enrich each record with the row of a table (a store of raw table records):
@@ -44,9 +42,20 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from processor.operators.base import Batch, Stateless
+import orjson
+
+from processor.operators.base import (
+    Batch,
+    LateRecord,
+    Record,
+    Stateless,
+    StepFailed,
+    TimedOperator,
+    Writes,
+    failed_at,
+)
 from processor.operators.context import check_timestamp
-from processor.operators.process import ProcessFunction, wall_clock_ms
+from processor.operators.interval_state import Buffered, IntervalState, compact
 from processor.operators.reconcile import RESERVED_SIDE_NAMES, Reconcile, side_value
 from processor.timeutil.watermark import Clock
 
@@ -55,20 +64,15 @@ _MISS: Any = object()
 __all__ = ["INTERVAL_KINDS", "RESERVED_SIDE_NAMES", "IntervalJoin", "Reconcile", "TableJoin"]
 
 INTERVAL_KINDS = ("inner", "left", "outer")
-_SIDES = ("l", "r")  # map state names of the left and right records
+_dumps, _loads = orjson.dumps, orjson.loads
 
 
-def _time_of(entry_id: str) -> int:
-    return int(entry_id[:entry_id.index(":")])
-
-
-class IntervalJoin(ProcessFunction):
+class IntervalJoin(TimedOperator):
     """Stream-stream join of records whose event times lie within [-before, +after] of each other."""
 
     def __init__(self, name: str, store_name: str, key_encode: Callable[[Any], bytes | None],
                  key_decode: Callable[[bytes], Any], clock: Clock, *, before_ms: int, after_ms: int,
-                 kind: str, names: tuple[str, str], cache_max_entries: int = 100_000,
-                 now_ms: Callable[[], int] = wall_clock_ms) -> None:
+                 kind: str, names: tuple[str, str], cache_max_entries: int = 100_000) -> None:
         if kind not in INTERVAL_KINDS:
             raise ValueError(f"interval join kind must be one of {', '.join(INTERVAL_KINDS)}, got {kind!r}")
         if before_ms < 0 or after_ms < 0:
@@ -76,69 +80,141 @@ class IntervalJoin(ProcessFunction):
         left, right = names
         if left == right:
             raise ValueError(f"the two sides of an interval join need distinct names, got {left!r} twice")
-        super().__init__(name, store_name, self._on_record, self._on_cleanup, key_encode,
-                         key_decode, clock, cache_max_entries, now_ms)
+        self.name, self.store_name = name, store_name
+        self.key_encode, self.key_decode, self.clock = key_encode, key_decode, clock
         self.before_ms, self.after_ms, self.kind = before_ms, after_ms, kind
         self.names = (left, right)
         # per side: how long after its own time a record can still meet a new partner, and
         # whether it is emitted alone when it leaves unmatched
         self._keep = (after_ms, before_ms)
         self._alone = (kind != "inner", kind == "outer")
+        self.state = IntervalState(cache_max_entries)
+        self.store: Any = None
+        self.skip_below = -1
+        self.late: list[LateRecord] = []
+        self.late_count = 0
+        self._last_offset = -1
 
-    def _on_record(self, ctx: Any, key: Any, value: Any) -> None:
-        side, v = side_value(value, 2)
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def bind(self, store: Any, skip_below: int = -1) -> None:
+        self.store, self.skip_below = store, skip_below
+        self.state.bind(store)
+
+    def flush(self) -> tuple[Batch, Writes]:
+        return [], self.state.flush()
+
+    def committed(self) -> None:
+        self.state.committed()
+
+    def discard(self) -> None:
+        self.state.reset()
+        self._last_offset = -1
+
+    def pending(self) -> dict[str, int]:
+        return {} if self.store is None else {"event_time timers": self.state.pending()}
+
+    # -- records and time ----------------------------------------------------------------------
+
+    def process(self, batch: Batch) -> Batch:
+        out: Batch = []
+        if not batch:
+            return out
+        marks = self.clock.watermarks_for(batch)
+        state, skip, one = self.state, self.skip_below, self._record
+        index = state.index()
+        prev = self._last_offset
+        record: Record
+        for record, wm in zip(batch, marks, strict=True):
+            o = record[3]
+            if o < skip:
+                prev = o
+                continue  # already reflected in the restored store
+            if index.due() <= wm:
+                self._expire(wm, prev if prev >= 0 else o - 1, out)
+            try:
+                one(record, wm, out)
+            except Exception as exc:
+                self._last_offset = prev  # emissions and state changes before the raise stay
+                raise failed_at(self.name, batch, record, exc, out) from exc
+            prev = o
+        self._last_offset = prev
+        return out
+
+    def on_watermark(self, watermark: int, offset: int) -> Batch:
+        """Drop the records whose interval the watermark passed; their emissions carry `offset`."""
+        out: Batch = []
+        if self.state.index().due() <= watermark:
+            self._expire(watermark, offset, out)
+        self._last_offset = max(self._last_offset, offset)
+        return out
+
+    def _record(self, record: Record, wm: int, out: Batch) -> None:
+        key, value, ts, offset = record
+        kb = self.key_encode(key)
+        if kb is None:
+            raise ValueError("record key is null; an interval join needs a key (use key_by)")
+        if type(value) is tuple and len(value) == 2 and (value[0] == 0 or value[0] == 1) \
+                and type(value[0]) is int:
+            side, v = value
+        else:
+            side, v = side_value(value, 2)  # a list, or a value that fails here
         if v is None:
             return
-        ts, wm = ctx.timestamp, ctx.watermark
         if ts < wm:
-            self.late.append(((key, value, ts, ctx.offset), 0, 0, wm))
+            self.late.append((record, 0, 0, wm))
             self.late_count += 1
             return
         expiry = check_timestamp(ts + self._keep[side] + 1)  # may fail: before any change
+        raw = compact(_dumps(v))  # may fail too
         if side == 0:
             lo, hi = ts - self.before_ms, ts + self.after_ms
         else:
             lo, hi = ts - self.after_ms, ts + self.before_ms
-        state = ctx.state
-        own, other = state.map(_SIDES[side]), state.map(_SIDES[1 - side])
-        stored = other.keys()  # a list (MapState is not iterable)
-        matches = [(k, t) for k in stored if lo <= (t := _time_of(k)) <= hi]
-        prefix = f"{ts}:{ctx.offset}:"
-        n = 0
-        while f"{prefix}{n}" in own:
-            n += 1
-        own.put(f"{prefix}{n}", [v, 1 if matches else 0])  # serializes first: may fail, changes nothing
-        ctx.timers.register_event_time(expiry)
+        state = self.state
+        sides = state.cached(kb)
+        if sides is None:
+            kb = compact(kb)  # the key's bytes stay in the state's index
+            sides = state.records(kb)
+        other = sides[1 - side]
+        matches = [i for i, b in enumerate(other) if lo <= b[0] <= hi] if other else other
+        state.add(kb, sides, side, ts, expiry, offset, raw, 1 if matches else 0)
         if not matches:
             return
         mark = self._alone[1 - side]  # the flag only matters if the other side may be emitted alone
         left, right = self.names
-        emit = ctx.emit
-        for k, t in matches:
-            entry = other.get(k)
-            if mark and not entry[1]:
-                entry[1] = 1
-                other.put(k, entry)
-            pair = {left: v, right: entry[0]} if side == 0 else {left: entry[0], right: v}
-            emit(pair, timestamp=ts if ts >= t else t)
+        append = out.append
+        for i in matches:
+            b = other[i]
+            if mark and not b[2]:  # MATCHED
+                state.mark(other, i)
+            o = _loads(b[3])  # RAW: a fresh copy per output, as stored
+            t = b[0]  # TS
+            append((key, {left: v, right: o} if side == 0 else {left: o, right: v},
+                    ts if ts >= t else t, offset))
 
-    def _on_cleanup(self, ctx: Any, key: Any, ts: int) -> None:
-        """Remove the records whose interval the watermark passed; emit unmatched ones alone."""
+    def _expire(self, watermark: int, offset: int, out: Batch) -> None:
+        """Remove the records with expiry <= watermark; emit unmatched ones alone by the kind."""
         left, right = self.names
-        for side in (0, 1):
-            records = ctx.state.map(_SIDES[side])
-            keep, alone = self._keep[side], self._alone[side]
-            stored = records.keys()  # a copy: removing while going through it is fine
-            for k in stored:
-                t = _time_of(k)
-                if t + keep >= ts:
-                    continue
-                if alone:
-                    v, matched = records.get(k)
-                    if not matched:
-                        ctx.emit({left: v, right: None} if side == 0 else {left: None, right: v},
-                                 timestamp=t)
-                records.remove(k)
+        alone, decode = self._alone, self.key_decode
+        keys: dict[bytes, Any] = {}
+
+        def expired(kb: bytes, side: int, b: Buffered) -> None:
+            if not alone[side] or b[2]:  # MATCHED
+                return
+            key = keys.get(kb, _MISS)
+            if key is _MISS:
+                key = keys[kb] = decode(kb)
+            v = _loads(b[3])  # RAW
+            out.append((key, {left: v, right: None} if side == 0 else {left: None, right: v},
+                        b[0], offset))  # TS
+
+        try:
+            self.state.expire(watermark, expired)
+        except Exception as exc:
+            failed = StepFailed(self.name, (None, None, watermark, offset), exc, partial=out)
+            failed.retry = True  # the failing record is gone: calling again goes on past it
+            raise failed from exc
 
 
 class TableJoin(Stateless):

@@ -67,14 +67,14 @@ _STATE, _TIMER = b"s", b"t"
 
 
 def record_key(store_key: bytes) -> bytes | None:
-    """The key of a state entry `s <kind> <len> <name> <key>` or a timer `t <domain> <ts> <key>`
-    (joins and reconcile keep theirs in this layout too); there is no bookkeeping entry."""
+    """The key of a state entry `s <kind> <len> <name> <key>` or a timer `t <domain> <ts> <key>`;
+    there is no bookkeeping entry."""
     family = store_key[:1]
     if family == _STATE and len(store_key) >= 3:
         return store_key[3 + store_key[2]:]
     if family == _TIMER and len(store_key) >= 10:
         return store_key[10:]
-    raise KeyFamilyError(f"{family!r} is no family of a process, join or reconcile store")
+    raise KeyFamilyError(f"{family!r} is no family of a process store")
 
 
 STORE_KEYS = StoreKeys("s<kind><len><name><key>, t<domain><ts><key>", record_key)

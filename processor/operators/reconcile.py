@@ -4,23 +4,26 @@ Input records are `(key, (side, value), ts, offset)` from the join's repartition
 is the stream named `names[i]` (0 = the pipeline's own stream). Tombstones (value None) are
 ignored: they neither open nor fill a group.
 
-A group opens with the first record of a key that has none open, at event time t0, and an
-event-time timer is registered at t0 + timeout. Each side keeps its latest value; a repeated
+A group opens with the first record of a key that has none open, at event time t0; its
+deadline is t0 + timeout. Each side keeps its latest value; a repeated
 record of a side replaces the earlier value and is counted. The group is reported exactly once:
 
 - as soon as every side is present (timestamp = the completing record's):
   `{"key", "status": "matched" | "mismatched", "missing": [], <name>: value for every side}`,
   "mismatched" when the `mismatch(key, {name: value}, ts)` expression is truthy;
-- else when the timer fires (watermark >= t0 + timeout; timestamp = t0 + timeout):
+- else when the watermark reaches the deadline (watermark >= t0 + timeout; timestamp = t0 +
+  timeout):
   `{"key", "status": "incomplete", "missing": [absent names, in side order], <name>: value | None}`;
 
 plus `"repeats": {name: n}` when some side repeated (omitted otherwise). Reporting clears the
-group (and its timer): a later record of the key opens a new group, which is reported in turn,
+group (and its deadline): a later record of the key opens a new group, which is reported in turn,
 so no record is lost — even one arriving after its group's timeout (it is never "late").
 
-State: one value per open group, `s v \\x01g <key>` -> `[t0, [value | null per side],
-[repeats per side]]`, plus its timer `t e <t0 + timeout> <key>`. Both go when the group is
-reported, so the store holds only groups opened within the last `timeout` of event time.
+State: one store entry per open group, the groups in memory and an index of their deadlines
+(operators/reconcile_state.py), so a record costs one in-memory lookup and one put. Deadlines
+fire before the record that brings the watermark past them, in (deadline, key bytes) order.
+A group goes from the store when it is reported, so the store holds only groups opened within
+the last `timeout` of event time.
 """
 
 from __future__ import annotations
@@ -28,14 +31,18 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import orjson
+
+from processor.operators.base import Batch, LateRecord, Record, StepFailed, TimedOperator, Writes, failed_at
 from processor.operators.context import check_timestamp
-from processor.operators.process import ProcessFunction, wall_clock_ms
+from processor.operators.interval_state import compact
+from processor.operators.reconcile_state import REPEATS, T0, VALUES, GroupState
 from processor.timeutil.watermark import Clock
 
 RESERVED_SIDE_NAMES = frozenset({"key", "status", "missing", "repeats"})
 """Fields of every reconcile result: a side may not be named after one of them."""
 
-_GROUP = "g"
+_dumps, _loads = orjson.dumps, orjson.loads
 
 
 def side_value(value: Any, sides: int) -> tuple[int, Any]:
@@ -49,14 +56,13 @@ def side_value(value: Any, sides: int) -> tuple[int, Any]:
     return side, v
 
 
-class Reconcile(ProcessFunction):
+class Reconcile(TimedOperator):
     """Co-group N streams by key: one result per group, when complete or when it times out."""
 
     def __init__(self, name: str, store_name: str, key_encode: Callable[[Any], bytes | None],
                  key_decode: Callable[[bytes], Any], clock: Clock, *, names: Sequence[str],
                  timeout_ms: int, mismatch: Callable[[Any, Any, int], Any] | None = None,
-                 cache_max_entries: int = 100_000,
-                 now_ms: Callable[[], int] = wall_clock_ms) -> None:
+                 cache_max_entries: int = 100_000) -> None:
         names = list(names)
         if len(names) < 2 or len(set(names)) != len(names):
             raise ValueError(f"reconcile needs at least two distinct side names, got {names}")
@@ -65,58 +71,131 @@ class Reconcile(ProcessFunction):
             raise ValueError(f"side name {sorted(clash)[0]!r} is a field of every reconcile result")
         if timeout_ms <= 0:
             raise ValueError(f"reconcile timeout must be positive, got {timeout_ms}")
-        super().__init__(name, store_name, self._on_record, self._on_timeout, key_encode,
-                         key_decode, clock, cache_max_entries, now_ms)
+        self.name, self.store_name = name, store_name
+        self.key_encode, self.key_decode, self.clock = key_encode, key_decode, clock
         self.names = names
         self.timeout_ms = timeout_ms
         self.mismatch = mismatch
+        self.state = GroupState(cache_max_entries)
+        self.store: Any = None
+        self.skip_below = -1
+        self.late: list[LateRecord] = []  # never filled: a record is never late for a reconcile
+        self._last_offset = -1
 
-    def _on_record(self, ctx: Any, key: Any, value: Any) -> None:
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def bind(self, store: Any, skip_below: int = -1) -> None:
+        self.store, self.skip_below = store, skip_below
+        self.state.bind(store)
+
+    def flush(self) -> tuple[Batch, Writes]:
+        return [], self.state.flush()
+
+    def committed(self) -> None:
+        self.state.committed()
+
+    def discard(self) -> None:
+        self.state.reset()
+        self._last_offset = -1
+
+    def pending(self) -> dict[str, int]:
+        return {} if self.store is None else {"event_time timers": self.state.pending()}
+
+    # -- records and time ----------------------------------------------------------------------
+
+    def process(self, batch: Batch) -> Batch:
+        out: Batch = []
+        if not batch:
+            return out
+        marks = self.clock.watermarks_for(batch)
+        index, skip, one = self.state.index(), self.skip_below, self._record
+        prev = self._last_offset
+        for record, wm in zip(batch, marks, strict=True):
+            o = record[3]
+            if o < skip:
+                prev = o
+                continue  # already reflected in the restored store
+            if index.due() <= wm:
+                self._time_out(wm, prev if prev >= 0 else o - 1, out)
+            try:
+                one(record, out)
+            except Exception as exc:
+                self._last_offset = prev  # emissions and state changes before the raise stay
+                raise failed_at(self.name, batch, record, exc, out) from exc
+            prev = o
+        self._last_offset = prev
+        return out
+
+    def on_watermark(self, watermark: int, offset: int) -> Batch:
+        """Report the groups whose deadline the watermark reached; they carry `offset`."""
+        out: Batch = []
+        if self.state.index().due() <= watermark:
+            self._time_out(watermark, offset, out)
+        self._last_offset = max(self._last_offset, offset)
+        return out
+
+    def _record(self, record: Record, out: Batch) -> None:
+        key, value, ts, offset = record
+        kb = self.key_encode(key)
+        if kb is None:
+            raise ValueError("record key is null; a reconcile needs a key (use key_by)")
         names = self.names
         side, v = side_value(value, len(names))
         if v is None:
             return
-        state = ctx.state.value(_GROUP)
-        group = state.get()  # a fresh copy: changing it changes nothing until set()
-        ts = ctx.timestamp
+        raw = compact(_dumps(v))  # may fail: before any change
+        state = self.state
+        group = state.get(kb)
         if group is None:
-            t0, values, repeats = ts, [None] * len(names), [0] * len(names)
+            t0 = ts
+            values: list[bytes | None] = [None] * len(names)
+            repeats = [0] * len(names)
         else:
-            t0, values, repeats = group
+            t0, values, repeats = group[T0], list(group[VALUES]), list(group[REPEATS])
         if values[side] is not None:
             repeats[side] += 1
-        values[side] = v
+        values[side] = raw
         if None in values:
-            # everything that can fail (the deadline's range, serializing) comes before a change
+            # everything that can fail (the deadline's range) comes before a change
             deadline = check_timestamp(t0 + self.timeout_ms)
-            state.set([t0, values, repeats])
             if group is None:
-                ctx.timers.register_event_time(deadline)
+                state.put(compact(kb), [t0, deadline, values, repeats, False])
+            else:
+                group[VALUES], group[REPEATS] = values, repeats
+                state.put(kb, group)
             return
-        sides = dict(zip(names, values, strict=True))
+        sides = {n: v if i == side else _loads(x) for i, (n, x) in enumerate(zip(names, values, strict=True))}
         mismatch = self.mismatch
         # the expression runs before any change: if it raises, this record changed nothing
         status = "mismatched" if mismatch is not None and mismatch(key, sides, ts) else "matched"
         if group is not None:
-            state.clear()
-            ctx.timers.delete_event_time(t0 + self.timeout_ms)
-        ctx.emit(self._result(key, status, [], sides, repeats))
+            state.remove(kb, group)
+        out.append((key, self._result(key, status, [], sides, repeats), ts, offset))
 
-    def _on_timeout(self, ctx: Any, key: Any, ts: int) -> None:
-        state = ctx.state.value(_GROUP)
-        group = state.get()
-        if group is None:
-            return
-        _, values, repeats = group
-        names = self.names
-        missing = [n for n, v in zip(names, values, strict=True) if v is None]
-        sides = dict(zip(names, values, strict=True))
-        state.clear()
-        ctx.emit(self._result(key, "incomplete", missing, sides, repeats), timestamp=ts)
+    def _time_out(self, watermark: int, offset: int, out: Batch) -> None:
+        """Report every group whose deadline is <= watermark as incomplete."""
+        state, names = self.state, self.names
+        index = state.index()
+        while (due := index.pop(watermark)) is not None:
+            deadline, kb = due
+            group = state.get(kb)
+            assert group is not None
+            state.remove(kb, group)
+            try:
+                key = self.key_decode(kb)
+                values = [None if x is None else _loads(x) for x in group[VALUES]]
+            except Exception as exc:
+                failed = StepFailed(self.name, (None, None, deadline, offset), exc, partial=out)
+                failed.retry = True  # this group is gone: calling again goes on past it
+                raise failed from exc
+            missing = [n for n, x in zip(names, values, strict=True) if x is None]
+            sides = dict(zip(names, values, strict=True))
+            out.append((key, self._result(key, "incomplete", missing, sides, group[REPEATS]),
+                        deadline, offset))
 
     def _result(self, key: Any, status: str, missing: list[str], sides: dict[str, Any],
                 repeats: list[int]) -> dict[str, Any]:
-        out = {"key": key, "status": status, "missing": missing, **sides}
+        result = {"key": key, "status": status, "missing": missing, **sides}
         if any(repeats):
-            out["repeats"] = {n: r for n, r in zip(self.names, repeats, strict=True) if r}
-        return out
+            result["repeats"] = {n: r for n, r in zip(self.names, repeats, strict=True) if r}
+        return result

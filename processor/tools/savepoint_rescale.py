@@ -34,7 +34,7 @@ from typing import Any
 import orjson
 
 from processor.graph.layout import StoreLayout
-from processor.operators import aggregate, process
+from processor.operators import aggregate, interval_state, process, reconcile_state
 from processor.operators.base import KeyFamilyError, StoreKeys
 from processor.operators.windows import count, fixed, keyed
 from processor.state.partitioner import partition_for
@@ -48,7 +48,7 @@ _WINDOW_KEYS = {"tumbling": fixed.STORE_KEYS, "hopping": fixed.STORE_KEYS,
                 "sliding": keyed.STORE_KEYS, "session": keyed.STORE_KEYS,
                 "count": count.STORE_KEYS}
 _OPERATOR_KEYS = {"aggregate": aggregate.STORE_KEYS, "process": process.STORE_KEYS,
-                  "interval_join": process.STORE_KEYS, "reconcile": process.STORE_KEYS,
+                  "interval_join": interval_state.STORE_KEYS, "reconcile": reconcile_state.STORE_KEYS,
                   "pattern": keyed.STORE_KEYS}
 
 

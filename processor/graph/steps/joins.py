@@ -16,6 +16,8 @@ from processor.graph.model import BuildContext, StepNode, TableDef, TopicEnd
 from processor.graph.scope import Scope, StepAt, StepKind, Stream, append_node, auto_name
 from processor.operators import KeyBy
 from processor.operators.base import Operator
+from processor.operators.interval_state import STATE_FORMAT as INTERVAL_STATE_FORMAT
+from processor.operators.reconcile_state import STATE_FORMAT as RECONCILE_STATE_FORMAT
 from processor.serde import serde_for
 from processor.spec.loader import PathT, format_path
 from processor.spec.steps import IntervalJoinStep, JoinStep, ReconcileStep
@@ -200,10 +202,11 @@ def _state_facts(step: IntervalJoinStep | ReconcileStep, names: list[str]) -> di
     if isinstance(step, IntervalJoinStep):
         s = step.interval_join
         return {"operator": "interval_join", "key_format": "json", "type": s.type,
-                "sides": names, "before": s.before, "after": s.after}
+                "sides": names, "before": s.before, "after": s.after,
+                "state_format": INTERVAL_STATE_FORMAT}
     r = step.reconcile
     return {"operator": "reconcile", "key_format": "json", "sides": names, "timeout": r.timeout,
-            "mismatch": r.mismatch}
+            "mismatch": r.mismatch, "state_format": RECONCILE_STATE_FORMAT}
 
 
 def _label(step: IntervalJoinStep | ReconcileStep, names: list[str]) -> str:

@@ -3,6 +3,8 @@ its YAML, the verdict and the words of the reason."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from processor.graph import build_topology
@@ -140,3 +142,19 @@ def test_internal_topics_touched():
     dropped = BASE.replace("      - key_by: \"value['user']\"\n", "")
     topics = classify(_layout(BASE), _layout(dropped)).topics
     assert "app-totals-repartition" in topics.orphaned
+
+
+@pytest.mark.parametrize(("store", "now"), [("matched", "records-1"), ("groups", "groups-1")])
+def test_a_join_store_of_the_process_function_format_is_refused(store: str, now: str) -> None:
+    """Interval joins and reconciles kept process-function state before (no state_format in
+    their layout): the new operators cannot read it, so the change is incompatible, never silent."""
+    new = _layout(BASE)
+    layout = new.stores[store]
+    assert layout.facts["state_format"] == now
+    old_facts = {k: v for k, v in layout.facts.items() if k != "state_format"}
+    old = dataclasses.replace(new, stores={**new.stores,
+                                           store: dataclasses.replace(layout, facts=old_facts)})
+    result = classify(old, new)
+    assert result.verdict is X
+    assert any(f"store {store}: state format process state -> {now}" in r.render()
+               for r in result.reasons)

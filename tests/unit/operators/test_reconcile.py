@@ -133,7 +133,7 @@ def test_a_complete_group_is_reported_at_once_and_leaves_nothing_behind(tmp_path
     d = Driver(store, reconcile(2, mismatch=AMOUNTS_DIFFER[2]))
     assert d.feed([rec("o1", 0, {"amount": 5}, 100, 0), rec("o2", 1, {"amount": 7}, 110, 1)]) == []
     d.checkpoint()
-    assert len(list(store.items())) == 4  # two groups, two timers
+    assert len(list(store.items())) == 2  # two groups, each holding its deadline
     out = d.feed([rec("o1", 1, {"amount": 5}, 150, 2), rec("o2", 0, {"amount": 8}, 90, 3)])
     assert out == [
         ("o1", result("o1", "matched", [], a={"amount": 5}, b={"amount": 5}), 150, 2),

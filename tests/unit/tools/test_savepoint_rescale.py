@@ -98,7 +98,7 @@ pipelines:
 USERS = [f"user-{i}" for i in range(12)]
 FAMILIES = {"totals": {"<key>"}, "tumbles": {"W", "M"}, "sessions": {"K", "E", "M"},
             "slides": {"K", "E", "M"}, "counts": {"C"}, "proc": {"s", "t"},
-            "matched": {"s", "t"}, "groups": {"s", "t"}, "patterns": {"K", "E", "M"}}
+            "matched": {"i"}, "groups": {"g"}, "patterns": {"K", "E", "M"}}
 
 
 @pytest.fixture(scope="module")
