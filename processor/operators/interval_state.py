@@ -201,7 +201,15 @@ class IntervalState:
 
     def committed(self) -> None:
         """The flushed writes are in the store: trim the key cache if it grew too large."""
-        if self._cached > self.cache_max_entries and not self._new and not self._changed:
+        if self._cached > self.cache_max_entries:
+            self.trim()
+
+    def cached_records(self) -> int:
+        return self._cached
+
+    def trim(self) -> None:
+        """Forget the cached keys (the store holds them all) unless writes are unflushed."""
+        if not self._new and not self._changed:
             self._keys = {}
             self._cached = 0
 

@@ -45,6 +45,7 @@ from typing import Any
 import orjson
 
 from processor.operators.base import (
+    CACHED_ENTRY_BYTES,
     Batch,
     LateRecord,
     Record,
@@ -106,6 +107,12 @@ class IntervalJoin(TimedOperator):
 
     def committed(self) -> None:
         self.state.committed()
+
+    def cache_bytes(self) -> int:
+        return self.state.cached_records() * CACHED_ENTRY_BYTES
+
+    def trim_cache(self) -> None:
+        self.state.trim()
 
     def discard(self) -> None:
         self.state.reset()

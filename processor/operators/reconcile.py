@@ -33,7 +33,16 @@ from typing import Any
 
 import orjson
 
-from processor.operators.base import Batch, LateRecord, Record, StepFailed, TimedOperator, Writes, failed_at
+from processor.operators.base import (
+    CACHED_ENTRY_BYTES,
+    Batch,
+    LateRecord,
+    Record,
+    StepFailed,
+    TimedOperator,
+    Writes,
+    failed_at,
+)
 from processor.operators.context import check_timestamp
 from processor.operators.interval_state import compact
 from processor.operators.reconcile_state import REPEATS, T0, VALUES, GroupState
@@ -93,6 +102,12 @@ class Reconcile(TimedOperator):
 
     def committed(self) -> None:
         self.state.committed()
+
+    def cache_bytes(self) -> int:
+        return self.state.cached_groups() * CACHED_ENTRY_BYTES
+
+    def trim_cache(self) -> None:
+        self.state.trim()
 
     def discard(self) -> None:
         self.state.reset()

@@ -129,7 +129,15 @@ class GroupState:
         return writes
 
     def committed(self) -> None:
-        if len(self._groups) > self.cache_max_entries and not self._writes:
+        if len(self._groups) > self.cache_max_entries:
+            self.trim()
+
+    def cached_groups(self) -> int:
+        return len(self._groups)
+
+    def trim(self) -> None:
+        """Forget the cached groups (the store holds them all) unless writes are unflushed."""
+        if not self._writes:
             self._groups = {}
 
     def pending(self) -> int:
