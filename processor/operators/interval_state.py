@@ -204,7 +204,7 @@ class IntervalState:
         if self._cached > self.cache_max_entries:
             self.trim()
 
-    def cached_records(self) -> int:
+    def cached_count(self) -> int:
         return self._cached
 
     def trim(self) -> None:

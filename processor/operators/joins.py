@@ -45,17 +45,14 @@ from typing import Any
 import orjson
 
 from processor.operators.base import (
-    CACHED_ENTRY_BYTES,
     Batch,
     LateRecord,
     Record,
     Stateless,
     StepFailed,
-    TimedOperator,
-    Writes,
-    failed_at,
 )
 from processor.operators.context import check_timestamp
+from processor.operators.expiring import ExpiringStateOperator
 from processor.operators.interval_state import Buffered, IntervalState, compact
 from processor.operators.reconcile import RESERVED_SIDE_NAMES, Reconcile, side_value
 from processor.timeutil.watermark import Clock
@@ -68,7 +65,7 @@ INTERVAL_KINDS = ("inner", "left", "outer")
 _dumps, _loads = orjson.dumps, orjson.loads
 
 
-class IntervalJoin(TimedOperator):
+class IntervalJoin(ExpiringStateOperator):
     """Stream-stream join of records whose event times lie within [-before, +after] of each other."""
 
     def __init__(self, name: str, store_name: str, key_encode: Callable[[Any], bytes | None],
@@ -90,71 +87,11 @@ class IntervalJoin(TimedOperator):
         self._keep = (after_ms, before_ms)
         self._alone = (kind != "inner", kind == "outer")
         self.state = IntervalState(cache_max_entries)
-        self.store: Any = None
-        self.skip_below = -1
         self.late: list[LateRecord] = []
         self.late_count = 0
         self._last_offset = -1
 
-    # -- lifecycle ---------------------------------------------------------------------------
-
-    def bind(self, store: Any, skip_below: int = -1) -> None:
-        self.store, self.skip_below = store, skip_below
-        self.state.bind(store)
-
-    def flush(self) -> tuple[Batch, Writes]:
-        return [], self.state.flush()
-
-    def committed(self) -> None:
-        self.state.committed()
-
-    def cache_bytes(self) -> int:
-        return self.state.cached_records() * CACHED_ENTRY_BYTES
-
-    def trim_cache(self) -> None:
-        self.state.trim()
-
-    def discard(self) -> None:
-        self.state.reset()
-        self._last_offset = -1
-
-    def pending(self) -> dict[str, int]:
-        return {} if self.store is None else {"event_time timers": self.state.pending()}
-
     # -- records and time ----------------------------------------------------------------------
-
-    def process(self, batch: Batch) -> Batch:
-        out: Batch = []
-        if not batch:
-            return out
-        marks = self.clock.watermarks_for(batch)
-        state, skip, one = self.state, self.skip_below, self._record
-        index = state.index()
-        prev = self._last_offset
-        record: Record
-        for record, wm in zip(batch, marks, strict=True):
-            o = record[3]
-            if o < skip:
-                prev = o
-                continue  # already reflected in the restored store
-            if index.due() <= wm:
-                self._expire(wm, prev if prev >= 0 else o - 1, out)
-            try:
-                one(record, wm, out)
-            except Exception as exc:
-                self._last_offset = prev  # emissions and state changes before the raise stay
-                raise failed_at(self.name, batch, record, exc, out) from exc
-            prev = o
-        self._last_offset = prev
-        return out
-
-    def on_watermark(self, watermark: int, offset: int) -> Batch:
-        """Drop the records whose interval the watermark passed; their emissions carry `offset`."""
-        out: Batch = []
-        if self.state.index().due() <= watermark:
-            self._expire(watermark, offset, out)
-        self._last_offset = max(self._last_offset, offset)
-        return out
 
     def _record(self, record: Record, wm: int, out: Batch) -> None:
         key, value, ts, offset = record

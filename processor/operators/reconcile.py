@@ -34,16 +34,13 @@ from typing import Any
 import orjson
 
 from processor.operators.base import (
-    CACHED_ENTRY_BYTES,
     Batch,
     LateRecord,
     Record,
     StepFailed,
-    TimedOperator,
-    Writes,
-    failed_at,
 )
 from processor.operators.context import check_timestamp
+from processor.operators.expiring import ExpiringStateOperator
 from processor.operators.interval_state import compact
 from processor.operators.reconcile_state import REPEATS, T0, VALUES, GroupState
 from processor.timeutil.watermark import Clock
@@ -65,7 +62,7 @@ def side_value(value: Any, sides: int) -> tuple[int, Any]:
     return side, v
 
 
-class Reconcile(TimedOperator):
+class Reconcile(ExpiringStateOperator):
     """Co-group N streams by key: one result per group, when complete or when it times out."""
 
     def __init__(self, name: str, store_name: str, key_encode: Callable[[Any], bytes | None],
@@ -86,70 +83,12 @@ class Reconcile(TimedOperator):
         self.timeout_ms = timeout_ms
         self.mismatch = mismatch
         self.state = GroupState(cache_max_entries)
-        self.store: Any = None
-        self.skip_below = -1
         self.late: list[LateRecord] = []  # never filled: a record is never late for a reconcile
         self._last_offset = -1
 
-    # -- lifecycle ---------------------------------------------------------------------------
-
-    def bind(self, store: Any, skip_below: int = -1) -> None:
-        self.store, self.skip_below = store, skip_below
-        self.state.bind(store)
-
-    def flush(self) -> tuple[Batch, Writes]:
-        return [], self.state.flush()
-
-    def committed(self) -> None:
-        self.state.committed()
-
-    def cache_bytes(self) -> int:
-        return self.state.cached_groups() * CACHED_ENTRY_BYTES
-
-    def trim_cache(self) -> None:
-        self.state.trim()
-
-    def discard(self) -> None:
-        self.state.reset()
-        self._last_offset = -1
-
-    def pending(self) -> dict[str, int]:
-        return {} if self.store is None else {"event_time timers": self.state.pending()}
-
     # -- records and time ----------------------------------------------------------------------
 
-    def process(self, batch: Batch) -> Batch:
-        out: Batch = []
-        if not batch:
-            return out
-        marks = self.clock.watermarks_for(batch)
-        index, skip, one = self.state.index(), self.skip_below, self._record
-        prev = self._last_offset
-        for record, wm in zip(batch, marks, strict=True):
-            o = record[3]
-            if o < skip:
-                prev = o
-                continue  # already reflected in the restored store
-            if index.due() <= wm:
-                self._time_out(wm, prev if prev >= 0 else o - 1, out)
-            try:
-                one(record, out)
-            except Exception as exc:
-                self._last_offset = prev  # emissions and state changes before the raise stay
-                raise failed_at(self.name, batch, record, exc, out) from exc
-            prev = o
-        self._last_offset = prev
-        return out
-
-    def on_watermark(self, watermark: int, offset: int) -> Batch:
-        """Report the groups whose deadline the watermark reached; they carry `offset`."""
-        out: Batch = []
-        if self.state.index().due() <= watermark:
-            self._time_out(watermark, offset, out)
-        self._last_offset = max(self._last_offset, offset)
-        return out
-
-    def _record(self, record: Record, out: Batch) -> None:
+    def _record(self, record: Record, wm: int, out: Batch) -> None:
         key, value, ts, offset = record
         kb = self.key_encode(key)
         if kb is None:
@@ -187,7 +126,7 @@ class Reconcile(TimedOperator):
             state.remove(kb, group)
         out.append((key, self._result(key, status, [], sides, repeats), ts, offset))
 
-    def _time_out(self, watermark: int, offset: int, out: Batch) -> None:
+    def _expire(self, watermark: int, offset: int, out: Batch) -> None:
         """Report every group whose deadline is <= watermark as incomplete."""
         state, names = self.state, self.names
         index = state.index()

@@ -132,7 +132,7 @@ class GroupState:
         if len(self._groups) > self.cache_max_entries:
             self.trim()
 
-    def cached_groups(self) -> int:
+    def cached_count(self) -> int:
         return len(self._groups)
 
     def trim(self) -> None:

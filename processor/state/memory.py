@@ -52,6 +52,25 @@ def split(budget: int) -> MemorySplit:
     return MemorySplit(quarter, quarter, budget - 2 * quarter)
 
 
+def store_options(memory: StateMemory | None) -> Options:
+    """RocksDB options of a store (RocksStore, TableStore): with `memory`, the worker's shared
+    cache and write buffers. Bloom filters on SST files and memtables: most lookups of a large
+    key space are of keys not stored yet (a key's first record, a customer without a row), and
+    a filter answers those without reading a data block (~0.5 -> ~0.25 µs)."""
+    opts = Options(raw_mode=True)
+    opts.create_if_missing(True)
+    opts.set_max_background_jobs(2)
+    opts.increase_parallelism(2)
+    table = BlockBasedOptions()
+    table.set_bloom_filter(10, False)
+    if memory is not None:
+        memory.options(opts, table)
+    opts.set_block_based_table_factory(table)
+    opts.set_memtable_whole_key_filtering(True)
+    opts.set_memtable_prefix_bloom_ratio(0.02)
+    return opts
+
+
 def state_memory(budget: int | None) -> StateMemory | None:
     """The worker's state memory for the `memory_budget` setting (None: unbounded)."""
     return None if budget is None else StateMemory(int(budget))

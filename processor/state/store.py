@@ -13,9 +13,9 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from rocksdict import AccessType, BlockBasedOptions, Options, Rdict, WriteBatch
+from rocksdict import AccessType, Rdict, WriteBatch
 
-from processor.state.memory import StateMemory
+from processor.state.memory import StateMemory, store_options
 
 _DATA = b"d"
 _META = b"m"
@@ -29,23 +29,6 @@ META_CHANGELOG_ID = "changelog_id"
 META_LAYOUT = "layout"  # the state layout the data was written with (graph/layout.py)
 
 
-def _options(memory: StateMemory | None) -> Options:
-    opts = Options(raw_mode=True)
-    opts.create_if_missing(True)
-    opts.set_max_background_jobs(2)
-    opts.increase_parallelism(2)
-    # most lookups of a large key space are of keys not stored yet (a key's first record): a
-    # bloom filter answers those without reading data blocks
-    table = BlockBasedOptions()
-    table.set_bloom_filter(10, False)
-    if memory is not None:
-        memory.options(opts, table)
-    opts.set_block_based_table_factory(table)
-    opts.set_memtable_whole_key_filtering(True)
-    opts.set_memtable_prefix_bloom_ratio(0.02)
-    return opts
-
-
 class RocksStore:
     """A store directory: `<state_dir>/<topology>/<store>/<partition>`; with `memory`, its
     block cache and memtables are the worker's shared ones (state/memory.py)."""
@@ -56,7 +39,7 @@ class RocksStore:
         self._memory = memory
         path.mkdir(parents=True, exist_ok=True)
         access = AccessType.read_only() if read_only else AccessType.read_write()
-        self._db = Rdict(str(path), options=_options(memory), access_type=access)
+        self._db = Rdict(str(path), options=store_options(memory), access_type=access)
 
     def get(self, key: bytes) -> bytes | None:
         return self._db.get(_DATA + key)
@@ -144,7 +127,7 @@ class RocksStore:
         self._db.close()
         self.wipe(self.path)
         self.path.mkdir(parents=True, exist_ok=True)
-        self._db = Rdict(str(self.path), options=_options(self._memory),
+        self._db = Rdict(str(self.path), options=store_options(self._memory),
                          access_type=AccessType.read_write())
 
     @staticmethod

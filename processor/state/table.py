@@ -19,29 +19,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from rocksdict import BlockBasedOptions, Options, Rdict, WriteBatch
+from rocksdict import Options, Rdict, WriteBatch
 
-from processor.state.memory import StateMemory
+from processor.state.memory import StateMemory, store_options
 
 _META_CF = "meta"
 _OFFSET = b"next_offset/"
 
 
 def _options(memory: StateMemory | None) -> Options:
-    opts = Options(raw_mode=True)
-    opts.create_if_missing(True)
+    opts = store_options(memory)
     opts.create_missing_column_families(True)
-    opts.set_max_background_jobs(2)
-    opts.increase_parallelism(2)
-    # lookups by stream key miss often (unknown customer, rule not set): a bloom filter on
-    # SST files and memtables answers those without reading a data block (~0.5 -> ~0.25 µs)
-    table = BlockBasedOptions()
-    table.set_bloom_filter(10, False)
-    if memory is not None:
-        memory.options(opts, table)
-    opts.set_block_based_table_factory(table)
-    opts.set_memtable_whole_key_filtering(True)
-    opts.set_memtable_prefix_bloom_ratio(0.02)
     return opts
 
 
