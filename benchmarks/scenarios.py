@@ -36,9 +36,15 @@ class Scenario:
     # input rate of the latency run, unless --latency-rate is given: below the scenario's
     # throughput, else the run measures a growing backlog rather than the processor's latency
     latency_rate: float | None = None
+    # run benchmarks/raw_loop.py over the topology's topics instead of a worker: the ceiling
+    raw: bool = False
 
 
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
+    Scenario("raw", BENCH / "topologies" / "passthrough.yaml", "order",
+             "the ceiling: benchmarks/raw_loop.py copies each record unchanged to an output "
+             "topic with the worker's clients, poll and commits; no worker, no processing",
+             outputs=lambda n: n, raw=True),
     Scenario("aggregate", BENCH / "topologies" / "user_totals.yaml", "user",
              "count()+sum() per user on the source key (no repartition), 1 store",
              {"exactly_once": ("records_per_s", 100_000)}),
