@@ -243,15 +243,16 @@ class Ctx:
 
     def start_worker(self, label: str, topology: Path, bootstrap: str, state_dir: Path,
                      guarantee: str, broker: EmbeddedBroker | ApacheKafkaBroker, *, idle: str | None = None,
-                     profile_to: Path | None = None, raw: bool = False,
+                     profile_to: Path | None = None, raw: str | None = None,
                      on_event: Callable[[dict[str, Any]], None] | None = None) -> MeasuredWorker:
-        """A worker running `topology`, or with `raw` the raw loop over its topics
-        (benchmarks/raw_loop.py: the same clients and commits, no processing)."""
+        """A worker running `topology`, or with `raw` ("copy" | "read") the raw loop over its
+        topics (benchmarks/raw_loop.py: the same clients and commits, no processing)."""
         config = Path(self.args.worker_config).resolve() if self.args.worker_config else None
         if raw:
             cmd = raw_command(topology, bootstrap, guarantee=guarantee,
                               stop_when_idle=idle or self.idle,
-                              commit_interval=self.commit_interval, config=config)
+                              commit_interval=self.commit_interval, config=config,
+                              read_only=raw == "read")
         else:
             cmd = worker_command(topology, bootstrap, state_dir, guarantee=guarantee,
                                  stop_when_idle=idle or self.idle,

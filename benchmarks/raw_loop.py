@@ -16,7 +16,10 @@ synchronous offset commit. It logs the worker's JSON lines (`partitions assigned
 as it measures a worker: a subprocess of its own, the same clock, RSS and CPU.
 
 The topology file is read for its group name and topics only (benchmarks/topologies/
-passthrough.yaml). A script of the benchmark, not a processor feature.
+passthrough.yaml). `--read-only` copies nothing: it consumes and commits (under exactly_once
+transactions holding only the offsets), the ceiling of the read side alone, which a scenario
+writing far fewer records than it reads (an aggregate) is closer to. A script of the benchmark,
+not a processor feature.
 """
 
 from __future__ import annotations
@@ -56,13 +59,15 @@ log = logging.getLogger("processor.worker")  # the worker's logger: the same log
 
 
 def raw_command(topology: Path, bootstrap: str, *, guarantee: str, stop_when_idle: str,
-                commit_interval: str, config: Path | None = None) -> list[str]:
+                commit_interval: str, config: Path | None = None,
+                read_only: bool = False) -> list[str]:
     """The argv of a raw loop, as processor/tools/worker_process.py's `worker_command` is a
     worker's (run from the repository root)."""
     cmd = [sys.executable, "-m", "benchmarks.raw_loop", str(topology),
            "--bootstrap-servers", bootstrap, "--guarantee", guarantee,
            "--commit-interval", commit_interval, "--stop-when-idle", stop_when_idle]
-    return cmd + (["--config", str(config)] if config is not None else [])
+    return (cmd + (["--config", str(config)] if config is not None else [])
+            + (["--read-only"] if read_only else []))
 
 
 def raw_clients(config: WorkerConfig, group: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -74,13 +79,14 @@ def raw_clients(config: WorkerConfig, group: str) -> tuple[dict[str, Any], dict[
 
 class RawLoop:
     def __init__(self, config: WorkerConfig, topology: Topology, *,
-                 stop_when_idle_ms: int | None) -> None:
+                 stop_when_idle_ms: int | None, read_only: bool = False) -> None:
         outputs = [e.topic for s in topology.subtopologies for e in s.sinks if not e.internal]
         if len(outputs) != 1:
             raise SystemExit(f"raw loop: the topology needs exactly one output topic, has {outputs}")
         self.config, self.output = config, outputs[0]
         self.inputs = topology.source_topics
         self.idle_ms = stop_when_idle_ms
+        self.read_only = read_only
         self.eos = config.exactly_once
         admin = AdminClient(admin_config(config))
         ensure_topics(admin, topology, create=True, bootstrap_servers=config.bootstrap_servers)
@@ -158,7 +164,7 @@ class RawLoop:
     def _copy(self, msgs: list[Any]) -> None:
         produce, output = self.producer.produce, self.output
         for tp, batch in by_partition(msgs, _consumer_error).items():
-            for m in batch:
+            for m in () if self.read_only else batch:
                 value, key, t = m.value(), m.key(), m.timestamp()[1]
                 try:
                     produce(output, value, key, timestamp=t)
@@ -219,13 +225,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--commit-interval")
     p.add_argument("--stop-when-idle")
     p.add_argument("--config", help="worker config YAML (the clients' settings come from it)")
+    p.add_argument("--read-only", action="store_true",
+                   help="produce nothing: consume and commit only (the read side's ceiling)")
     args = p.parse_args(argv)
     config = load_config(args.config, bootstrap_servers=args.bootstrap_servers,
                          processing_guarantee=args.guarantee,
                          commit_interval_ms=args.commit_interval, log_format="json")
     setup_logging(config.log_level, config.log_format)
     idle = parse_duration_ms(args.stop_when_idle) if args.stop_when_idle else None
-    return RawLoop(config, build_topology(load_spec(args.topology)), stop_when_idle_ms=idle).run()
+    return RawLoop(config, build_topology(load_spec(args.topology)), stop_when_idle_ms=idle,
+                   read_only=args.read_only).run()
 
 
 if __name__ == "__main__":

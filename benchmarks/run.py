@@ -33,15 +33,9 @@ from typing import Any
 if __package__ in (None, ""):  # `python benchmarks/run.py`: make the `benchmarks` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.ceiling import ceiling_from_report
 from benchmarks.harness import Ctx, WorkerError, kill_all_workers, progress
-from benchmarks.report import (
-    broker_name,
-    build_report,
-    ceiling_from_report,
-    source_fingerprint,
-    summary_table,
-    write_report,
-)
+from benchmarks.report import broker_name, build_report, source_fingerprint, summary_table, write_report
 from benchmarks.runs import run_scenario, run_throughput
 from benchmarks.scenarios import BENCH, GUARANTEES, SCENARIOS
 
@@ -99,9 +93,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="run each worker as `processor run --processes N` (N group members "
                         "under one command; CPU summed over them, peak RSS the largest member's)")
     p.add_argument("--raw-from", metavar="REPORT",
-                   help="an earlier report (same broker and partitions) whose `raw` results give "
-                        "the ceiling of `fraction_of_raw` for guarantees whose raw scenario this "
-                        "run does not measure")
+                   help="an earlier report (same broker and partitions) whose `raw` / `raw_read` "
+                        "results give `fraction_of_raw` / `fraction_of_raw_read` where this run "
+                        "does not measure them")
     p.add_argument("--keep-work-dir", action="store_true", help="keep worker logs and state dirs")
     args = p.parse_args(argv)
     if args.guarantees is None:

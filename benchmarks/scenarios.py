@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from processor.graph import build_topology
 from processor.spec import load_spec
@@ -36,15 +37,20 @@ class Scenario:
     # input rate of the latency run, unless --latency-rate is given: below the scenario's
     # throughput, else the run measures a growing backlog rather than the processor's latency
     latency_rate: float | None = None
-    # run benchmarks/raw_loop.py over the topology's topics instead of a worker: the ceiling
-    raw: bool = False
+    # run benchmarks/raw_loop.py over the topology's topics instead of a worker, a ceiling:
+    # "copy" (every record to the output topic) or "read" (consume and commit only)
+    raw: Literal["copy", "read"] | None = None
 
 
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("raw", BENCH / "topologies" / "passthrough.yaml", "order",
              "the ceiling: benchmarks/raw_loop.py copies each record unchanged to an output "
              "topic with the worker's clients, poll and commits; no worker, no processing",
-             outputs=lambda n: n, raw=True),
+             outputs=lambda n: n, raw="copy"),
+    Scenario("raw_read", BENCH / "topologies" / "passthrough.yaml", "order",
+             "the read side's ceiling: benchmarks/raw_loop.py --read-only consumes and commits "
+             "(offsets in a transaction under exactly_once) and produces nothing",
+             outputs=lambda n: 0, raw="read"),
     Scenario("aggregate", BENCH / "topologies" / "user_totals.yaml", "user",
              "count()+sum() per user on the source key (no repartition), 1 store",
              {"exactly_once": ("records_per_s", 100_000)}),
