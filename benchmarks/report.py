@@ -39,6 +39,9 @@ def summary_table(results: list[dict[str, Any]]) -> str:
         if r.get("error"):
             lines.append(f"{r['scenario']:<22} {r['guarantee']:<14} ERROR: {r['error'].splitlines()[0][:70]}")
             continue
+        if r.get("skipped"):
+            lines.append(f"{r['scenario']:<22} {r['guarantee']:<14} not run: {r['skipped'][:70]}")
+            continue
         th = r.get("throughput") or r.get("build") or {}
         lat = r.get("latency") or {}
         rss = r.get("peak_rss_mb") or r.get("restore_peak_rss_mb")

@@ -156,6 +156,13 @@ def main(argv: list[str] | None = None) -> int:
     interrupted = False
     progress(f"benchmark: work dir {work}; report -> {out}")
     plan = [(SCENARIOS[n], g) for n in args.scenarios.split(",") for g in args.guarantees.split(",")]
+    for sc, guarantee in plan:
+        why = sc.unsupported.get((args.broker, guarantee))
+        if why:
+            progress(f"{sc.name} / {guarantee}: not run on {args.broker}: {why}")
+            results.append({"scenario": sc.name, "guarantee": guarantee, "skipped": why,
+                            "targets": []})
+    plan = [(sc, g) for sc, g in plan if (args.broker, g) not in sc.unsupported]
     made: dict[tuple[str, str], list[dict[str, Any]]] = {}
     failed: dict[tuple[str, str], str] = {}
     try:
