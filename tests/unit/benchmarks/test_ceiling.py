@@ -177,3 +177,16 @@ def test_the_raw_scenarios_read_the_same_orders_as_the_stateless_one():
         assert len(info.outputs) == 1 and info.outputs != info.inputs
     assert raw.outputs is not None and raw.outputs(1234) == 1234  # every record copied
     assert read.outputs is not None and read.outputs(1234) == 0  # nothing written
+
+
+def test_a_pair_a_scenario_cannot_run_on_is_named_and_shown_not_run():
+    from benchmarks.scenarios import TANSU_EMPTY_TRANSACTIONS
+
+    assert SCENARIOS["raw_read"].unsupported == {("tansu", "exactly_once"): TANSU_EMPTY_TRANSACTIONS}
+    assert all(not sc.unsupported for name, sc in SCENARIOS.items() if name != "raw_read")
+    skipped = {"scenario": "raw_read", "guarantee": "exactly_once", "targets": [],
+               "skipped": TANSU_EMPTY_TRANSACTIONS}
+    out = with_fractions([skipped, *RESULTS], ceiling_rates([skipped, *RESULTS], "this run"))
+    assert out[0] == skipped
+    line = summary_table(out).splitlines()[2]
+    assert line.split()[:2] == ["raw_read", "exactly_once"] and "not run: Tansu drops" in line
