@@ -27,6 +27,7 @@ EMIT_ENCODE_LINE = 8
 """The line of the generated sink emitter (runtime/kafka/collector.py) that encodes key and
 value; its other lines produce (tests/unit/benchmarks/test_cost_centres.py checks it)."""
 
+START_UP = "start-up (imports)"
 _FRAME = re.compile(r"^(?P<fn>.*) \((?P<file>.*?)(?::(?P<line>\d+))?\)$")
 Frame = tuple[str, str, int]  # function, file, line (0 when unknown)
 
@@ -46,7 +47,8 @@ def _is_decode(f: Frame) -> bool:
 RULES: list[tuple[str, Callable[[Frame], bool]]] = [
     ("sink encode (serialization)", lambda f: _generated(f[1], "emit") and f[2] == EMIT_ENCODE_LINE),
     ("sink produce", lambda f: _generated(f[1], "emit")
-     or f[1].endswith("processor/runtime/kafka/collector.py")),
+     or f[1].endswith("processor/runtime/kafka/collector.py")
+     or (f[0] == "RawLoop._copy" and f[2] in _RAW_LINES["produce"])),
     ("changelog produce", lambda f: f[0].startswith(("Checkpointer._write_changelogs",
                                                      "Checkpointer._changelog_delivered"))),
     # the rest of the checkpoint: flush, offsets into the transaction, commit (its operators'
@@ -60,12 +62,12 @@ RULES: list[tuple[str, Callable[[Frame], bool]]] = [
      or _generated(f[1], "fused", "aggregate")),
     # the worker's poll phase is its consume() call; in the raw loop's `run`, the consume line
     ("consume (librdkafka poll)", lambda f: f[0] == "Worker._poll_phase"
-     or (f[0] == "RawLoop.run" and f[2] == _RAW_CONSUME_LINE)),
+     or (f[0] == "RawLoop.run" and f[2] in _RAW_LINES["consume"])),
     ("dispatch (batch by partition, task)", lambda f: f[0].startswith(
         ("by_partition", "Worker._dispatch", "Task.process", "RawLoop._copy"))),
     ("restore, tables", lambda f: f[1].endswith(("processor/runtime/durability/restore.py",
                                                  "processor/runtime/durability/tables.py"))),
-    ("start-up (imports)", lambda f: "importlib" in f[1]),
+    (START_UP, lambda f: "importlib" in f[1]),
 ]
 FALLBACK: list[tuple[str, Callable[[Frame], bool]]] = [
     # only when no frame of the stack names a duty: helpers such as produce_when_room or a
@@ -74,12 +76,16 @@ FALLBACK: list[tuple[str, Callable[[Frame], bool]]] = [
 ]
 
 
-def _raw_consume_line() -> int:
+def _raw_lines() -> dict[str, set[int]]:
+    """The raw loop's lines that consume and that produce (a raw profile has no other frame
+    to tell them from the loop's own work)."""
     src = (Path(__file__).parent / "raw_loop.py").read_text().splitlines()
-    return next(i for i, line in enumerate(src, 1) if "self.consumer.consume(" in line)
+    return {"consume": {i for i, line in enumerate(src, 1) if "self.consumer.consume(" in line},
+            "produce": {i for i, line in enumerate(src, 1)
+                        if line.strip().startswith(("produce(", "produce_when_room("))}}
 
 
-_RAW_CONSUME_LINE = _raw_consume_line()
+_RAW_LINES = _raw_lines()
 
 
 def parse_frame(text: str) -> Frame:
@@ -113,15 +119,22 @@ def cost_centres(path: Path) -> list[dict[str, Any]]:
         centre = classify(frames)
         counts[centre] = counts.get(centre, 0) + int(count)
         total += int(count)
-    return [{"centre": c, "percent": round(100 * n / total, 1), "samples": n}
+    processing = total - counts.get(START_UP, 0)
+    return [{"centre": c, "percent": round(100 * n / total, 1), "samples": n,
+             # of the samples after start-up: the processing, whatever the run's length
+             "percent_of_processing": (round(100 * n / processing, 1)
+                                       if c != START_UP and processing else None)}
             for c, n in sorted(counts.items(), key=lambda x: -x[1])] if total else []
 
 
 def main(argv: list[str]) -> int:
     for name in argv:
         print(name)
+        print("  of all samples / of those after start-up")
         for row in cost_centres(Path(name)):
-            print(f"  {row['percent']:5.1f}%  {row['centre']}")
+            rest = row["percent_of_processing"]
+            print(f"  {row['percent']:5.1f}%  {'' if rest is None else f'{rest:5.1f}%':>6}  "
+                  f"{row['centre']}")
     return 0
 
 

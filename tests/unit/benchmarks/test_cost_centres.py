@@ -53,26 +53,34 @@ def test_each_stack_goes_to_the_duty_of_its_innermost_named_frame():
         assert classify(stack.split(";")) == centre, stack
 
 
-def test_the_raw_loop_consume_line_is_the_poll_and_its_checkpoint_a_checkpoint():
+def test_the_raw_loops_consume_and_produce_lines_and_its_checkpoint():
     from benchmarks import cost_centres as module
 
-    raw = "RawLoop.run (benchmarks/raw_loop.py:{})"
-    assert classify([raw.format(module._RAW_CONSUME_LINE)]) == "consume (librdkafka poll)"
-    assert classify([raw.format(module._RAW_CONSUME_LINE),
-                     "RawLoop.checkpoint (benchmarks/raw_loop.py:170)"]) == (
+    (consume,), produce = module._RAW_LINES["consume"], sorted(module._RAW_LINES["produce"])
+    assert len(produce) == 2  # produce(), and produce_when_room() when the queue is full
+    run = f"RawLoop.run (benchmarks/raw_loop.py:{consume})"
+    assert classify([run]) == "consume (librdkafka poll)"
+    assert classify([run, "RawLoop.checkpoint (benchmarks/raw_loop.py:170)"]) == (
         "checkpoint (flush, offsets, commit)")
-    assert classify(["RawLoop._copy (benchmarks/raw_loop.py:150)"]) == (
+    for line in produce:
+        assert classify([f"RawLoop._copy (benchmarks/raw_loop.py:{line})"]) == "sink produce"
+    assert classify([f"RawLoop._copy (benchmarks/raw_loop.py:{produce[0] - 1})"]) == (
         "dispatch (batch by partition, task)")
 
 
 def test_shares_add_up_over_a_collapsed_profile(tmp_path):
     profile = tmp_path / "profile.txt"
     stacks = list(STACKS)
-    profile.write_text(f"{stacks[0]} 30\n{stacks[3]} 50\n{stacks[4]} 20\nnot a stack line\n")
+    start_up = next(k for k, v in STACKS.items() if v == "start-up (imports)")
+    profile.write_text(f"{stacks[0]} 30\n{stacks[3]} 50\n{stacks[4]} 10\n{start_up} 10\n"
+                       "not a stack line\n")
     assert cost_centres(profile) == [
-        {"centre": "operator", "percent": 50.0, "samples": 50},
-        {"centre": "consume (librdkafka poll)", "percent": 30.0, "samples": 30},
-        {"centre": "state read", "percent": 20.0, "samples": 20}]
+        {"centre": "operator", "percent": 50.0, "samples": 50, "percent_of_processing": 55.6},
+        {"centre": "consume (librdkafka poll)", "percent": 30.0, "samples": 30,
+         "percent_of_processing": 33.3},
+        {"centre": "state read", "percent": 10.0, "samples": 10, "percent_of_processing": 11.1},
+        {"centre": "start-up (imports)", "percent": 10.0, "samples": 10,
+         "percent_of_processing": None}]
 
 
 def test_parse_frame_reads_function_file_and_line():
