@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.cost_centres import cost_centres
 from benchmarks.harness import MeasuredWorker, WorkerError, progress
 from benchmarks.scenarios import Scenario, topic_set
 
@@ -137,7 +138,8 @@ def percentile(sorted_vals: list[float], q: float) -> float:
 
 
 def summarise_profile(path: Path, top: int = 12) -> dict[str, Any]:
-    """py-spy raw (collapsed) stacks -> top lines by self time and functions by total time.
+    """py-spy raw (collapsed) stacks -> cost centres (benchmarks/cost_centres.py), top lines by
+    self time and functions by total time.
 
     Self time is kept per source line: time inside a C call (librdkafka, orjson, RocksDB) is
     charged to the Python line that made it, so the line says which call it was.
@@ -162,7 +164,8 @@ def summarise_profile(path: Path, top: int = 12) -> dict[str, Any]:
         return [{"function": f, "percent": round(100 * c / n, 1), "samples": c}
                 for f, c in sorted(d.items(), key=lambda x: -x[1])[:top]]
 
-    return {"file": str(path), "samples": n, "top_self": rank(selfc), "top_total": rank(totalc)}
+    return {"file": str(path), "samples": n, "cost_centres": cost_centres(path),
+            "top_self": rank(selfc), "top_total": rank(totalc)}
 
 
 def _strip_line(frame: str) -> str:

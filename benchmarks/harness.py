@@ -23,6 +23,7 @@ from typing import Any
 
 import psutil
 
+from benchmarks.raw_loop import raw_command
 from benchmarks.scenarios import Scenario
 from processor.tools.apache_kafka import ApacheKafkaBroker
 from processor.tools.broker import EmbeddedBroker
@@ -242,13 +243,21 @@ class Ctx:
 
     def start_worker(self, label: str, topology: Path, bootstrap: str, state_dir: Path,
                      guarantee: str, broker: EmbeddedBroker | ApacheKafkaBroker, *, idle: str | None = None,
-                     profile_to: Path | None = None,
+                     profile_to: Path | None = None, raw: str | None = None,
                      on_event: Callable[[dict[str, Any]], None] | None = None) -> MeasuredWorker:
+        """A worker running `topology`, or with `raw` ("copy" | "read") the raw loop over its
+        topics (benchmarks/raw_loop.py: the same clients and commits, no processing)."""
         config = Path(self.args.worker_config).resolve() if self.args.worker_config else None
-        cmd = worker_command(topology, bootstrap, state_dir, guarantee=guarantee,
-                             stop_when_idle=idle or self.idle, commit_interval=self.commit_interval,
-                             config=config)
-        if self.processes > 1:
+        if raw:
+            cmd = raw_command(topology, bootstrap, guarantee=guarantee,
+                              stop_when_idle=idle or self.idle,
+                              commit_interval=self.commit_interval, config=config,
+                              read_only=raw == "read")
+        else:
+            cmd = worker_command(topology, bootstrap, state_dir, guarantee=guarantee,
+                                 stop_when_idle=idle or self.idle,
+                                 commit_interval=self.commit_interval, config=config)
+        if self.processes > 1 and not raw:
             cmd += ["--processes", str(self.processes)]
         if profile_to is not None:
             pyspy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
@@ -262,7 +271,7 @@ class Ctx:
         progress(f"{label}: starting worker (log {log_path})")
         return MeasuredWorker(label, cmd, self.worker_env(), log_path,
                               broker.proc.pid if broker.proc else None, on_event,
-                              wrapped=profile_to is not None or self.processes > 1)
+                              wrapped=profile_to is not None or (self.processes > 1 and not raw))
 
 
 def new_broker(kind: str, work: Path, slug: str) -> EmbeddedBroker | ApacheKafkaBroker:

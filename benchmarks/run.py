@@ -33,8 +33,9 @@ from typing import Any
 if __package__ in (None, ""):  # `python benchmarks/run.py`: make the `benchmarks` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.ceiling import ceiling_from_report
 from benchmarks.harness import Ctx, WorkerError, kill_all_workers, progress
-from benchmarks.report import build_report, source_fingerprint, summary_table, write_report
+from benchmarks.report import broker_name, build_report, source_fingerprint, summary_table, write_report
 from benchmarks.runs import run_scenario, run_throughput
 from benchmarks.scenarios import BENCH, GUARANTEES, SCENARIOS
 
@@ -91,6 +92,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--processes", type=int, default=1, metavar="N",
                    help="run each worker as `processor run --processes N` (N group members "
                         "under one command; CPU summed over them, peak RSS the largest member's)")
+    p.add_argument("--raw-from", metavar="REPORT",
+                   help="an earlier report (same broker and partitions) whose `raw` / `raw_read` "
+                        "results give `fraction_of_raw` / `fraction_of_raw_read` where this run "
+                        "does not measure them")
     p.add_argument("--keep-work-dir", action="store_true", help="keep worker logs and state dirs")
     args = p.parse_args(argv)
     if args.guarantees is None:
@@ -108,6 +113,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             p.error(f"--scenario-records: expected NAME=N with a known scenario, got {item!r}")
         per[name] = int(n)
     args.scenario_records = per
+    args.ceiling = None
+    if args.raw_from:
+        try:
+            args.ceiling = ceiling_from_report(Path(args.raw_from), broker_name(args.broker),
+                                               args.partitions)
+        except ValueError as exc:
+            p.error(f"--raw-from: {exc}")
     return args
 
 
@@ -144,6 +156,13 @@ def main(argv: list[str] | None = None) -> int:
     interrupted = False
     progress(f"benchmark: work dir {work}; report -> {out}")
     plan = [(SCENARIOS[n], g) for n in args.scenarios.split(",") for g in args.guarantees.split(",")]
+    for sc, guarantee in plan:
+        why = sc.unsupported.get((args.broker, guarantee))
+        if why:
+            progress(f"{sc.name} / {guarantee}: not run on {args.broker}: {why}")
+            results.append({"scenario": sc.name, "guarantee": guarantee, "skipped": why,
+                            "targets": []})
+    plan = [(sc, g) for sc, g in plan if (args.broker, g) not in sc.unsupported]
     made: dict[tuple[str, str], list[dict[str, Any]]] = {}
     failed: dict[tuple[str, str], str] = {}
     try:
@@ -175,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
                 traceback.print_exc(file=sys.stderr)
                 results.append({"scenario": sc.name, "guarantee": guarantee,
                                 "error": f"{type(exc).__name__}: {exc}", "targets": []})
-            write_report(out, build_report(ctx, results, started))
+            write_report(out, build_report(ctx, results, started, args.ceiling))
     except KeyboardInterrupt:
         interrupted = True
         progress("interrupted: stopping workers and brokers")
@@ -185,11 +204,11 @@ def main(argv: list[str] | None = None) -> int:
             progress(f"worker logs kept in {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
-    report = build_report(ctx, results, started)
+    report = build_report(ctx, results, started, args.ceiling)
     write_report(out, report)
     if report["meta"]["processor_source_changed_during_run"]:
         progress("WARNING: processor/ sources changed during the run: the numbers mix code versions")
-    print(summary_table(results))
+    print(summary_table(report["scenarios"]))
     print(f"targets passed: {report['targets_passed']}/{report['targets_total']}; "
           f"total {report['meta']['duration_s']:.0f}s; report: {out}")
     if interrupted:

@@ -3,6 +3,7 @@ rate-limited run read back live) and restore (a large changelog into a fresh sta
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import tempfile
@@ -49,12 +50,14 @@ def run_throughput(ctx: Ctx, sc: Scenario, guarantee: str, label: str) -> dict[s
         if ctx.args.profile:
             profile_to = ctx.out_dir / f"profile-{ctx.args.profile}-{sc.name}-{guarantee}.txt"
         tracker = CommitTracker(label, input_topic, n)
+        load = [round(x, 2) for x in os.getloadavg()]
         w = ctx.start_worker(f"{label} throughput", sc.topology, b.bootstrap,
                              Path(tempfile.mkdtemp(dir=ctx.work, prefix="state-")), guarantee, b,
-                             profile_to=profile_to, on_event=tracker)
+                             profile_to=profile_to, raw=sc.raw, on_event=tracker)
         w.await_exit(120 + n / 2000)
         w.check_exit()
         res = analyse_throughput(w, input_topic, n)
+        res["load_average_at_start"] = load  # 1, 5, 15 min: what else ran on the machine
         res["group_committed"] = group_committed(b.bootstrap, name, input_topic)
         if res["group_committed"] != n:
             raise WorkerError(f"{label}: group committed {res['group_committed']:,} of {n:,}")
@@ -144,7 +147,7 @@ def run_latency(ctx: Ctx, sc: Scenario, guarantee: str, label: str) -> dict[str,
         tracker = CommitTracker(f"{label} latency", input_topic, total)
         w = ctx.start_worker(f"{label} latency", sc.topology, b.bootstrap,
                              Path(tempfile.mkdtemp(dir=ctx.work, prefix="state-")), guarantee, b,
-                             idle="120s", on_event=tracker)
+                             idle="120s", raw=sc.raw, on_event=tracker)
         w.await_exit(60, until=lambda: _ready(w))
         w.check_exit()
         if w.returncode is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from processor.graph import build_topology
 from processor.spec import load_spec
@@ -36,9 +37,28 @@ class Scenario:
     # input rate of the latency run, unless --latency-rate is given: below the scenario's
     # throughput, else the run measures a growing backlog rather than the processor's latency
     latency_rate: float | None = None
+    # run benchmarks/raw_loop.py over the topology's topics instead of a worker, a ceiling:
+    # "copy" (every record to the output topic) or "read" (consume and commit only)
+    raw: Literal["copy", "read"] | None = None
+    # (broker, guarantee) -> why this scenario cannot be measured there: reported, not run
+    unsupported: dict[tuple[str, str], str] = field(default_factory=dict)
 
+
+TANSU_EMPTY_TRANSACTIONS = (
+    "Tansu drops the offsets of a transaction holding no records after a producer's first one "
+    "(1M records: 3 of 4 partitions never got a committed offset), so the run never drains; "
+    "Apache Kafka keeps them")
 
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
+    Scenario("raw", BENCH / "topologies" / "passthrough.yaml", "order",
+             "the ceiling: benchmarks/raw_loop.py copies each record unchanged to an output "
+             "topic with the worker's clients, poll and commits; no worker, no processing",
+             outputs=lambda n: n, raw="copy"),
+    Scenario("raw_read", BENCH / "topologies" / "passthrough.yaml", "order",
+             "the read side's ceiling: benchmarks/raw_loop.py --read-only consumes and commits "
+             "(offsets in a transaction under exactly_once) and produces nothing",
+             outputs=lambda n: 0, raw="read",
+             unsupported={("tansu", "exactly_once"): TANSU_EMPTY_TRANSACTIONS}),
     Scenario("aggregate", BENCH / "topologies" / "user_totals.yaml", "user",
              "count()+sum() per user on the source key (no repartition), 1 store",
              {"exactly_once": ("records_per_s", 100_000)}),
