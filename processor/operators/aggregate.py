@@ -33,6 +33,7 @@ from processor.operators.base import (
     Writes,
     failed_at,
 )
+from processor.serde.formats import compact
 
 AGG_FUNCS = ("count", "sum", "min", "max", "avg", "first", "last")
 
@@ -296,7 +297,7 @@ class Aggregate(StatefulOperator, Queryable):
         """Return (records to emit downstream, changelog writes) for keys changed since last flush."""
         cache, result, dumps = self.cache, self.agg.result, orjson.dumps
         # copies: orjson's bytes keep 4 KiB each until the commit, 100 MB for 25k changed keys
-        writes: Writes = {kb: (raw := dumps(cache[kb]))[:-1] + raw[-1:] for kb in self.dirty}
+        writes: Writes = {kb: compact(dumps(cache[kb])) for kb in self.dirty}
         if writes:
             sample = len(writes) * ENTRY_BYTES + sum(
                 len(kb) + RAW_FACTOR * len(raw) for kb, raw in writes.items())  # type: ignore[arg-type]

@@ -49,12 +49,6 @@ _SIDE = (b"\x00", b"\x01")  # a side's (or a flag's) byte
 _FIRST = bytes(4)  # n of the first record of an offset
 
 
-def compact(b: bytes) -> bytes:
-    """A copy of `b` that holds just its bytes: orjson (3.13) hands out bytes objects that keep
-    a 4 KiB buffer each, which a buffered record would keep alive (measured: 9 KB per key)."""
-    return bytes(memoryview(b))
-
-
 def _key_prefix(kb: bytes) -> bytes:
     return FAMILY + len(kb).to_bytes(4, "big") + kb
 

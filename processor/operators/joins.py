@@ -53,8 +53,9 @@ from processor.operators.base import (
 )
 from processor.operators.context import check_timestamp
 from processor.operators.expiring import ExpiringStateOperator
-from processor.operators.interval_state import Buffered, IntervalState, compact
+from processor.operators.interval_state import Buffered, IntervalState
 from processor.operators.reconcile import RESERVED_SIDE_NAMES, Reconcile, side_value
+from processor.serde.formats import compact
 from processor.timeutil.watermark import Clock
 
 _MISS: Any = object()

@@ -41,8 +41,8 @@ from processor.operators.base import (
 )
 from processor.operators.context import check_timestamp
 from processor.operators.expiring import ExpiringStateOperator
-from processor.operators.interval_state import compact
 from processor.operators.reconcile_state import REPEATS, T0, VALUES, GroupState
+from processor.serde.formats import compact
 from processor.timeutil.watermark import Clock
 
 RESERVED_SIDE_NAMES = frozenset({"key", "status", "missing", "repeats"})

@@ -64,13 +64,15 @@ _SERDES = {
 }
 
 
+def compact(b: bytes) -> bytes:
+    """A copy of `b` that holds just its bytes: orjson (3.13) hands out bytes objects that keep
+    a 4 KiB buffer each, which anything kept (a cached key, a buffered value) would keep alive."""
+    return bytes(memoryview(b))
+
+
 def _json_state_key(obj: Any) -> bytes | None:
-    """A JSON key as a store holds it: a compact copy. orjson (3.13) hands out bytes objects
-    that keep a 4 KiB buffer each, which a cached key would keep alive (4 KiB per cached key)."""
-    if obj is None:
-        return None
-    raw = orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS)
-    return raw[:-1] + raw[-1:]
+    """A JSON key as a store holds it: a compact copy (4 KiB per cached key otherwise)."""
+    return None if obj is None else compact(orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS))
 
 
 def state_key_serde(fmt: str) -> Serde:
