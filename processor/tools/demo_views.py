@@ -99,7 +99,8 @@ def replay(bootstrap: str, streams: dict[str, list[Any]], start_ms: int, speedup
     """Produce `(key, value, partition | None)` records of several topics in event-time pace,
     keeping each topic's own order (and with it the generator's deliberate disorder)."""
     producer = Producer({"bootstrap.servers": bootstrap, "logger": CLIENT_LOG, "linger.ms": 5,
-                         "partitioner": "murmur2_random"})
+                         "partitioner": "murmur2_random",
+                         "enable.idempotence": True})  # order kept across retries
     n = 0
     for topic, (key, value, partition) in _paced(streams, start_ms, speedup):
         where = {} if partition is None else {"partition": partition}

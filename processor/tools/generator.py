@@ -37,7 +37,8 @@ def produce_json_to(bootstrap: str, records: Iterable[tuple[Any, ...]], *,
     """Produce records `(topic, key, json value)` or `(topic, key, json value, partition)`
     through one producer (several input topics in one order); returns the count."""
     producer = Producer({"bootstrap.servers": bootstrap, "logger": CLIENT_LOG, "linger.ms": 5,
-                         "partitioner": "murmur2_random", "queue.buffering.max.messages": 500_000})
+                         "partitioner": "murmur2_random", "queue.buffering.max.messages": 500_000,
+                         "enable.idempotence": True})  # order kept across retries
     n = 0
     started = time.monotonic()
     for topic, key, value, *partition in records:

@@ -150,7 +150,8 @@ def produce_interleaved(bootstrap: str, topics: dict[str, str], d: JoinData,
                         rate_per_s: float) -> None:
     """The streams as a live source would write them: one merged flow in (noisy) time order at
     `rate_per_s`, each topic's records in their list order."""
-    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "partitioner": "murmur2_random"})
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "partitioner": "murmur2_random",
+                  "enable.idempotence": True})
     flows = [[(v["ts"], topics[role], k, v) for k, v in getattr(d, role)]
              for role in ("orders", "payments", "shipments") if role in topics]
     started = time.monotonic()
@@ -179,7 +180,8 @@ def produce_sentinels(bootstrap: str, topics: dict[str, str], d: JoinData) -> No
 
 def _produce_table(bootstrap: str, topic: str, rows: list[tuple[str, Any]]) -> None:
     # the partitioner produce_json uses (murmur2, as Java clients): keys co-partition with orders
-    p = Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random"})
+    p = Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random",
+                  "enable.idempotence": True})
     for key, value in rows:
         p.produce(topic, None if value is None else orjson.dumps(value), key.encode())
     assert p.flush(30) == 0

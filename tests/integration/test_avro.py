@@ -49,7 +49,7 @@ def test_avro_in_registry_avro_and_validated_json_out(broker, tmp_path, unique):
     orders[10]["amount"] = -5.0  # valid Avro, but the JSON Schema of paid-json says minimum 0
     payloads = [v1.encode(o) for o in orders]
     payloads[20] = b"\x02\xff\xff"  # not an order: dead-lettered at the source
-    p = Producer({"bootstrap.servers": broker.bootstrap})
+    p = Producer({"bootstrap.servers": broker.bootstrap, "enable.idempotence": True})
     for i, value in enumerate(payloads):
         p.produce(names["orders-avro"], value, orders[i]["id"].encode(), partition=i % 2)
     assert p.flush(30) == 0

@@ -71,7 +71,7 @@ class Backfill:
 
     def _produce(self, records: list[tuple[str, dict[str, Any], int | None]]) -> None:
         producer = Producer({"bootstrap.servers": self.bootstrap, "partitioner": "murmur2_random",
-                             "linger.ms": 5})
+                             "linger.ms": 5, "enable.idempotence": True})
         for key, value, partition in records:
             extra = {} if partition is None else {"partition": partition}
             producer.produce(self.input, orjson.dumps(value), key.encode(),

@@ -113,7 +113,8 @@ def test_batch_over_a_file_and_over_the_topic_equal_the_streaming_run(broker, tm
     assert ("key_by" in topology.read_text()) == repartition
     key = "order_id" if repartition else "country"
     create_topic(broker.bootstrap, topics["orders"], 1)
-    producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 5})
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 5,
+                         "enable.idempotence": True})
     for o in orders:
         producer.produce(topics["orders"], orjson.dumps(o), o[key], timestamp=o["ts"])
     assert producer.flush(30) == 0

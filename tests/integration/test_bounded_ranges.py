@@ -44,7 +44,7 @@ def _order(i: int) -> dict[str, Any]:
 
 
 def _produce(bootstrap: str, topic: str, indexes: range) -> None:
-    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True})
     for i in indexes:
         p.produce(topic, key=f"k{i}", value=orjson.dumps(_order(i)),
                   partition=i % PARTITIONS, timestamp=T0 + 10 * i)

@@ -75,7 +75,7 @@ def _records() -> tuple[list[tuple[bytes, bytes]], dict[str, list[int]]]:
 
 
 def _produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
-    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True})
     for i, (k, v) in enumerate(records):
         p.produce(topic, v, k, partition=i % 4, headers=[("origin", b"test")])
         p.poll(0)

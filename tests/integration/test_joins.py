@@ -172,7 +172,7 @@ pipelines:
 
 
 def _produce_raw(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
-    p = Producer({"bootstrap.servers": bootstrap})
+    p = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
     for key, value in records:
         p.produce(topic, value, key)
     assert p.flush(30) == 0

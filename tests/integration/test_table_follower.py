@@ -28,7 +28,7 @@ def _follower(bootstrap: str) -> TableFollower:
 
 
 def _produce(bootstrap: str, topic: str, records: list[Record]) -> None:
-    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True})
     for key, value, partition in records:
         p.produce(topic, key=key, value=value, partition=partition)
     assert p.flush(30) == 0
