@@ -17,13 +17,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from itertools import chain, islice
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from processor.observability.metrics import Metrics
 from processor.runtime import faults
-from processor.runtime.kafka.produce import produce_when_room
+from processor.runtime.kafka.produce import produce_all, produce_when_room
 from processor.runtime.tasks.task import Task, TaskState
 from processor.state import LAYOUT_KEY, POSITION_KEY
 from processor.state.memory import StateMemory
@@ -122,19 +123,27 @@ class Checkpointer:
             self._changelog_last[key] = msg.offset()
 
     def _write_changelogs(self, task: Task) -> None:
+        """Produce each store's changed entries, then its layout (first time) and the task's
+        position record. Only the last record per changelog partition asks for a delivery
+        report of its own (its offset is the restore point): a failed delivery of the others
+        fails the transaction (exactly_once) or reaches the producer's default report
+        (at_least_once, `Worker._on_output_delivery`), so one Python call per changed key is
+        saved on a checkpoint that writes many."""
         position = task.position_record()
         for store, topic in task.changelogs.items():
             writes = task.pending.get(store, {})
-            for key, value in writes.items():
-                produce_when_room(self.producer, topic, value, key, partition=task.partition,
-                                  on_delivery=self._changelog_delivered)
+            tail = []
             layout = task.layout_record(store)
             if layout is not None:  # first checkpoint on this state: its layout (layouts.py)
-                produce_when_room(self.producer, topic, layout, LAYOUT_KEY,
-                                  partition=task.partition, on_delivery=self._changelog_delivered)
+                tail.append((LAYOUT_KEY, layout))
             if position is not None:  # None: the task has not read any input yet
-                produce_when_room(self.producer, topic, position, POSITION_KEY,
-                                  partition=task.partition, on_delivery=self._changelog_delivered)
+                tail.append((POSITION_KEY, position))
+            records = chain(writes.items(), tail)
+            unreported = max(0, len(writes) + len(tail) - 1)
+            produce_all(self.producer, topic, islice(records, unreported), task.partition)
+            for key, value in records:  # the last one
+                produce_when_room(self.producer, topic, value, key, partition=task.partition,
+                                  on_delivery=self._changelog_delivered)
             self.metrics.changelog_records.labels(store).inc(len(writes) + (position is not None))
             self.metrics.changelog_bytes.labels(store).inc(
                 sum(len(k) + len(v or b"") for k, v in writes.items())

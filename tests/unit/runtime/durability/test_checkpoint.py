@@ -37,6 +37,7 @@ class _Task:
     changelogs: dict[str, str] = field(default_factory=lambda: {"counts": CHANGELOG})
     pending: dict[str, dict[bytes, bytes | None]] = field(default_factory=dict)
     stored: list[dict[str, int]] = field(default_factory=list)  # what reached "RocksDB"
+    writes: dict[bytes, bytes | None] = field(default_factory=lambda: {b"k": b"3"})
 
     @property
     def has_progress(self) -> bool:
@@ -44,7 +45,7 @@ class _Task:
 
     def flush(self) -> None:
         self.producer.produce("out", b"total", b"k", partition=self.partition)
-        self.pending = {"counts": {b"k": b"3"}}
+        self.pending = {"counts": dict(self.writes)}
 
     def position_record(self) -> bytes | None:
         return None if self.position is None else b'{"position":%d}' % self.position
@@ -195,6 +196,18 @@ def test_only_running_tasks_with_progress_are_checkpointed():
     assert restoring.stored == [] and idle.stored == []
 
 
+def test_the_restore_point_follows_the_last_changelog_record_of_many():
+    """Only the last record of a changelog partition asks for its own delivery report; the
+    restore point is still past the position record, on every partition written."""
+    cp, producer, events, _ = _setup(exactly_once=True)
+    many = {b"k%d" % i: b"%d" % i for i in range(5)}
+    tasks = [_Task(producer, partition=0, writes=many), _Task(producer, partition=1)]
+    assert cp.checkpoint(tasks) == 2  # type: ignore[arg-type]
+    changelog = [e[2] for e in events if e[:2] == ("produce", CHANGELOG)]
+    assert changelog == [*many, POSITION_KEY, b"k", POSITION_KEY]
+    assert tasks[0].stored == [{"counts": 6}] and tasks[1].stored == [{"counts": 2}]
+
+
 # -- at_least_once --------------------------------------------------------------------------
 
 
@@ -240,6 +253,16 @@ def test_at_least_once_failed_output_delivery_stops_before_the_changelogs():
     assert [e for e in events if e[0] == "produce"] == [("produce", "out", b"k")]
     assert errors == [], "reported once, then cleared"
     assert task.stored == []
+
+
+def test_at_least_once_failed_changelog_delivery_fails_the_checkpoint():
+    """A changed entry without a report of its own still reaches the producer's default
+    report: its failure fails the checkpoint before any offset is committed."""
+    cp, producer, events, errors = _setup(exactly_once=False, failing=frozenset({CHANGELOG}))
+    task = _Task(producer, writes={b"a": b"1", b"b": b"2", b"c": b"3"})
+    with pytest.raises(CheckpointFailed, match=r"delivery failed \(changelogs\).* and 3 more"):
+        cp.checkpoint([task])  # type: ignore[list-item]
+    assert not [e for e in events if e[0] == "commit"] and task.stored == []
 
 
 def test_at_least_once_undelivered_outputs_fail_the_checkpoint():
