@@ -16,6 +16,7 @@ import orjson
 
 from processor.operators.base import CACHED_ENTRY_BYTES, Batch, KeyFamilyError, StoreKeys
 from processor.operators.windows.base import WindowOperator
+from processor.serde.formats import compact
 
 
 def record_key(store_key: bytes) -> bytes | None:
@@ -125,7 +126,7 @@ class CountWindows(WindowOperator):
         for kb in self.dirty:
             e = entries[kb]
             e[1] = False
-            writes[b"C" + kb] = dumps(e[0])
+            writes[b"C" + kb] = compact(dumps(e[0]))
         self.dirty = []
         return [], writes
 

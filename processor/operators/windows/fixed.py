@@ -15,6 +15,7 @@ import orjson
 
 from processor.operators.base import Batch, KeyFamilyError, StoreKeys
 from processor.operators.windows.base import MAX_END, EndIndexed, merge_max_end
+from processor.serde.formats import compact
 from processor.state.keys import pack_ts, unpack_ts
 
 _NEW, _STORED, _CLOSED = 0, 1, 2
@@ -188,7 +189,7 @@ class FixedWindows(EndIndexed):
             e[3] = False
             if e[2] == _CLOSED:
                 continue
-            writes[b"W" + pack_ts(end) + pack_ts(end - size) + kb] = dumps(e[0])
+            writes[b"W" + pack_ts(end) + pack_ts(end - size) + kb] = compact(dumps(e[0]))
             e[2] = _STORED
             if end > mx:
                 mx = end

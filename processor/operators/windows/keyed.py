@@ -22,6 +22,7 @@ import orjson
 
 from processor.operators.base import Batch, KeyFamilyError, StoreKeys
 from processor.operators.windows.base import INF, MAX_END, EndIndexed, merge_max_end
+from processor.serde.formats import compact
 from processor.state.keys import pack_ts
 
 KEY, STATE, MARK, DIRTY, SCHED = range(5)
@@ -138,7 +139,7 @@ class KeyedWindows(EndIndexed):
                     writes[_K + kb] = None
                     writes[_E + pack_ts(old) + kb] = None
             else:
-                writes[_K + kb] = dumps(e[STATE])
+                writes[_K + kb] = compact(dumps(e[STATE]))
                 if m != old:
                     if old is not None:
                         writes[_E + pack_ts(old) + kb] = None

@@ -199,6 +199,34 @@ def test_list_state(tmp_path: Path) -> None:
     assert list(store.items()) == []
 
 
+def test_cached_state_holds_just_its_bytes(tmp_path: Path) -> None:
+    """Every element a cache keeps (a list state's items, read back from the store or
+    appended; a map's values; a value) costs its JSON, not orjson's 4 KiB buffer."""
+    import tracemalloc
+
+    def fn(ctx: Any, key: Any, value: Any) -> None:
+        ctx.state.list("l").append(value)
+        ctx.state.map("m").put(value["i"], value)
+        ctx.state.value("v").set(value)
+
+    store = RocksStore(tmp_path / "s")
+    n = 2000
+    d = Driver(store, fn)
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    d.feed([rec("a", {"i": i}, 0, i) for i in range(n)])
+    appended = (tracemalloc.get_traced_memory()[0] - before) / n
+    d.checkpoint()
+    tracemalloc.stop()
+    cold = Driver(store, fn)  # reads the 2,000-element list and map back from the store
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    cold.feed([rec("a", {"i": n}, 0, n)])
+    loaded = (tracemalloc.get_traced_memory()[0] - before) / n
+    tracemalloc.stop()
+    assert appended < 600 and loaded < 600, (appended, loaded)  # > 8 KiB with orjson's bytes
+
+
 def test_map_state(tmp_path: Path) -> None:
     def fn(ctx: Any, key: Any, value: Any) -> None:
         m = ctx.state.map("m")

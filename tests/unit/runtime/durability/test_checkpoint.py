@@ -263,6 +263,7 @@ def test_at_least_once_failed_changelog_delivery_fails_the_checkpoint():
     with pytest.raises(CheckpointFailed, match=r"delivery failed \(changelogs\).* and 3 more"):
         cp.checkpoint([task])  # type: ignore[list-item]
     assert not [e for e in events if e[0] == "commit"] and task.stored == []
+    assert errors == [], "reported once, then cleared"
 
 
 def test_at_least_once_undelivered_outputs_fail_the_checkpoint():
