@@ -6,6 +6,7 @@ cluster) wins over all three."""
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Iterator
@@ -64,3 +65,17 @@ def reap_workers() -> Iterator[None]:
     yield
     while WorkerProcess.started:
         WorkerProcess.started.pop().kill()
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    """A CLI command run in-process (`main([...])`) installs the product's terminal handler on
+    the root logger, bound to the stderr of that moment (a test's capture): later tests must
+    not log into that closed stream (it prints `--- Logging error ---` into theirs)."""
+    from processor.observability.logging import TerminalHandler
+
+    root = logging.getLogger()
+    level = root.level
+    yield
+    root.handlers[:] = [h for h in root.handlers if not isinstance(h, TerminalHandler)]
+    root.setLevel(level)
