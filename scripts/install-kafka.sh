@@ -27,6 +27,15 @@ if ! command -v mvn >/dev/null 2>&1; then
     echo "install-kafka: Maven ('mvn') is required to resolve Apache Kafka $VERSION from Maven Central" >&2
     exit 1
 fi
+# one install at a time (parallel test processes may each ask for the broker): the others wait,
+# then find it complete
+mkdir -p "$ROOT/.kafka"
+exec 9>"$ROOT/.kafka/.install.lock"
+flock 9
+if [[ -f "$DEST/.complete" ]]; then
+    echo "$DEST"
+    exit 0
+fi
 TMP="$ROOT/.kafka/$VERSION/lib.partial"
 rm -rf "$TMP"
 mkdir -p "$TMP"
