@@ -3,7 +3,8 @@
 # Central, helm, Prometheus, Graphviz), lint, run the whole test suite on Apache Kafka (the reference
 # broker), then the Tansu lane (the embedded broker of the demo) on the end-to-end tests.
 #   scripts/test.sh [PYTEST ARGS]    extra arguments go to the Apache Kafka lane only
-#   PROCESSOR_TEST_PROCESSES=N       test processes of that lane (default 2; 0: one, no xdist)
+#   PROCESSOR_TEST_PROCESSES=N       test processes of that lane (default 2, or 0 = one without
+#                                    xdist when KAFKA_BOOTSTRAP_SERVERS names a shared cluster)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -33,9 +34,11 @@ echo "== pytest: the whole suite on ${KAFKA_BOOTSTRAP_SERVERS:-$lane}"
 rc=0
 # two processes (pytest-xdist), a file's tests together in one of them, each process with its
 # own broker: the suite spends most of its time waiting on Kafka and worker subprocesses
-# (~10 CPU-minutes in ~30 minutes when run in one process)
-PROCESSOR_TEST_KAFKA="$lane" run_pytest -q --durations=25 -n "${PROCESSOR_TEST_PROCESSES:-2}" \
-    --dist loadfile "$@" || rc=$?
+# (~10 CPU-minutes in ~30 minutes when run in one process). One process on an external
+# cluster (KAFKA_BOOTSTRAP_SERVERS), which both would share.
+processes="${PROCESSOR_TEST_PROCESSES:-$([[ -n "${KAFKA_BOOTSTRAP_SERVERS:-}" ]] && echo 0 || echo 2)}"
+PROCESSOR_TEST_KAFKA="$lane" run_pytest -q --durations=25 -n "$processes" --dist loadfile "$@" \
+    || rc=$?
 if [[ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" && "$lane" != "tansu" ]]; then
     echo "== pytest: Tansu lane (embedded broker, classic group protocol)"
     PROCESSOR_TEST_KAFKA=tansu run_pytest -q tests/integration/test_end_to_end.py || rc=$?
