@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -69,10 +70,13 @@ def _running_workers(sc: RevenueScenario, token: str | None, commit_interval: st
                      ) -> list:
     workers = []
     for i in range(2):
-        env = http_env(free_port(), PROCESSOR_BATCH_SIZE="100")
+        port = free_port()
+        env = http_env(port, PROCESSOR_BATCH_SIZE="100")
         if token is not None:
             env["PROCESSOR_REMOTE_STOP_TOKEN"] = token
-        workers.append(sc.worker(f"w{i}", idle=None, commit_interval=commit_interval, env=env))
+        worker = sc.worker(f"w{i}", idle=None, commit_interval=commit_interval, env=env)
+        worker.metrics_port = port
+        workers.append(worker)
     for w in workers:
         w.wait_for_log("task running", timeout=120)
     return workers
@@ -89,6 +93,23 @@ def _wait_for_committed(sc: RevenueScenario, records: int, timeout: float = 120)
         time.sleep(0.5)
 
 
+def _wait_for_consumed(workers: list, topic: str, records: int, timeout: float = 60) -> None:
+    """Until the workers together have consumed `records` of `topic` (their metrics)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done = 0.0
+        for w in workers:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{w.metrics_port}/metrics",
+                                          timeout=5).read().decode()
+            done += sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                        if line.startswith("processor_records_consumed_total{")
+                        and f'topic="{topic}"' in line)
+        if done >= records:
+            return
+        assert time.monotonic() < deadline, f"{done:.0f} of {records} {topic} records consumed"
+        time.sleep(0.1)
+
+
 def test_stop_with_savepoint_equals_offline_savepoint_and_restores(broker, tmp_path: Path,
                                                                    unique: str) -> None:
     broker.require_aborted_isolation("outputs without duplicates across the cut")
@@ -101,6 +122,9 @@ def test_stop_with_savepoint_equals_offline_savepoint_and_restores(broker, tmp_p
     _wait_for_committed(sc, HALF)  # the first half checkpointed: the stores hold state
     arriving = threading.Thread(target=sc.produce, args=(8000,), kwargs={"seed": 3, "rate": 1000})
     arriving.start()
+    # the stop lands while arrivals are being processed, not before the first of them (then the
+    # final checkpoints would hold no repartition records: nothing in flight to check)
+    _wait_for_consumed(workers, sc.input, HALF + 300)
     stopped = tmp_path / "sp-stop"
     run = _cli_with_token("savepoint", "create", str(sc.topology), "--to", str(stopped),
                           "--stop-workers", "--bootstrap-servers", sc.bootstrap)
