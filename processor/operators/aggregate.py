@@ -33,7 +33,7 @@ from processor.operators.base import (
     Writes,
     failed_at,
 )
-from processor.serde.formats import compact
+from processor.serde.formats import compact_json
 
 AGG_FUNCS = ("count", "sum", "min", "max", "avg", "first", "last")
 
@@ -295,9 +295,9 @@ class Aggregate(StatefulOperator, Queryable):
 
     def flush(self) -> tuple[Batch, Writes]:
         """Return (records to emit downstream, changelog writes) for keys changed since last flush."""
-        cache, result, dumps = self.cache, self.agg.result, orjson.dumps
+        cache, result = self.cache, self.agg.result
         # copies: orjson's bytes keep 4 KiB each until the commit, 100 MB for 25k changed keys
-        writes: Writes = {kb: compact(dumps(cache[kb])) for kb in self.dirty}
+        writes: Writes = {kb: compact_json(cache[kb]) for kb in self.dirty}
         if writes:
             sample = len(writes) * ENTRY_BYTES + sum(
                 len(kb) + RAW_FACTOR * len(raw) for kb, raw in writes.items())  # type: ignore[arg-type]

@@ -19,15 +19,11 @@ import orjson
 
 from processor.expressions import BroadcastStates
 from processor.operators.base import Batch
-from processor.serde.formats import compact
+from processor.serde.formats import compact_json
 
-_loads = orjson.loads
-
-
-def _dumps(value: Any) -> bytes:
-    """JSON of a value the cache keeps: a compact copy (orjson's own bytes hold 4 KiB each,
-    4 MB for a list state of 1,000 elements)."""
-    return compact(orjson.dumps(value))
+# what the cache keeps is a compact copy: orjson's own bytes hold 4 KiB each (4 MB for a list
+# state of 1,000 elements)
+_dumps, _loads = compact_json, orjson.loads
 
 KIND_VALUE, KIND_LIST, KIND_MAP = b"v", b"l", b"m"
 EVENT_TIME, PROCESSING_TIME = b"e", b"p"

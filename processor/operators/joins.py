@@ -55,7 +55,7 @@ from processor.operators.context import check_timestamp
 from processor.operators.expiring import ExpiringStateOperator
 from processor.operators.interval_state import Buffered, IntervalState
 from processor.operators.reconcile import RESERVED_SIDE_NAMES, Reconcile, side_value
-from processor.serde.formats import compact
+from processor.serde.formats import compact, compact_json
 from processor.timeutil.watermark import Clock
 
 _MISS: Any = object()
@@ -63,7 +63,7 @@ _MISS: Any = object()
 __all__ = ["INTERVAL_KINDS", "RESERVED_SIDE_NAMES", "IntervalJoin", "Reconcile", "TableJoin"]
 
 INTERVAL_KINDS = ("inner", "left", "outer")
-_dumps, _loads = orjson.dumps, orjson.loads
+_loads = orjson.loads
 
 
 class IntervalJoin(ExpiringStateOperator):
@@ -111,7 +111,7 @@ class IntervalJoin(ExpiringStateOperator):
             self.late_count += 1
             return
         expiry = check_timestamp(ts + self._keep[side] + 1)  # may fail: before any change
-        raw = compact(_dumps(v))  # may fail too
+        raw = compact_json(v)  # may fail too
         if side == 0:
             lo, hi = ts - self.before_ms, ts + self.after_ms
         else:

@@ -42,13 +42,13 @@ from processor.operators.base import (
 from processor.operators.context import check_timestamp
 from processor.operators.expiring import ExpiringStateOperator
 from processor.operators.reconcile_state import REPEATS, T0, VALUES, GroupState
-from processor.serde.formats import compact
+from processor.serde.formats import compact, compact_json
 from processor.timeutil.watermark import Clock
 
 RESERVED_SIDE_NAMES = frozenset({"key", "status", "missing", "repeats"})
 """Fields of every reconcile result: a side may not be named after one of them."""
 
-_dumps, _loads = orjson.dumps, orjson.loads
+_loads = orjson.loads
 
 
 def side_value(value: Any, sides: int) -> tuple[int, Any]:
@@ -97,7 +97,7 @@ class Reconcile(ExpiringStateOperator):
         side, v = side_value(value, len(names))
         if v is None:
             return
-        raw = compact(_dumps(v))  # may fail: before any change
+        raw = compact_json(v)  # may fail: before any change
         state = self.state
         group = state.get(kb)
         if group is None:

@@ -70,6 +70,12 @@ def compact(b: bytes) -> bytes:
     return bytes(memoryview(b))
 
 
+def compact_json(obj: Any) -> bytes:
+    """`obj` as JSON bytes that something keeps (a cached or buffered value, a write awaiting
+    the commit): orjson's own bytes would hold 4 KiB each."""
+    return compact(orjson.dumps(obj))
+
+
 def _json_state_key(obj: Any) -> bytes | None:
     """A JSON key as a store holds it: a compact copy (4 KiB per cached key otherwise)."""
     return None if obj is None else compact(orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS))

@@ -16,7 +16,7 @@ import orjson
 
 from processor.operators.base import CACHED_ENTRY_BYTES, Batch, KeyFamilyError, StoreKeys
 from processor.operators.windows.base import WindowOperator
-from processor.serde.formats import compact
+from processor.serde.formats import compact_json
 
 
 def record_key(store_key: bytes) -> bytes | None:
@@ -121,12 +121,12 @@ class CountWindows(WindowOperator):
         return out
 
     def flush(self) -> tuple[Batch, dict[bytes, bytes | None]]:
-        entries, dumps = self.entries, orjson.dumps
+        entries = self.entries
         writes: dict[bytes, bytes | None] = {}
         for kb in self.dirty:
             e = entries[kb]
             e[1] = False
-            writes[b"C" + kb] = compact(dumps(e[0]))
+            writes[b"C" + kb] = compact_json(e[0])
         self.dirty = []
         return [], writes
 

@@ -15,7 +15,7 @@ import orjson
 
 from processor.operators.base import Batch, KeyFamilyError, StoreKeys
 from processor.operators.windows.base import MAX_END, EndIndexed, merge_max_end
-from processor.serde.formats import compact
+from processor.serde.formats import compact_json
 from processor.state.keys import pack_ts, unpack_ts
 
 _NEW, _STORED, _CLOSED = 0, 1, 2
@@ -183,13 +183,13 @@ class FixedWindows(EndIndexed):
 
     def flush(self) -> tuple[Batch, dict[bytes, bytes | None]]:
         writes, self.writes = self.writes, {}
-        size, dumps = self.size, orjson.dumps
+        size = self.size
         mx = self.max_persisted
         for end, kb, e in self.dirty:
             e[3] = False
             if e[2] == _CLOSED:
                 continue
-            writes[b"W" + pack_ts(end) + pack_ts(end - size) + kb] = compact(dumps(e[0]))
+            writes[b"W" + pack_ts(end) + pack_ts(end - size) + kb] = compact_json(e[0])
             e[2] = _STORED
             if end > mx:
                 mx = end

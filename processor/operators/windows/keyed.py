@@ -22,7 +22,7 @@ import orjson
 
 from processor.operators.base import Batch, KeyFamilyError, StoreKeys
 from processor.operators.windows.base import INF, MAX_END, EndIndexed, merge_max_end
-from processor.serde.formats import compact
+from processor.serde.formats import compact_json
 from processor.state.keys import pack_ts
 
 KEY, STATE, MARK, DIRTY, SCHED = range(5)
@@ -128,7 +128,7 @@ class KeyedWindows(EndIndexed):
 
     def flush(self) -> tuple[Batch, dict[bytes, bytes | None]]:
         writes, self.writes = self.writes, {}
-        entries, min_end, dumps = self.entries, self._min_end, orjson.dumps
+        entries, min_end = self.entries, self._min_end
         mx = self.max_persisted
         for kb in self.dirty:
             e = entries[kb]
@@ -139,7 +139,7 @@ class KeyedWindows(EndIndexed):
                     writes[_K + kb] = None
                     writes[_E + pack_ts(old) + kb] = None
             else:
-                writes[_K + kb] = compact(dumps(e[STATE]))
+                writes[_K + kb] = compact_json(e[STATE])
                 if m != old:
                     if old is not None:
                         writes[_E + pack_ts(old) + kb] = None
