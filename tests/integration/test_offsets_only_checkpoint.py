@@ -13,8 +13,10 @@ import uuid
 
 import orjson
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient
 
+from processor.tools.consumer_group import committed_offsets
 from processor.tools.generator import create_topic
 from tests.integration.kafka import WorkerProcess, read_all, topology_file
 
@@ -29,21 +31,16 @@ def _produce(bootstrap: str, topic: str, n: int, *, test: bool) -> None:
     assert p.flush(30) == 0
 
 
-def _committed(bootstrap: str, group: str, topic: str) -> int:
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
-    try:
-        return c.committed([TopicPartition(topic, 0)], timeout=10)[0].offset
-    finally:
-        c.close()
-
-
 def _wait_committed(bootstrap: str, group: str, topic: str, want: int, timeout: float) -> int:
+    """The group's committed offset of the topic's partition 0 once it is `want`, or at the
+    deadline (-1: none committed)."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
     deadline = time.monotonic() + timeout
-    got = _committed(bootstrap, group, topic)
-    while got != want and time.monotonic() < deadline:
+    while True:
+        got = committed_offsets(admin, group).get((topic, 0), -1)
+        if got == want or time.monotonic() >= deadline:
+            return got
         time.sleep(0.5)
-        got = _committed(bootstrap, group, topic)
-    return got
 
 
 @pytest.mark.parametrize("guarantee", ["exactly_once", "at_least_once"])
