@@ -12,7 +12,8 @@ from typing import Any
 
 import orjson
 import pytest
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, IsolationLevel, KafkaError, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from processor.tools import worker_process
 
@@ -80,6 +81,28 @@ def read_all(bootstrap: str, topic: str, *, committed: bool = True,
             out.append((m.key(), m.value(), m.partition()))
     c.close()
     return out
+
+
+def wait_until_stable(bootstrap: str, topic: str, *, timeout: float = 90.0) -> None:
+    """Until no open transaction holds back read_committed readers of `topic` (its last stable
+    offset is its end on every partition): a killed worker's transaction that its successor
+    cannot fence (another transactional id) ends only when the broker aborts it at its
+    transaction timeout, and `read_all` stops in front of it."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    parts = list(admin.list_topics(topic, timeout=10).topics[topic].partitions)
+
+    def ends(level: IsolationLevel) -> dict[int, int]:
+        futures = admin.list_offsets({TopicPartition(topic, p): OffsetSpec.latest() for p in parts},
+                                     isolation_level=level, request_timeout=10)
+        return {tp.partition: f.result().offset for tp, f in futures.items()}
+
+    deadline = time.monotonic() + timeout
+    while (stable := ends(IsolationLevel.READ_COMMITTED)) != (end := ends(
+            IsolationLevel.READ_UNCOMMITTED)):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{topic}: an open transaction holds the stable offsets {stable} "
+                               f"below the ends {end} for {timeout} s")
+        time.sleep(0.5)
 
 
 def latest_json_by_key(records: list[tuple[bytes | None, bytes | None, int]]) -> dict[str, Any]:
