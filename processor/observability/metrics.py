@@ -50,6 +50,10 @@ class Metrics:
                                   ["part"], registry=r)
         self.state_memory_budget = Gauge("processor_state_memory_budget_bytes",
                                          "The worker's memory_budget (0: unbounded)", registry=r)
+        self.cache_trims = Counter("processor_state_cache_trims_total",
+                                   "Operator write caches trimmed to fit the memory budget "
+                                   "(their keys not kept are read from RocksDB when they return)",
+                                   registry=r)
         self.restore_remaining = Gauge("processor_restore_remaining_records",
                                        "Changelog records left to restore for a store partition",
                                        ["store", "partition"], registry=r)

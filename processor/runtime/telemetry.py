@@ -49,6 +49,7 @@ class Telemetry:
         self.records_processed = 0
         self._consumed = metrics.records_consumed
         self._observed_at = 0.0  # last lag / store-size observation
+        self._trims_exported = 0  # memory.trims already counted in the metric
         self._lag_labels: set[tuple[str, str]] = set()  # partitions with a lag series
         self._started_at = started_at
         self._progress_mark = (started_at, 0)
@@ -63,12 +64,15 @@ class Telemetry:
             self.metrics.end_to_end_latency.observe(max(0.0, time.time() - last_time / 1000))
 
     def export(self) -> None:
-        """After a checkpoint: records produced, dead letters, skipped and late records since
-        the last one; watermarks; lag and store sizes (every few seconds); tasks per state."""
+        """After a checkpoint: records produced, dead letters, skipped and late records, cache
+        trims since the last one; watermarks; lag and store sizes (every few seconds); tasks per state."""
         produced = self.produced
         for topic, n in produced.items():
             self.metrics.records_produced.labels(topic).inc(n)
         produced.clear()
+        if self.memory is not None and self.memory.trims > self._trims_exported:
+            self.metrics.cache_trims.inc(self.memory.trims - self._trims_exported)
+            self._trims_exported = self.memory.trims
         tasks = self.task_manager.tasks
         for task in tasks.values():
             if task.failures:

@@ -140,6 +140,8 @@ def test_prometheus_scrapes_lag_throughput_and_checkpoints(broker, tmp_path, uni
         assert 0 < parts["memtables"] <= budget / 4, parts  # the store's writes
         assert 0 < parts["write_caches"] <= budget / 2, parts  # the aggregate's cached keys
         assert 0 <= parts["block_cache"] <= budget / 4, parts
+        trims = prom.value(f'processor_state_cache_trims_total{{{sel}}}')
+        assert trims == 0, (trims, "the few keys of this run fit the write caches' share")
 
         # -- the aggregate's results reach the output topic
         produced = prom.value(f'sum(processor_records_produced_total{{{sel},topic="{output}"}})')

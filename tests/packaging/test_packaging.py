@@ -726,11 +726,12 @@ COUNTERS = {
     "processor_checkpoints_total", "processor_transactions_total", "processor_changelog_bytes_total",
     "processor_restore_records_total", "processor_rebalances_total",
     "processor_dead_letter_records_total", "processor_skipped_records_total",
-    "processor_late_records_total",
+    "processor_late_records_total", "processor_state_cache_trims_total",
 }
 GAUGES = {
     "processor_consumer_lag_records", "processor_state_keys", "processor_state_bytes",
     "processor_restore_remaining_records", "processor_watermark_seconds", "processor_tasks",
+    "processor_state_memory_bytes", "processor_state_memory_budget_bytes",
 }
 HISTOGRAMS = {
     "processor_processing_latency_seconds", "processor_end_to_end_latency_seconds",
@@ -745,7 +746,8 @@ DASHBOARD_MUST_USE = {
     "processor_checkpoints_total", "processor_transactions_total",
     "processor_restore_remaining_records", "processor_restore_records_total",
     "processor_dead_letter_records_total", "processor_late_records_total",
-    "processor_watermark_seconds", "processor_tasks",
+    "processor_watermark_seconds", "processor_tasks", "processor_state_memory_bytes",
+    "processor_state_memory_budget_bytes", "processor_state_cache_trims_total",
 }
 PROMQL_FUNCTIONS = {"sum", "max", "min", "avg", "count", "topk", "rate", "irate", "increase",
                     "histogram_quantile", "time", "clamp_min", "abs", "vector"}
@@ -783,6 +785,15 @@ def test_dashboard_json() -> None:
     assert _metric_names('sum by (topic) (rate(a_total{x="y", z=~"$v"}[5m])) / b > 0.5') == {"a_total", "b"}
     assert _metric_names("histogram_quantile(0.99, sum by (le) (rate(h_bucket[$__rate_interval])))") == {
         "h_bucket"}
+
+    # the series the dashboard may use are the worker's own
+    from prometheus_client import generate_latest
+
+    from processor.observability.metrics import Metrics
+
+    exported = generate_latest(Metrics().registry).decode()
+    for name in COUNTERS | GAUGES | HISTOGRAMS:
+        assert f"# HELP {name} " in exported, f"the worker exports no {name}"
 
     dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
