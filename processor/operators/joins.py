@@ -55,7 +55,7 @@ from processor.operators.context import check_timestamp
 from processor.operators.expiring import ExpiringStateOperator
 from processor.operators.interval_state import Buffered, IntervalState
 from processor.operators.reconcile import RESERVED_SIDE_NAMES, Reconcile, side_value
-from processor.serde.formats import compact, compact_json
+from processor.serde.formats import compact_json
 from processor.timeutil.watermark import Clock
 
 _MISS: Any = object()
@@ -67,7 +67,9 @@ _loads = orjson.loads
 
 
 class IntervalJoin(ExpiringStateOperator):
-    """Stream-stream join of records whose event times lie within [-before, +after] of each other."""
+    """Stream-stream join of records whose event times lie within [-before, +after] of each other.
+    `key_encode` gives bytes the state keeps (a key's records, the expiry index): compact ones,
+    as `serde.state_key_serde` makes them."""
 
     def __init__(self, name: str, store_name: str, key_encode: Callable[[Any], bytes | None],
                  key_decode: Callable[[bytes], Any], clock: Clock, *, before_ms: int, after_ms: int,
@@ -119,7 +121,6 @@ class IntervalJoin(ExpiringStateOperator):
         state = self.state
         sides = state.cached(kb)
         if sides is None:
-            kb = compact(kb)  # the key's bytes stay in the state's index
             sides = state.records(kb)
         other = sides[1 - side]
         matches = [i for i, b in enumerate(other) if lo <= b[0] <= hi] if other else other

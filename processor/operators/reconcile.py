@@ -42,7 +42,7 @@ from processor.operators.base import (
 from processor.operators.context import check_timestamp
 from processor.operators.expiring import ExpiringStateOperator
 from processor.operators.reconcile_state import REPEATS, T0, VALUES, GroupState
-from processor.serde.formats import compact, compact_json
+from processor.serde.formats import compact_json
 from processor.timeutil.watermark import Clock
 
 RESERVED_SIDE_NAMES = frozenset({"key", "status", "missing", "repeats"})
@@ -63,7 +63,9 @@ def side_value(value: Any, sides: int) -> tuple[int, Any]:
 
 
 class Reconcile(ExpiringStateOperator):
-    """Co-group N streams by key: one result per group, when complete or when it times out."""
+    """Co-group N streams by key: one result per group, when complete or when it times out.
+    `key_encode` gives bytes the state keeps (open groups, the expiry index): compact ones, as
+    `serde.state_key_serde` makes them."""
 
     def __init__(self, name: str, store_name: str, key_encode: Callable[[Any], bytes | None],
                  key_decode: Callable[[bytes], Any], clock: Clock, *, names: Sequence[str],
@@ -113,7 +115,7 @@ class Reconcile(ExpiringStateOperator):
             # everything that can fail (the deadline's range) comes before a change
             deadline = check_timestamp(t0 + self.timeout_ms)
             if group is None:
-                state.put(compact(kb), [t0, deadline, values, repeats, False])
+                state.put(kb, [t0, deadline, values, repeats, False])
             else:
                 group[VALUES], group[REPEATS] = values, repeats
                 state.put(kb, group)

@@ -18,7 +18,7 @@ from processor.operators import KeyBy
 from processor.operators.base import Operator
 from processor.operators.interval_state import STATE_FORMAT as INTERVAL_STATE_FORMAT
 from processor.operators.reconcile_state import STATE_FORMAT as RECONCILE_STATE_FORMAT
-from processor.serde import serde_for
+from processor.serde import serde_for, state_key_serde
 from processor.spec.loader import PathT, format_path
 from processor.spec.steps import IntervalJoinStep, JoinStep, ReconcileStep
 
@@ -221,7 +221,9 @@ def _label(step: IntervalJoinStep | ReconcileStep, names: list[str]) -> str:
 
 def _builder(step: IntervalJoinStep | ReconcileStep, name: str, store: str, names: list[str],
              mismatch: Any) -> Any:
-    keys = serde_for("json")  # a join reads a repartition topic: JSON keys
+    # a join reads a repartition topic: JSON keys, as compact copies (state_key_serde): a key's
+    # bytes stay in the state's caches and expiry index, and orjson's would keep 4 KiB each
+    keys = state_key_serde("json")
 
     def build(ctx: BuildContext) -> Operator:
         from processor.operators.joins import IntervalJoin, Reconcile
