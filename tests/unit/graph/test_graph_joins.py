@@ -215,10 +215,9 @@ def test_built_joins_keep_compact_key_bytes(tmp_path, text, side, cold):
     key's records or open group, the expiry index), so the operator the graph builds must encode
     keys as compact copies: a record of a key already held cost 4 KiB more than its own bytes
     when they were orjson's."""
-    import tracemalloc
-
     from processor.graph.model import BuildContext
     from processor.state import RocksStore
+    from tests.traced import traced_bytes
 
     joined = build(text).subtopologies[2]
     op = joined.chains[0][0].build(BuildContext(emitter_for=lambda end, p: (lambda batch: None)))
@@ -233,12 +232,10 @@ def test_built_joins_keep_compact_key_bytes(tmp_path, text, side, cold):
         op.trim_cache()
     again = [(f"o{i}", (side, {"order_id": f"o{i}", "amount": 5}), 2000 + i, keys + i)
              for i in range(keys)]
-    tracemalloc.start()
-    before = tracemalloc.get_traced_memory()[0]
-    out = op.process(again)
-    del out
-    held = (tracemalloc.get_traced_memory()[0] - before) / keys
-    tracemalloc.stop()
+    with traced_bytes() as kept:
+        out = op.process(again)
+        del out
+        held = kept() / keys
     # measured: 4,661 (interval join) and 4,520 (reconcile) bytes with orjson's bytes, 612 and 471
     # as copies
     assert held < 2500, f"{held:.0f} bytes kept per record of a key already held"

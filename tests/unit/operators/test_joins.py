@@ -398,9 +398,8 @@ def test_table_join_kind_is_checked() -> None:
 def test_table_join_caches_just_the_key_bytes(tmp_path: Path) -> None:
     """The lookup cache (up to 200,000 entries, outside the memory budget) holds each key it
     looked up; a JSON key encoded by orjson keeps a 4 KiB buffer, so the join keeps a copy."""
-    import tracemalloc
-
     from processor.state.table import TableStore
+    from tests.traced import traced_bytes
 
     store = TableStore(tmp_path / "t")
     keys = 3000
@@ -408,12 +407,10 @@ def test_table_join_caches_just_the_key_bytes(tmp_path: Path) -> None:
                 {0: keys})
     join = TableJoin(STEP, store, None, KEYS.encode, VALUES.decode, "left", "customer")
     batch = [(f"c{i}", {"n": i}, i, i) for i in range(keys)]  # half of them without a row
-    tracemalloc.start()
-    before = tracemalloc.get_traced_memory()[0]
-    out = join.process(batch)
-    del out
-    cached = (tracemalloc.get_traced_memory()[0] - before) / keys
-    tracemalloc.stop()
+    with traced_bytes() as kept:
+        out = join.process(batch)
+        del out
+        cached = kept() / keys
     assert len(store.cache) == keys
     # measured: 4,215 bytes per cached lookup with orjson's bytes, 166 as copies
     assert cached < 1000, f"{cached:.0f} bytes per cached lookup"

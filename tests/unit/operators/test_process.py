@@ -202,7 +202,7 @@ def test_list_state(tmp_path: Path) -> None:
 def test_cached_state_holds_just_its_bytes(tmp_path: Path) -> None:
     """Every element a cache keeps (a list state's items, read back from the store or
     appended; a map's values; a value) costs its JSON, not orjson's 4 KiB buffer."""
-    import tracemalloc
+    from tests.traced import traced_bytes
 
     def fn(ctx: Any, key: Any, value: Any) -> None:
         ctx.state.list("l").append(value)
@@ -212,18 +212,14 @@ def test_cached_state_holds_just_its_bytes(tmp_path: Path) -> None:
     store = RocksStore(tmp_path / "s")
     n = 2000
     d = Driver(store, fn)
-    tracemalloc.start()
-    before = tracemalloc.get_traced_memory()[0]
-    d.feed([rec("a", {"i": i}, 0, i) for i in range(n)])
-    appended = (tracemalloc.get_traced_memory()[0] - before) / n
-    d.checkpoint()
-    tracemalloc.stop()
+    with traced_bytes() as kept:
+        d.feed([rec("a", {"i": i}, 0, i) for i in range(n)])
+        appended = kept() / n
+        d.checkpoint()
     cold = Driver(store, fn)  # reads the 2,000-element list and map back from the store
-    tracemalloc.start()
-    before = tracemalloc.get_traced_memory()[0]
-    cold.feed([rec("a", {"i": n}, 0, n)])
-    loaded = (tracemalloc.get_traced_memory()[0] - before) / n
-    tracemalloc.stop()
+    with traced_bytes() as kept:
+        cold.feed([rec("a", {"i": n}, 0, n)])
+        loaded = kept() / n
     assert appended < 600 and loaded < 600, (appended, loaded)  # > 8 KiB with orjson's bytes
 
 

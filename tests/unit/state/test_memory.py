@@ -142,9 +142,8 @@ def test_write_caches_are_trimmed_to_their_share_and_results_do_not_change(tmp_p
 def test_cached_json_keys_hold_just_their_bytes(tmp_path: Path) -> None:
     """orjson's bytes keep a 4 KiB buffer each: a store's key encoder copies them, or every
     cached key of a JSON-keyed aggregate would cost 4 KiB (against ~250 bytes an entry)."""
-    import tracemalloc
-
     from processor.serde import serde_for, state_key_serde
+    from tests.traced import traced_bytes
 
     raw = serde_for("json").encode
     assert state_key_serde("json").encode({"user": "u1"}) == raw({"user": "u1"})
@@ -157,11 +156,9 @@ def test_cached_json_keys_hold_just_their_bytes(tmp_path: Path) -> None:
         op = Aggregate("agg", "totals", agg, encode, "on_checkpoint", 2**62)
         op.bind(store)
         batch = [({"user": f"u{i}"}, {"x": 1}, i, i) for i in range(5000)]
-        tracemalloc.start()
-        before = tracemalloc.get_traced_memory()[0]
-        op.process(batch)
-        per_key[name] = (tracemalloc.get_traced_memory()[0] - before) / 5000
-        tracemalloc.stop()
+        with traced_bytes() as kept:
+            op.process(batch)
+            per_key[name] = kept() / 5000
     assert per_key["orjson"] > 4096  # the cost without the copy (cache and dirty keys)
     assert per_key["state"] < 600, per_key
     store.close()

@@ -434,14 +434,12 @@ def _packed(end: int, start: int) -> bytes:
 def test_flushed_writes_hold_just_their_bytes(harness, kind: str, params: dict[str, int]) -> None:
     """A checkpoint's window writes wait for the commit: each costs its JSON, not orjson's
     4 KiB buffer (400 MB for 100,000 changed windows)."""
-    import tracemalloc
+    from tests.traced import traced_bytes
 
     h = harness(kind, params)
     n = 2000
     h.run([(f"k{i}", {"x": i}, 10, i) for i in range(n)], close_at_end=False)
-    tracemalloc.start()
-    before = tracemalloc.get_traced_memory()[0]
-    _, writes = h.op.flush()
-    per_write = (tracemalloc.get_traced_memory()[0] - before) / len(writes)
-    tracemalloc.stop()
+    with traced_bytes() as kept:
+        _, writes = h.op.flush()
+        per_write = kept() / len(writes)
     assert len(writes) >= n and per_write < 600, (len(writes), per_write)
