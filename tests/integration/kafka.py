@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ import orjson
 import pytest
 from confluent_kafka import Consumer, IsolationLevel, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
+from prometheus_client.parser import text_string_to_metric_families
 
 from processor.tools import worker_process
 
@@ -103,6 +105,18 @@ def wait_until_stable(bootstrap: str, topic: str, *, timeout: float = 90.0) -> N
             raise TimeoutError(f"{topic}: an open transaction holds the stable offsets {stable} "
                                f"below the ends {end} for {timeout} s")
         time.sleep(0.5)
+
+
+def metrics_text(port: int) -> str:
+    """A worker's /metrics page (Prometheus text format)."""
+    return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+
+
+def metric_sum(text: str, sample: str, **labels: str) -> float:
+    """The sum of the `sample` series of a /metrics page whose labels include `labels` (0 when
+    there is none)."""
+    return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
+               if s.name == sample and labels.items() <= s.labels.items())
 
 
 def latest_json_by_key(records: list[tuple[bytes | None, bytes | None, int]]) -> dict[str, Any]:

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import time
-import urllib.request
 
 import pytest
 
 from processor.examples.revenue import sample_orders
 from processor.tools.broker import free_port
 from processor.tools.generator import create_topic, produce_json
-from tests.integration.kafka import WorkerProcess, read_all, topology_file
+from tests.integration.kafka import (
+    WorkerProcess,
+    metric_sum,
+    metrics_text,
+    read_all,
+    topology_file,
+)
 from tests.integration.scenario import RevenueScenario
 
 pytestmark = pytest.mark.integration
@@ -68,13 +73,9 @@ def test_metrics_endpoint_reports_progress(broker, tmp_path, unique):
     deadline = time.monotonic() + 30
     text = ""
     while time.monotonic() < deadline:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-        consumed = [line for line in text.splitlines()
-                    if line.startswith("processor_records_consumed_total{")]
-        committed = [line for line in text.splitlines()
-                     if line.startswith('processor_checkpoints_total{result="ok"}')]
-        if (consumed and sum(float(line.rsplit(" ", 1)[1]) for line in consumed) >= 5_000
-                and committed and float(committed[0].rsplit(" ", 1)[1]) > 0):
+        text = metrics_text(port)
+        if (metric_sum(text, "processor_records_consumed_total") >= 5_000
+                and metric_sum(text, "processor_checkpoints_total", result="ok") > 0):
             break
         time.sleep(0.3)
     else:

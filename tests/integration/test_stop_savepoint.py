@@ -14,7 +14,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -27,7 +26,7 @@ from processor.tools.broker import free_port
 from processor.tools.consumer_group import committed_offsets, members_now
 from processor.tools.savepoint import reader, require_unmoved
 from processor.tools.savepoint_format import SavepointError
-from tests.integration.kafka import ROOT
+from tests.integration.kafka import ROOT, metric_sum, metrics_text
 from tests.integration.scenario import RevenueScenario
 from tests.integration.test_http import http_env
 from tests.integration.test_savepoint import (
@@ -97,13 +96,8 @@ def _wait_for_consumed(workers: list, topic: str, records: int, timeout: float =
     """Until the workers together have consumed `records` of `topic` (their metrics)."""
     deadline = time.monotonic() + timeout
     while True:
-        done = 0.0
-        for w in workers:
-            text = urllib.request.urlopen(f"http://127.0.0.1:{w.metrics_port}/metrics",
-                                          timeout=5).read().decode()
-            done += sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                        if line.startswith("processor_records_consumed_total{")
-                        and f'topic="{topic}"' in line)
+        done = sum(metric_sum(metrics_text(w.metrics_port), "processor_records_consumed_total",
+                              topic=topic) for w in workers)
         if done >= records:
             return
         assert time.monotonic() < deadline, f"{done:.0f} of {records} {topic} records consumed"
